@@ -1,0 +1,330 @@
+"""Typed, frozen configuration: one resolved config per run, saved with every checkpoint.
+
+Every field is validated once (``validate``) before any heavy work. ``to_dict``/``from_dict`` give a JSON
+round trip that rejects unknown fields and wrong types with a message naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the denoiser (SiT or DiT) and its REPA projectors.
+
+    ``name`` is the paper's preset name (``SiT-XL/2``); the size fields are filled from the preset by
+    ``repa.models.model_config`` and may be overridden for tiny test configs.
+    """
+    name: str = "SiT-B/2"
+    depth: int = 12
+    hidden_size: int = 768
+    num_heads: int = 12
+    patch_size: int = 2
+    input_size: int = 32              # latent (or pixel) side length
+    in_channels: int = 4
+    num_classes: int = 1000
+    class_dropout: float = 0.1        # > 0 adds the null class (index num_classes) for guidance
+    encoder_depth: int = 8            # 1-based block whose output the projectors read
+    encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
+    projector_dim: int = 2048
+    mlp_ratio: float = 4.0
+    qk_norm: bool = False
+    learn_sigma: bool = False         # DiT with the improved-DDPM objective predicts 2C channels
+    space: str = "latent"             # "latent" (SD-VAE latents, decoded for viewing) or "pixel" (in [-1, 1])
+
+    @property
+    def family(self) -> str:
+        return self.name.split("-", 1)[0]
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size ** 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Denoising objective and the REPA term (REFERENCE section 1)."""
+    kind: str = "interpolant"         # "interpolant" (SiT, velocity) or "iddpm" (DiT, epsilon + learned sigma)
+    path: str = "linear"              # linear | cosine
+    prediction: str = "velocity"
+    time_sampling: str = "uniform"    # uniform | lognormal
+    proj_coeff: float = 0.5           # lambda; 0 gives the vanilla model
+    align_stop_step: int = 0          # > 0: the alignment term is off from this step on (HASTE-style)
+    align_decay_steps: int = 0        # > 0: lambda decays linearly to 0 over this many steps before the stop
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with the paper's defaults."""
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0            # 0 disables clipping
+    warmup_steps: int = 0
+    fused: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training data comes from."""
+    path: str = ""                    # prepared dataset directory ("" only for in-memory data)
+    resolution: int = 256             # image side length the encoders see
+    num_workers: int = 2
+    use_token_cache: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved as ``config.json`` and inside every checkpoint."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: tuple[str, ...] = ("dinov2-vit-b",)
+    encoder_weights: tuple[str, ...] = ()   # optional local paths, one per encoder
+    run_dir: str = "runs/default"
+    seed: int = 0
+    global_batch_size: int = 256
+    grad_accum_steps: int = 1
+    max_steps: int = 400_000
+    ema_decay: float = 0.9999
+    precision: str = "fp32"           # fp32 | bf16 | fp16
+    tf32: bool = True
+    compile: bool = False
+    activation_checkpointing: bool = False
+    log_every: int = 100
+    ckpt_every: int = 10_000
+    keep_last: int = 3
+    milestone_every: int = 0          # > 0: checkpoints at multiples of this are never deleted
+    sample_every: int = 0             # > 0: EMA sample grids (PNG) at this interval
+    max_skipped_steps: int = 0        # > 0: skip up to this many non-finite steps instead of stopping
+    wandb: bool = False
+    tensorboard: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------------------
+
+PATHS = ("linear", "cosine")
+TIME_SAMPLINGS = ("uniform", "lognormal")
+PRECISIONS = ("fp32", "bf16", "fp16")
+OBJECTIVES = ("interpolant", "iddpm")
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name}: {message}")
+
+
+def validate_model(m: ModelConfig) -> None:
+    """Raise ConfigError for an inconsistent model section."""
+    _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
+    _require(m.hidden_size % m.num_heads == 0, "model.hidden_size",
+             f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    _require(m.patch_size >= 1, "model.patch_size", f"must be >= 1, got {m.patch_size}")
+    _require(m.input_size % m.patch_size == 0, "model.input_size",
+             f"{m.input_size} is not divisible by the patch size {m.patch_size}; use an input size that is a "
+             f"multiple of {m.patch_size}")
+    _require(1 <= m.encoder_depth <= m.depth, "model.encoder_depth",
+             f"must be in 1..{m.depth} (the model depth), got {m.encoder_depth}")
+    _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", f"must be in [0, 1), got {m.class_dropout}")
+    _require(m.num_classes >= 1, "model.num_classes", f"must be >= 1, got {m.num_classes}")
+    _require(m.space in ("latent", "pixel"), "model.space", f"must be 'latent' or 'pixel', got {m.space!r}")
+    _require(all(e >= 1 for e in m.encoder_dims), "model.encoder_dims", f"must be positive, got {m.encoder_dims}")
+
+
+def validate_objective(o: ObjectiveConfig) -> None:
+    _require(o.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {o.kind!r}")
+    _require(o.path in PATHS, "objective.path", f"must be one of {PATHS}, got {o.path!r}")
+    _require(o.prediction == "velocity", "objective.prediction", f"must be 'velocity', got {o.prediction!r}")
+    _require(o.time_sampling in TIME_SAMPLINGS, "objective.time_sampling",
+             f"must be one of {TIME_SAMPLINGS}, got {o.time_sampling!r}")
+    _require(o.proj_coeff >= 0, "objective.proj_coeff", f"must be >= 0, got {o.proj_coeff}")
+    _require(o.align_stop_step >= 0 and o.align_decay_steps >= 0, "objective.align_stop_step",
+             "align_stop_step and align_decay_steps must be >= 0")
+    _require(o.align_decay_steps == 0 or o.align_stop_step > 0, "objective.align_decay_steps",
+             "a decay needs objective.align_stop_step > 0 (the step where lambda reaches 0)")
+
+
+def validate_train(c: TrainConfig) -> None:
+    """Validate every section of a training config; raises ConfigError naming the field."""
+    validate_model(c.model)
+    validate_objective(c.objective)
+    _require(c.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {c.precision!r}")
+    _require(c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}")
+    _require(c.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {c.grad_accum_steps}")
+    _require(c.global_batch_size % c.grad_accum_steps == 0, "grad_accum_steps",
+             f"global_batch_size={c.global_batch_size} is not divisible by grad_accum_steps={c.grad_accum_steps}")
+    _require(c.max_steps >= 1, "max_steps", f"must be >= 1, got {c.max_steps}")
+    _require(0.0 <= c.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {c.ema_decay}")
+    _require(c.optim.lr > 0, "optim.lr", f"must be > 0, got {c.optim.lr}")
+    _require(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
+    _require(c.log_every >= 1 and c.ckpt_every >= 1, "log_every", "log_every and ckpt_every must be >= 1")
+    _require(c.keep_last >= 1, "keep_last", f"must be >= 1, got {c.keep_last}")
+    if c.objective.proj_coeff > 0:
+        _require(len(c.encoders) >= 1, "encoders", "REPA (objective.proj_coeff > 0) needs at least one encoder")
+        _require(len(c.encoders) == len(c.model.encoder_dims), "model.encoder_dims",
+                 f"has {len(c.model.encoder_dims)} entries but {len(c.encoders)} encoders are configured")
+    _require(not c.encoder_weights or len(c.encoder_weights) == len(c.encoders), "encoder_weights",
+             "give one path per encoder, or none")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Serialisation (JSON round trip with type checks)
+# ----------------------------------------------------------------------------------------------------------------
+
+def to_dict(cfg: Any) -> dict:
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=False)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=name + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, name) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), name)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build config dataclass ``cls`` from a dict; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {[prefix + u for u in unknown]}; known: "
+                          f"{sorted(prefix + n for n in names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_value(text: str, tp: Any, name: str) -> Any:
+    """Parse a command-line string into the type of field ``name``."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        parts = [p for p in text.split(",") if p.strip()] if text else []
+        return tuple(parse_value(p.strip(), item_tp, name) for p in parts)
+    if tp is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true/false, got {text!r}")
+    try:
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {tp.__name__}, got {text!r}") from None
+    return text
+
+
+def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Flat map ``section.field`` -> type for every leaf field of a nested config dataclass."""
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(field_types(tp, prefix + name + "."))
+        else:
+            out[prefix + name] = tp
+    return out
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Return ``cfg`` with dotted-path overrides (``{"model.depth": 4}``) applied, checking each name."""
+    known = field_types(type(cfg))
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"unknown config field {key!r}; known fields: {', '.join(sorted(known))}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            nested[head] = value
+    changes = {}
+    for head, value in nested.items():
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(cfg, head)):
+            changes[head] = apply_overrides(getattr(cfg, head), value)
+        else:
+            changes[head] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def diff(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ between two configs of the same type: ``{"model.depth": (old, new)}``."""
+    fa, fb = _flatten(to_dict(a)), _flatten(to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
