@@ -1,1 +1,32 @@
-"""REPA."""
+"""REPA: representation alignment for generation (Yu et al., ICLR 2025).
+
+Public API (imported lazily; importing ``repa`` itself loads nothing heavy):
+
+- ``repa.load_model(path)``: the EMA network from this project's or the reference REPA checkpoints.
+- ``repa.sample(model, noise, labels, sampler=..., steps=..., cfg_scale=..., guidance_interval=...)``.
+- ``repa.build_model(cfg)``, ``repa.model_config(name, **overrides)``, ``repa.MODELS``.
+- ``repa.train(cfg)`` with ``repa.TrainConfig``.
+"""
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "repa.checkpoint",
+    "sample": "repa.samplers",
+    "build_model": "repa.models",
+    "model_config": "repa.models",
+    "MODELS": "repa.models",
+    "train": "repa.train",
+    "TrainConfig": "repa.config",
+    "ModelConfig": "repa.config",
+    "ObjectiveConfig": "repa.config",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'repa' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from repa.cli import main
+
+sys.exit(main())

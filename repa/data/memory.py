@@ -1,0 +1,41 @@
+"""In-memory datasets with the same ``get_batch`` interface as a prepared dataset directory."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class ArrayDataset:
+    """Images uint8 (N, C, H, W) and labels (N,) held in memory, plus optional extra per-item arrays.
+
+    ``get_batch(indices)`` returns ``{"image", "label", **extra}`` as numpy arrays, like ``open_dataset``.
+    """
+
+    def __init__(self, images, labels, *, num_classes: int | None = None, class_names=None, **extra):
+        images = np.asarray(images)
+        labels = np.asarray(labels, dtype=np.int64)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        for key, value in extra.items():
+            if len(value) != len(images):
+                raise ValueError(f"extra array {key!r} has {len(value)} items, expected {len(images)}")
+        self.images, self.labels, self.extra = images, labels, {k: np.asarray(v) for k, v in extra.items()}
+        self.num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        self.channels, self.resolution = images.shape[1], images.shape[2]
+        self.has_latents = "latent_mean" in self.extra
+        self.manifest = {"source": "memory", "count": len(images), "resolution": self.resolution,
+                         "channels": self.channels, "num_classes": self.num_classes}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        batch = {"image": self.images[indices], "label": self.labels[indices]}
+        batch.update({k: v[indices] for k, v in self.extra.items()})
+        return batch
+
+    def token_cache_key(self, encoder_name: str, resolution: int, token_grid: int) -> str | None:
+        key = f"tokens:{encoder_name}@{resolution}/{token_grid}"
+        return key if key in self.extra else None

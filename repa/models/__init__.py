@@ -1,0 +1,56 @@
+"""Model registry keyed by the papers' names: ``SiT-XL/2``, ``DiT-B/4``, ...
+
+``MODELS`` maps each name to its size (depth, width, heads) and patch; ``model_config(name, **overrides)`` gives a
+full ``ModelConfig``; ``build_model(cfg)`` constructs the network of the config's family.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from repa.config import ConfigError, ModelConfig, validate_model
+from repa.models.sit import SiT, ModelOutput
+
+# Sizes of the SiT/DiT papers: (depth, hidden size, heads).
+SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+PATCHES = {"SiT": (1, 2, 4, 8), "DiT": (2, 4, 8)}
+
+FAMILIES = {"SiT": SiT}
+
+MODELS: dict[str, dict] = {
+    f"{family}-{size}/{patch}": {"depth": d, "hidden_size": w, "num_heads": h, "patch_size": patch}
+    for family, patches in PATCHES.items()
+    for size, (d, w, h) in SIZES.items()
+    for patch in patches
+}
+
+
+def register_family(name: str, cls) -> None:
+    """Make ``build_model`` construct ``cls`` for configs whose name starts with ``name-``."""
+    FAMILIES[name] = cls
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """The ModelConfig of preset ``name`` (e.g. ``"SiT-XL/2"``), with field overrides, validated."""
+    if name not in MODELS:
+        raise ConfigError(f"model.name: unknown model {name!r}; known models: {', '.join(MODELS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ConfigError(f"unknown model field(s) {bad}; known: {sorted(fields)}")
+    cfg = ModelConfig(name=name, **{**MODELS[name], **overrides})
+    validate_model(cfg)
+    return cfg
+
+
+def build_model(cfg: ModelConfig):
+    """Construct the network described by ``cfg`` (validated first)."""
+    validate_model(cfg)
+    if cfg.family not in FAMILIES:
+        if cfg.family == "DiT":
+            import repa.models.dit  # noqa: F401  (registers the DiT family)
+        if cfg.family not in FAMILIES:
+            raise ConfigError(f"model.name: no model family {cfg.family!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[cfg.family](cfg)
+
+
+__all__ = ["MODELS", "SIZES", "SiT", "ModelOutput", "model_config", "build_model", "register_family"]

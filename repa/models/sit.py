@@ -1,0 +1,261 @@
+"""SiT (Ma et al. 2024) with the REPA projector (Yu et al. 2025, Sec. 3.2 / Eq. 8), in the released layout.
+
+Reads top to bottom like the papers: embeddings, the adaLN-Zero block, the final layer, the projector, then the
+network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (REFERENCE section 3), so a
+reference state dict loads without renaming.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from repa.config import ModelConfig
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation x * (1 + scale) + shift, with (B, D) conditioning broadcast over tokens."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """(M,) positions -> (M, dim) sinusoidal features laid out as [sin, cos] (MAE convention)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    angles = positions.double()[:, None] * omega[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (grid_size**2, dim): first half encodes the column, second the row."""
+    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1).float()
+
+
+def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) diffusion times -> (B, dim) sinusoidal features [cos, sin] of the raw time value."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+# ---- embeddings ----------------------------------------------------------------------------------------------------
+
+class PatchEmbed(nn.Module):
+    """(B, C, H, W) -> (B, N, D) with a strided convolution (patch p)."""
+
+    def __init__(self, in_channels: int, hidden_size: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t, then Linear - SiLU - Linear."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding table; the extra last row is the null class used for classifier-free guidance.
+
+    Label dropout is applied by the objective (with an explicit generator), not here.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, with_null_class: bool):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(with_null_class), hidden_size)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)
+
+
+# ---- transformer block -------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head self-attention through scaled_dot_product_attention, with optional per-head qk LayerNorm."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)                                   # each (B, H, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        x = F.scaled_dot_product_attention(q, k, v)               # (B, H, N, hd)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    """Linear - GELU(tanh) - Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SiTBlock(nn.Module):
+    """adaLN-Zero transformer block (DiT paper, Fig. 3)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm, adaLN (shift, scale), Linear to p*p*C_out per token."""
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int) -> nn.Sequential:
+    """REPA projector h_phi: Linear(D, 2048) - SiLU - Linear(2048, 2048) - SiLU - Linear(2048, E)."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, projector_dim), nn.SiLU(),
+        nn.Linear(projector_dim, projector_dim), nn.SiLU(),
+        nn.Linear(projector_dim, encoder_dim),
+    )
+
+
+# ---- the network -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelOutput:
+    """Named outputs; ``velocity`` first. ``projected``: one (B, N, E) per encoder; ``hidden``: {block: (B, N, D)}."""
+    velocity: torch.Tensor
+    projected: list[torch.Tensor] = field(default_factory=list)
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class SiT(nn.Module):
+    """Scalable interpolant transformer with REPA projectors reading the tokens after block ``encoder_depth``.
+
+    ``model(x, t, y)`` returns the prediction (B, C_out, H, W). With ``project=True`` or ``hidden_layers`` it
+    returns a ``ModelOutput``; the projectors run only when ``project=True`` (never during sampling).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.x_embedder = PatchEmbed(c.in_channels, c.hidden_size, c.patch_size)
+        self.t_embedder = TimestepEmbedder(c.hidden_size)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, with_null_class=c.class_dropout > 0)
+        self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).unsqueeze(0), persistent=True)
+        self.blocks = nn.ModuleList([SiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm)
+                                     for _ in range(c.depth)])
+        self.projectors = nn.ModuleList([build_projector(c.hidden_size, c.projector_dim, e) for e in c.encoder_dims])
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
+        self.gradient_checkpointing = False
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """REFERENCE section 3: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, h*w, p*p*C) -> (B, C, h*p, w*p); each token holds its patch as (p, q, C)."""
+        p, C = self.config.patch_size, self.config.out_channels
+        h = w = int(round(x.shape[1] ** 0.5))
+        x = x.reshape(x.shape[0], h, w, p, p, C)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, h * p, w * p)
+
+    def embed_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Time conditioning; SiT embeds the raw t in [0, 1] (DiT overrides this)."""
+        return self.t_embedder(t)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
+                hidden_layers: tuple[int, ...] | range = ()) -> torch.Tensor | ModelOutput:
+        """Predict the velocity for x_t (B, C, H, W) at times t (B,) and labels y (B,).
+
+        Args:
+            project: also return the projector outputs (one (B, N, E) per encoder) for the REPA loss.
+            hidden_layers: 1-based block indices whose output tokens (B, N, D) are returned (analysis).
+        Returns:
+            The prediction (B, C_out, H, W), or a ModelOutput when ``project`` or ``hidden_layers`` is set.
+        """
+        if x.shape[-1] != self.config.input_size or x.shape[-2] != self.config.input_size:
+            raise ValueError(f"input is {tuple(x.shape[-2:])} but the model was built for "
+                             f"{self.config.input_size}x{self.config.input_size} (model.input_size)")
+        wanted = set(hidden_layers)
+        if wanted and not wanted <= set(range(1, self.config.depth + 1)):
+            raise ValueError(f"hidden_layers {sorted(wanted)} outside 1..{self.config.depth} (the model depth)")
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        h = self.x_embedder(x) + self.pos_embed                     # (B, N, D)
+        c = self.embed_time(t) + self.y_embedder(y)                 # (B, D)
+        projected: list[torch.Tensor] = []
+        hidden: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(self.blocks, start=1):
+            if self.gradient_checkpointing and self.training:
+                h = checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
+            if index in wanted:
+                hidden[index] = h
+            if project and index == self.config.encoder_depth:
+                projected = [proj(h) for proj in self.projectors]  # each (B, N, E)
+        out = self.unpatchify(self.final_layer(h, c))               # (B, C_out, H, W)
+        if project or wanted:
+            return ModelOutput(out, projected, hidden)
+        return out

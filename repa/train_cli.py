@@ -1,0 +1,50 @@
+"""Arguments of ``repa train``: a preset, typed ``--section.field VALUE`` overrides of any field, a dry run."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from repa.config import TrainConfig, field_types
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="SiT-XL/2-REPA-256",
+                   help="named configuration (see `repa presets`); fields below override it")
+    p.add_argument("--config", help="a config.json (from a run directory) to start from instead of a preset")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the saved run's config differs in fields that are not resume-safe")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
+    group = p.add_argument_group("config fields (any field of TrainConfig, dotted)")
+    for name, tp in field_types(TrainConfig).items():
+        group.add_argument(f"--{name}", dest=f"field:{name}", default=None, metavar="VALUE",
+                           help=getattr(tp, "__name__", str(tp)))
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Preset (or --config file), then the given field overrides, then validation."""
+    from repa.config import apply_overrides, from_dict, parse_value, validate_train
+    from repa.presets import get_preset
+    if args.config:
+        with open(args.config) as f:
+            cfg = from_dict(TrainConfig, json.load(f))
+    else:
+        cfg = get_preset(args.preset)
+    types = field_types(TrainConfig)
+    overrides = {key[len("field:"):]: value for key, value in vars(args).items()
+                 if key.startswith("field:") and value is not None}
+    cfg = apply_overrides(cfg, {k: parse_value(v, types[k], k) for k, v in overrides.items()})
+    validate_train(cfg)
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from repa.config import to_json
+    cfg = resolve_config(args)
+    if args.dry_run:
+        print(to_json(cfg))
+        return 0
+    from repa.train import train
+    result = train(cfg, allow_config_change=args.allow_config_change, device=args.device)
+    print(f"finished at step {result.step}; last checkpoint: {result.checkpoint}")
+    return 0

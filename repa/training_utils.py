@@ -1,0 +1,152 @@
+"""Small helpers of the training loop: schedules, precision contexts, metrics logging, previews."""
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from repa.config import ObjectiveConfig, OptimConfig, TrainConfig
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient became NaN/inf; ``step`` is the first bad step."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"non-finite training at step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+def lambda_at(objective: ObjectiveConfig, step: int) -> float:
+    """The REPA coefficient at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step``."""
+    lam, stop, decay = objective.proj_coeff, objective.align_stop_step, objective.align_decay_steps
+    if stop <= 0:
+        return lam
+    if step >= stop:
+        return 0.0
+    if decay > 0 and step >= stop - decay:
+        return lam * (stop - step) / decay
+    return lam
+
+
+def lr_at(optim: OptimConfig, step: int) -> float:
+    """Constant learning rate after an optional linear warm-up over ``warmup_steps``."""
+    if optim.warmup_steps > 0 and step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    return optim.lr
+
+
+def autocast_context(precision: str, device: torch.device):
+    """Autocast for bf16/fp16 on the given device; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def environment_versions() -> dict:
+    """Library versions stored with every checkpoint."""
+    import numpy
+    from repa import __version__
+    return {"repa": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+class MetricsLog:
+    """Accumulates losses on the device; writes metrics.jsonl, TensorBoard (and W&B) every ``log_every`` steps.
+
+    The progress bar shows steps/s, images/s and the ETA. Only ``write`` synchronises with the device.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, enabled: bool, start_step: int, progress: bool):
+        self.cfg, self.enabled = cfg, enabled
+        self.sums: list[torch.Tensor] | None = None
+        self.count = 0
+        self.last: dict = {}
+        self.t0, self.step0 = time.perf_counter(), start_step
+        self.bar = self.tb = self.wandb = None
+        if not enabled:
+            return
+        self.path = Path(cfg.run_dir) / "metrics.jsonl"
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            desc=Path(cfg.run_dir).name)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+            except ImportError:
+                warnings.warn("tensorboard is not installed; TensorBoard logging is off")
+        if cfg.wandb:
+            import wandb
+            self.wandb = wandb.init(project="repa", name=Path(cfg.run_dir).name, config=json.loads(
+                json.dumps(__import__("dataclasses").asdict(cfg))), resume="allow")
+
+    def accumulate(self, *values: torch.Tensor) -> None:
+        values = [v.detach().float() for v in values]
+        self.sums = values if self.sums is None else [s + v for s, v in zip(self.sums, values)]
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def write(self, step: int, images_seen: int, **extra) -> None:
+        if self.sums is None:
+            return
+        loss, denoise, align, grad_norm = (float(s) / self.count for s in self.sums)
+        now = time.perf_counter()
+        steps_per_s = (step - self.step0) / max(now - self.t0, 1e-9)
+        record = {"step": step, "images_seen": images_seen, "loss": loss, "denoise_loss": denoise,
+                  "align_loss": align, "grad_norm": grad_norm, "steps_per_s": steps_per_s,
+                  "images_per_s": steps_per_s * self.cfg.global_batch_size, **extra}
+        if torch.cuda.is_available():
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        self.sums, self.count, self.t0, self.step0 = None, 0, now, step
+        self.last = record
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", align=f"{align:.3f}", img_s=f"{record['images_per_s']:.0f}")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.tb.add_scalar(f"train/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log(record, step=step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+_preview_warned = False
+
+
+def sample_preview(ema, cfg: TrainConfig, step: int) -> None:
+    """Write a PNG grid of EMA samples (Euler, 50 steps) to ``run_dir/samples/STEP.png``."""
+    global _preview_warned
+    from repa.visualize import sample_grid_png
+    decode = None
+    if cfg.model.space == "latent":
+        try:
+            from repa.autoencoder import decode as vae_decode, load_vae
+            vae = load_vae("stabilityai/sd-vae-ft-ema", device=next(ema.parameters()).device)
+            decode = lambda z: vae_decode(vae, z)  # noqa: E731
+        except Exception as exc:  # previews are optional; training goes on
+            if not _preview_warned:
+                warnings.warn(f"sample previews are off: the VAE could not be loaded ({exc})")
+                _preview_warned = True
+            return
+    rng_state = torch.get_rng_state()
+    sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", num=16, seed=cfg.seed, decode=decode)
+    torch.set_rng_state(rng_state)

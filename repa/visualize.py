@@ -1,0 +1,68 @@
+"""Turning model-space samples into images: uint8 conversion, grids, PNG files."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pixel-space samples in [-1, 1] (B, C, H, W) -> uint8 via clamp(127.5 (x + 1), 0, 255)."""
+    return torch.clamp(127.5 * (x.float() + 1), 0, 255).to(torch.uint8)
+
+
+def image_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 (B, C, H, W) -> one (H', W', C) uint8 grid image with ``nrow`` images per row."""
+    images = np.asarray(images.cpu() if isinstance(images, torch.Tensor) else images)
+    b, c, h, w = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(b)))
+    rows = int(math.ceil(b / nrow))
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = images[i].transpose(1, 2, 0)
+    return grid
+
+
+def save_png(grid: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an (H, W, C) uint8 array as PNG atomically (temporary file + rename)."""
+    from PIL import Image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = grid[..., 0] if grid.shape[-1] == 1 else grid
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def sample_images(model, num: int, *, steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+                  sampler: str = "euler", labels: torch.Tensor | None = None, decode=None) -> torch.Tensor:
+    """Draw ``num`` samples (labels cycling through the classes unless given) and return uint8 (B, C, H, W).
+
+    ``decode`` maps model-space latents to uint8 images (the VAE); pixel models need none.
+    """
+    from repa.samplers import sample
+    cfg = model.config
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen).to(device)
+    if labels is None:
+        labels = torch.arange(num) % cfg.num_classes
+    x = sample(model, noise, labels.to(device), sampler=sampler, steps=steps, cfg_scale=cfg_scale)
+    if cfg.space == "latent":
+        if decode is None:
+            raise ValueError("latent-space samples need a VAE decoder to become images")
+        return decode(x)
+    return to_uint8(x)
+
+
+def sample_grid_png(model, path, *, num: int = 16, steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
+                    decode=None) -> None:
+    """Sample ``num`` images and write them as one PNG grid."""
+    images = sample_images(model, num, steps=steps, cfg_scale=cfg_scale, seed=seed, decode=decode)
+    save_png(image_grid(images), path)
