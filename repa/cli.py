@@ -40,11 +40,46 @@ def _add_sample_grid(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="CKNNA alignment with a frozen encoder and linear probes, per block, for "
+                                       "one or more checkpoints; writes analysis.json and PNG plots")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files (several steps of one run, "
+                                                                  "or several runs such as REPA and vanilla)")
+    p.add_argument("--data", required=True, help="prepared dataset directory (repa prepare)")
+    p.add_argument("--out", default="analysis", help="output folder")
+    p.add_argument("--num-samples", type=int, default=1000, help="size of the fixed random subset")
+    p.add_argument("--t", type=float, default=0.5, help="diffusion time of the inputs (0 data, 1 noise)")
+    p.add_argument("--layers", default="", help="comma-separated 1-based blocks (default: all)")
+    p.add_argument("--topk", type=int, default=10, help="k of CKNNA and mutual k-NN")
+    p.add_argument("--encoder", default=None, help="encoder to compare with (default: the checkpoint's first)")
+    p.add_argument("--encoder-weights", default=None, help="local weights for --encoder")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset, the noise and the probe split")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear probes")
+    p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument("--which", choices=("ema", "model"), default="ema")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+
+    def run(args):
+        from repa.analysis.run import AnalyzeOptions, run_analysis
+        try:
+            layers = tuple(int(v) for v in args.layers.split(",") if v.strip()) or None
+        except ValueError:
+            raise ValueError(f"--layers: expected comma-separated block numbers, got {args.layers!r}") from None
+        opts = AnalyzeOptions(num_samples=args.num_samples, t=args.t, layers=layers, topk=args.topk,
+                              batch_size=args.batch_size, seed=args.seed, probe=not args.no_probe,
+                              probe_epochs=args.probe_epochs)
+        run_analysis(args.checkpoints, args.data, args.out, opts, encoder=args.encoder,
+                     encoder_weights=args.encoder_weights, which=args.which, device=args.device)
+    p.set_defaults(func=run)
+
+
 # ---- end of subcommands (new ones: add a _add_<name> function above and list it in SUBCOMMANDS) -------------------
 
 SUBCOMMANDS = [
     _add_train,
     _add_sample_grid,
+    _add_analyze,
 ]
 
 

@@ -1,0 +1,296 @@
+"""``repa analyze``: alignment with a frozen encoder and linear-probe accuracy, per block, for one or more checkpoints.
+
+Three layers, so the arithmetic is testable without checkpoints, encoders or datasets:
+
+- ``analyze_features`` (pure): a FeatureSet and the encoder's pooled features -> per-block CKNNA / CKA / mutual
+  k-NN with the encoder, per-block probe accuracy, the same for the projector outputs;
+- ``analyze_model``: feature extraction (``repa.analysis.features``) followed by ``analyze_features``;
+- ``run_analysis``: loads checkpoints (``repa.load_model``), the dataset (``repa.data.open_dataset``) and the encoder
+  (``repa.encoders.load_encoder``), runs the above for every checkpoint on the same fixed subset, with the same
+  noise and the same encoder features, and writes ``analysis.json`` plus the plots of ``repa.analysis.plots``.
+
+Alignment is measured as in REPA (Sec. 3 / Fig. 2, following Huh et al. 2024): CKNNA with k = 10 between the
+token-averaged hidden state of each block and the token-averaged encoder features of the clean image, rows
+L2-normalised first.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from repa.analysis.features import FeatureSet, check_time, encoder_features, extract_features
+from repa.analysis.metrics import cka, cknna, l2_normalize, mutual_knn
+from repa.analysis.probe import linear_probe
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """Settings shared by every checkpoint of one analysis (saved into analysis.json)."""
+    num_samples: int = 1000
+    t: float = 0.5
+    layers: tuple[int, ...] | None = None   # None: every block
+    topk: int = 10
+    batch_size: int = 64
+    seed: int = 0                           # subset, noise, latent posterior samples, probe split
+    normalize: bool = True                  # L2-normalise rows before the alignment metrics (PRH protocol)
+    probe: bool = True
+    probe_epochs: int = 100
+    probe_batch_size: int = 256
+    probe_test_fraction: float = 0.2
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad option."""
+        check_time(self.t)
+        if self.num_samples < 4:
+            raise ValueError(f"num_samples must be >= 4, got {self.num_samples}")
+        if not 1 <= self.topk < self.num_samples:
+            raise ValueError(f"topk must satisfy 1 <= topk < num_samples ({self.num_samples}), got {self.topk}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+# ---- the pure part -----------------------------------------------------------------------------------------------
+
+def alignment_scores(features, target, *, topk: int = 10, normalize: bool = True) -> dict[str, float]:
+    """CKNNA, linear CKA (biased and unbiased) and mutual k-NN between two (N, D) feature matrices."""
+    a, b = (l2_normalize(features), l2_normalize(target)) if normalize else (features, target)
+    return {"cknna": cknna(a, b, topk=topk), "cka": cka(a, b), "cka_unbiased": cka(a, b, unbiased=True),
+            "mutual_knn": mutual_knn(a, b, topk=topk)}
+
+
+def _probe(features: torch.Tensor, labels: torch.Tensor, opts: AnalyzeOptions) -> dict:
+    result = linear_probe(features, labels, test_fraction=opts.probe_test_fraction, seed=opts.seed,
+                          epochs=opts.probe_epochs, batch_size=opts.probe_batch_size)
+    return result.to_dict()
+
+
+def analyze_features(features: FeatureSet, encoder_pooled: torch.Tensor, opts: AnalyzeOptions) -> dict:
+    """Per-block alignment with the encoder and probe accuracy, from already extracted features.
+
+    Args:
+        features: the model's FeatureSet (pooled hidden states, projector outputs, labels).
+        encoder_pooled: (N, E) token-averaged encoder features of the same samples, in the same order.
+        opts: topk, normalisation and probe settings.
+    Returns:
+        ``{"layers": [{"layer", "cknna", "cka", "cka_unbiased", "mutual_knn", "probe_accuracy", "probe"}, ...],
+        "projectors": [{"index", "cknna", ...}, ...]}``.
+    """
+    if encoder_pooled.shape[0] != features.num_samples:
+        raise ValueError(f"encoder features hold {encoder_pooled.shape[0]} samples, the model features "
+                         f"{features.num_samples}: both must come from the same subset")
+    layers = []
+    for layer in features.layers:
+        row = {"layer": layer, **alignment_scores(features.pooled[layer], encoder_pooled, topk=opts.topk,
+                                                  normalize=opts.normalize)}
+        if opts.probe:
+            row["probe"] = _probe(features.pooled[layer], features.labels, opts)
+            row["probe_accuracy"] = row["probe"]["best_accuracy"]
+        layers.append(row)
+    projectors = []
+    for index, projected in enumerate(features.projected_pooled):
+        if projected.shape[1] != encoder_pooled.shape[1]:
+            continue          # a projector trained for another encoder width: no token-wise counterpart
+        projectors.append({"index": index, **alignment_scores(projected, encoder_pooled, topk=opts.topk,
+                                                              normalize=opts.normalize)})
+    return {"layers": layers, "projectors": projectors}
+
+
+def analyze_model(model: torch.nn.Module, make_batches: Callable[[], Iterable[dict]], encoder_pooled: torch.Tensor,
+                  opts: AnalyzeOptions, *, path: str = "linear") -> dict:
+    """Extract features of ``model`` on the batches of ``make_batches()`` and run ``analyze_features``.
+
+    Args:
+        model: a network following the model contract (hidden_layers / project outputs).
+        make_batches: returns a fresh iterable of batches (``"x0"``, ``"label"``), the same samples in the same order
+            as those ``encoder_pooled`` was computed on.
+        encoder_pooled: (N, E) pooled encoder features.
+        opts: analysis settings (t, layers, seed, ...).
+        path: the interpolant the model was trained with.
+    """
+    opts.validate()
+    features = extract_features(model, make_batches(), t=opts.t, path=path, layers=opts.layers, seed=opts.seed)
+    return analyze_features(features, encoder_pooled, opts)
+
+
+def training_curves(entries: Sequence[dict], metric: str = "cknna") -> list[dict]:
+    """Group checkpoint results by run and, for runs with several steps, give ``metric`` against the step.
+
+    Each entry needs ``run``, ``step``, ``alignment_depth`` and ``layers`` (as written by ``run_analysis``).
+    Returns one ``{"run", "steps", "alignment_depth", "at_alignment_depth", "best_layer_value"}`` per run with at
+    least two distinct steps, steps ascending.
+    """
+    runs: dict[str, list[dict]] = {}
+    for entry in entries:
+        if entry.get("step") is not None:
+            runs.setdefault(entry["run"], []).append(entry)
+    curves = []
+    for run, members in runs.items():
+        members = sorted(members, key=lambda e: e["step"])
+        if len({m["step"] for m in members}) < 2:
+            continue
+        depth = members[0].get("alignment_depth")
+        at_depth = [next((r[metric] for r in m["layers"] if r["layer"] == depth), None) for m in members]
+        curves.append({"run": run, "steps": [m["step"] for m in members], "alignment_depth": depth,
+                       "at_alignment_depth": at_depth,
+                       "best_layer_value": [max(r[metric] for r in m["layers"]) for m in members]})
+    return curves
+
+
+# ---- data, checkpoints, encoders ---------------------------------------------------------------------------------
+
+def fixed_subset(dataset_size: int, num_samples: int, seed: int) -> np.ndarray:
+    """The sorted indices of a seeded random subset; the same for every checkpoint of an analysis."""
+    if num_samples > dataset_size:
+        raise ValueError(f"--num-samples {num_samples} exceeds the dataset size {dataset_size}")
+    return np.sort(np.random.default_rng(seed).choice(dataset_size, size=num_samples, replace=False))
+
+
+def dataset_batches(dataset, indices: np.ndarray, batch_size: int, *, space: str, seed: int) -> Iterable[dict]:
+    """Batches of the prepared dataset as the analysis needs them: ``x0`` (model space), ``label``, ``image``.
+
+    Pixel models take images mapped to [-1, 1]; latent models take one posterior sample per image drawn with a
+    generator seeded by (seed, position in the subset), so every checkpoint sees identical inputs.
+    """
+    for start in range(0, len(indices), batch_size):
+        batch = dataset.get_batch(indices[start:start + batch_size])
+        image = torch.from_numpy(np.asarray(batch["image"]))                            # uint8 (B, C, H, W)
+        if space == "pixel":
+            x0 = image.float() / 127.5 - 1.0
+        elif space == "latent":
+            if "latent_mean" not in batch:
+                raise ValueError("the model works on VAE latents but the dataset has none; prepare it with a VAE "
+                                 "(repa prepare --vae ...)")
+            from repa.autoencoder import sample_latents
+            mean = torch.from_numpy(np.asarray(batch["latent_mean"])).float()
+            std = torch.from_numpy(np.asarray(batch["latent_std"])).float()
+            x0 = torch.cat([sample_latents(mean[i:i + 1], std[i:i + 1],
+                                           generator=torch.Generator().manual_seed(seed * 1_000_003 + start + i))
+                            for i in range(len(mean))])
+        else:
+            raise ValueError(f"unknown model space {space!r}; expected 'latent' or 'pixel'")
+        yield {"x0": x0, "label": torch.from_numpy(np.asarray(batch["label"])).long(), "image": image}
+
+
+def _collect_labels(batches: Iterable[dict], into: list) -> Iterable[dict]:
+    """Pass batches through, appending their labels to ``into`` the first time (when it is empty)."""
+    collect = not into
+    for batch in batches:
+        if collect:
+            into.append(batch["label"])
+        yield batch
+
+
+def _run_name(model, checkpoint: str) -> str:
+    """The run a checkpoint belongs to: its training run_dir, else the folder that holds its checkpoints folder."""
+    train_config = getattr(model, "train_config", None)
+    if train_config is not None and train_config.run_dir:
+        return str(train_config.run_dir)
+    parent = Path(checkpoint).resolve().parent
+    return str(parent.parent if parent.name == "checkpoints" else parent)
+
+
+def _pick_encoder(models: Sequence, checkpoints: Sequence[str], name: str | None,
+                  weights: str | None) -> tuple[str, str | None]:
+    """The encoder to compare against: ``name`` if given, else the first encoder of the first training config."""
+    if name:
+        return name, weights
+    for model, path in zip(models, checkpoints):
+        cfg = getattr(model, "train_config", None)
+        if cfg is not None and cfg.encoders:
+            return cfg.encoders[0], weights or (cfg.encoder_weights[0] if cfg.encoder_weights else None)
+    raise ValueError(f"none of the checkpoints ({', '.join(checkpoints)}) has a training config naming an encoder "
+                     "(reference checkpoints do not): pass --encoder NAME (e.g. dinov2-vit-b)")
+
+
+def run_analysis(checkpoints: Sequence[str], data: str, out: str, opts: AnalyzeOptions = AnalyzeOptions(), *,
+                 encoder: str | None = None, encoder_weights: str | None = None, which: str = "ema",
+                 device: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Analyse checkpoints against one frozen encoder on a fixed subset of a prepared dataset; write the report.
+
+    Args:
+        checkpoints: checkpoint files (one run at several steps, or several runs, e.g. REPA and vanilla).
+        data: prepared dataset directory (``repa.data.open_dataset``).
+        out: output folder for ``analysis.json`` and the PNG plots.
+        opts: analysis settings.
+        encoder, encoder_weights: the encoder to compare with; default: the first checkpoint's training encoder.
+        which: ``ema`` or ``model`` weights.
+        device: torch device; default CUDA when available.
+        log: progress messages.
+    Returns:
+        The dict written to ``out/analysis.json``.
+    """
+    from repa.checkpoint import load_model
+    from repa.data import open_dataset
+    from repa.encoders import load_encoder
+    from repa.analysis.plots import write_plots
+
+    opts.validate()
+    if not checkpoints:
+        raise ValueError("give at least one checkpoint")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dataset = open_dataset(data)
+    indices = fixed_subset(len(dataset), opts.num_samples, opts.seed)
+    models = [load_model(path, which=which, device="cpu") for path in checkpoints]  # on CPU until analysed
+    encoder_name, encoder_weights = _pick_encoder(models, checkpoints, encoder, encoder_weights)
+    encoder_cache: dict[int, torch.Tensor] = {}      # token grid -> (N, E) pooled encoder features
+    labels: list[torch.Tensor] = []
+    entries = []
+    for path, model in zip(checkpoints, models):
+        cfg = model.config
+        train_config = getattr(model, "train_config", None)
+        if train_config is not None and train_config.objective.kind != "interpolant":
+            raise ValueError(f"{path}: trained with the {train_config.objective.kind!r} objective; the analysis "
+                             "noises inputs on an interpolant path and supports 'interpolant' checkpoints only")
+        interpolant = train_config.objective.path if train_config is not None else "linear"
+
+        def make_batches(space=cfg.space):
+            return dataset_batches(dataset, indices, opts.batch_size, space=space, seed=opts.seed)
+
+        if cfg.grid_size not in encoder_cache:
+            log(f"encoder {encoder_name}: features of {len(indices)} images ({cfg.grid_size}x{cfg.grid_size} tokens)")
+            enc = load_encoder(encoder_name, resolution=dataset.resolution, token_grid=cfg.grid_size,
+                               weights=encoder_weights, device=device)
+            encoder_cache[cfg.grid_size] = encoder_features(enc, _collect_labels(make_batches(), labels),
+                                                            device=device)[0]
+            del enc
+        step = getattr(model, "step", None)
+        log(f"{path}: {cfg.name}, step {step}, t={opts.t}, {len(indices)} samples")
+        try:
+            result = analyze_model(model.to(device), make_batches, encoder_cache[cfg.grid_size], opts,
+                                   path=interpolant)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        model.to("cpu")
+        entries.append({
+            "checkpoint": str(path), "run": _run_name(model, path), "step": step, "model": cfg.name,
+            "alignment_depth": cfg.encoder_depth,
+            "proj_coeff": train_config.objective.proj_coeff if train_config is not None else None,
+            "training_encoders": list(train_config.encoders) if train_config is not None else None,
+            **result,
+        })
+    report = {
+        "settings": {**asdict(opts), "which": which},
+        "data": {"path": str(data), "resolution": dataset.resolution, "num_classes": dataset.num_classes,
+                 "indices_seed": opts.seed, "num_samples": len(indices)},
+        "encoder": {"name": encoder_name, "weights": encoder_weights},
+        "checkpoints": entries,
+        "training_curves": training_curves(entries),
+    }
+    if opts.probe:   # the encoder's own probe accuracy: the ceiling the model's curve is compared with
+        report["encoder"]["probe"] = _probe(next(iter(encoder_cache.values())), torch.cat(labels), opts)
+    os.makedirs(out, exist_ok=True)
+    report["plots"] = write_plots(report, out)
+    with open(Path(out) / "analysis.json", "w") as f:
+        json.dump(report, f, indent=2, allow_nan=False)
+    log(f"wrote {Path(out) / 'analysis.json'} and {len(report['plots'])} plots")
+    return report
+
+
+__all__ = ["AnalyzeOptions", "alignment_scores", "analyze_features", "analyze_model", "training_curves",
+           "fixed_subset", "dataset_batches", "run_analysis"]
