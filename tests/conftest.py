@@ -1,0 +1,68 @@
+"""Shared test helpers: tiny configs, an in-memory dataset, a frozen test-double encoder."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class PatchTeacher(torch.nn.Module):
+    """A frozen stand-in teacher for core tests: mean-pooled image patches through a fixed random projection.
+
+    It honours the encoder contract (uint8 (B, C, H, W) -> float (B, grid**2, E)); the real encoders have their
+    own tests in test_encoders.py.
+    """
+
+    def __init__(self, grid: int, dim: int, channels: int = 1, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.grid, self.embed_dim, self.token_grid, self.name = grid, dim, grid, "patch-teacher"
+        self.register_buffer("weight", torch.randn(channels * 4, dim, generator=gen))
+        self.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(images.float() / 127.5 - 1, self.grid * 2)
+        x = F.pixel_unshuffle(x, 2).flatten(2).transpose(1, 2)      # (B, grid^2, 4C)
+        return x @ self.weight
+
+
+def tiny_model_config(**overrides):
+    from repa.models import model_config
+    kwargs = dict(depth=3, hidden_size=32, num_heads=2, input_size=8, in_channels=1, num_classes=3,
+                  encoder_depth=2, encoder_dims=(16,), projector_dim=32, space="pixel")
+    kwargs.update(overrides)
+    return model_config("SiT-S/2", **kwargs)
+
+
+def tiny_train_config(run_dir, **overrides):
+    import dataclasses
+    from repa.config import DataConfig, OptimConfig, TrainConfig
+    cfg = TrainConfig(model=tiny_model_config(), encoders=("patch-teacher",), run_dir=str(run_dir),
+                      global_batch_size=8, max_steps=20, log_every=5, ckpt_every=10,
+                      data=DataConfig(num_workers=0, resolution=8), optim=OptimConfig(lr=1e-3), tensorboard=False,
+                      ema_decay=0.9)
+    return dataclasses.replace(cfg, **overrides)
+
+
+@pytest.fixture
+def tiny_dataset():
+    """64 structured 8x8 greyscale images in 3 classes (class = which quadrant is bright)."""
+    from repa.data.memory import ArrayDataset
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 64)
+    images = (rng.random((64, 1, 8, 8)) * 60).astype(np.uint8)
+    for i, y in enumerate(labels):
+        r, c = divmod(int(y), 2)
+        images[i, 0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] += 180
+    return ArrayDataset(images, labels, num_classes=3)
+
+
+@pytest.fixture
+def teacher():
+    return PatchTeacher(grid=4, dim=16)

@@ -1,0 +1,152 @@
+"""The training loop: learning, checkpoints, exact resume, accumulation, non-finite guard, run-dir safety."""
+import dataclasses
+import json
+import warnings
+
+import pytest
+import torch
+
+import repa
+from repa.checkpoint import list_checkpoints, load_checkpoint
+from repa.config import ConfigError, TrainConfig, from_dict
+from repa.train import train
+from repa.training_utils import NonFiniteError
+from tests.conftest import PatchTeacher, tiny_train_config
+
+
+def _weights(run_dir, step):
+    return load_checkpoint(f"{run_dir}/checkpoints/{step:08d}.pt")
+
+
+def _assert_same_state(a, b):
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+
+
+def test_twenty_steps_reduce_loss_and_checkpoint_loads(tmp_path, tiny_dataset, teacher):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=40, log_every=5, ckpt_every=20)
+    result = train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert records[-1]["loss"] < records[0]["loss"] and records[-1]["align_loss"] < records[0]["align_loss"]
+    model = repa.load_model(result.checkpoint)
+    assert model.config == cfg.model and model.train_config == cfg and model.step == 40
+    saved = from_dict(TrainConfig, json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert saved == cfg
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [20, 40]
+
+
+def test_kill_and_resume_gives_bitwise_identical_weights(tmp_path, tiny_dataset, teacher):
+    base = dict(max_steps=20, ckpt_every=5)
+    train(tiny_train_config(tmp_path / "full", **base), dataset=tiny_dataset, encoders=[teacher], progress=False)
+    run = tmp_path / "resumed"
+    cfg = tiny_train_config(run, **base)
+    # interrupted at step 7: its checkpoint at 7 is lost (killed), a stray half-written file stays behind
+    train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False, stop_at_step=7)
+    (run / "checkpoints" / "00000007.pt").unlink()
+    (run / "checkpoints" / ".00000010.pt.tmp-999").write_bytes(b"partial")
+    train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False, stop_at_step=13)   # stop again
+    train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    _assert_same_state(_weights(tmp_path / "full", 20), _weights(run, 20))
+    assert _weights(run, 20)["opt"]["state"].keys() == _weights(tmp_path / "full", 20)["opt"]["state"].keys()
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, tiny_dataset, teacher):
+    base = dict(max_steps=15, ckpt_every=5, keep_last=5)
+    train(tiny_train_config(tmp_path / "full", **base), dataset=tiny_dataset, encoders=[teacher], progress=False)
+    run = tmp_path / "run"
+    cfg = tiny_train_config(run, **base)
+    train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False, stop_at_step=10)
+    path = run / "checkpoints" / "00000010.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="00000010.pt is corrupt"):
+        train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    _assert_same_state(_weights(tmp_path / "full", 15), _weights(run, 15))
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, tiny_dataset, teacher):
+    full = train(tiny_train_config(tmp_path / "a", max_steps=6, ckpt_every=6), dataset=tiny_dataset,
+                 encoders=[teacher], progress=False)
+    accum = train(tiny_train_config(tmp_path / "b", max_steps=6, ckpt_every=6, grad_accum_steps=4),
+                  dataset=tiny_dataset, encoders=[teacher], progress=False)
+    a, b = load_checkpoint(full.checkpoint)["model"], load_checkpoint(accum.checkpoint)["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+
+
+class NaNAfter(PatchTeacher):
+    """Returns NaN tokens from its n-th call on (simulates a numerical blow-up at a known step)."""
+
+    def __init__(self, n, **kw):
+        super().__init__(**kw)
+        self.n, self.calls = n, 0
+
+    def forward(self, images):
+        self.calls += 1
+        out = super().forward(images)
+        return out * float("nan") if self.calls > self.n else out
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, tiny_dataset):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=20, ckpt_every=5, log_every=5)
+    with pytest.raises(NonFiniteError, match=r"step 7.*last good checkpoint is .*00000005\.pt") as info:
+        train(cfg, dataset=tiny_dataset, encoders=[NaNAfter(7, grid=4, dim=16)], progress=False)
+    assert info.value.step == 7
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [5]
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run", 5)["model"].values())
+
+
+def test_non_finite_steps_can_be_skipped_up_to_a_limit(tmp_path, tiny_dataset):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=10, ckpt_every=10, max_skipped_steps=2)
+    with pytest.raises(NonFiniteError, match="max_skipped_steps"):
+        train(cfg, dataset=tiny_dataset, encoders=[NaNAfter(7, grid=4, dim=16)], progress=False)
+    # one bad step within the limit: the run finishes with finite weights
+    class OneNaN(PatchTeacher):
+        calls = 0
+
+        def forward(self, images):
+            self.calls += 1
+            out = super().forward(images)
+            return out * float("nan") if self.calls == 4 else out
+    cfg = tiny_train_config(tmp_path / "run2", max_steps=10, ckpt_every=10, max_skipped_steps=2)
+    result = train(cfg, dataset=tiny_dataset, encoders=[OneNaN(grid=4, dim=16)], progress=False)
+    assert result.step == 10
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(result.checkpoint)["model"].values())
+
+
+def test_resume_with_conflicting_config_is_refused(tmp_path, tiny_dataset, teacher):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=5, ckpt_every=5)
+    train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    changed = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=5e-4), max_steps=8)
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.001 -> 0\.0005"):
+        train(changed, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    # extending max_steps is resume-safe; an explicit override allows the rest
+    train(dataclasses.replace(cfg, max_steps=8), dataset=tiny_dataset, encoders=[teacher], progress=False)
+    result = train(changed, dataset=tiny_dataset, encoders=[teacher], progress=False, allow_config_change=True)
+    assert result.step == 8
+
+
+def test_vanilla_twin_has_identical_init_and_untrained_projector(tmp_path, tiny_dataset, teacher):
+    repa_cfg = tiny_train_config(tmp_path / "repa", max_steps=1, ckpt_every=1)
+    vanilla_cfg = dataclasses.replace(tiny_train_config(tmp_path / "vanilla", max_steps=1, ckpt_every=1),
+                                      objective=dataclasses.replace(repa_cfg.objective, proj_coeff=0.0))
+    a = train(repa_cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    b = train(vanilla_cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    sa, sb = load_checkpoint(a.checkpoint), load_checkpoint(b.checkpoint)
+    assert "projectors.0.0.weight" in sb["model"]
+    from repa.models import build_model
+    torch.manual_seed(repa_cfg.seed)
+    init = build_model(repa_cfg.model).state_dict()
+    assert torch.equal(sb["model"]["projectors.0.0.weight"], init["projectors.0.0.weight"])
+    assert not torch.equal(sa["model"]["projectors.0.0.weight"], init["projectors.0.0.weight"])
+
+
+def test_lambda_schedule_stops_and_decays():
+    from repa.config import ObjectiveConfig
+    from repa.training_utils import lambda_at
+    cfg = ObjectiveConfig(proj_coeff=0.5, align_stop_step=100, align_decay_steps=50)
+    assert [lambda_at(cfg, s) for s in (0, 49, 50, 75, 99, 100, 500)] == [0.5, 0.5, 0.5, 0.25, 0.01, 0.0, 0.0]
