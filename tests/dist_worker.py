@@ -1,0 +1,15 @@
+"""Run by test_distributed.py under torchrun: train the tiny config on the tiny dataset, in N processes."""
+import sys
+
+import numpy as np
+
+from repa.data.memory import ArrayDataset
+from repa.train import train
+from tests.conftest import PatchTeacher, tiny_train_config
+
+run_dir, accum = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 3, 64)
+images = (rng.random((64, 1, 8, 8)) * 255).astype(np.uint8)
+cfg = tiny_train_config(run_dir, max_steps=6, ckpt_every=6, grad_accum_steps=accum)
+train(cfg, dataset=ArrayDataset(images, labels, num_classes=3), encoders=[PatchTeacher(4, 16)], progress=False)

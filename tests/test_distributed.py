@@ -1,0 +1,28 @@
+"""Two gloo processes under torchrun equal one process with the same global batch."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from repa.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(run_dir, nproc, accum=1):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "tests" / "dist_worker.py"), str(run_dir), str(accum)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_checkpoint(Path(run_dir) / "checkpoints" / "00000006.pt")
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    one = _run(tmp_path / "one", 1)
+    two = _run(tmp_path / "two", 2, accum=2)
+    for name, value in one["model"].items():
+        assert torch.allclose(value, two["model"][name], atol=1e-5, rtol=0), name
+    assert len(two["rng"]) == 2 and two["data"]["world_size"] == 2
