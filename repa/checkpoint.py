@@ -152,10 +152,8 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
     class_dropout = float(args.get("cfg_prob", 0.1 if rows == num_classes + 1 else 0.0))
     size = SIZE_BY_SHAPE.get((depth, width))
     name = f"SiT-{size}/{patch}" if size else str(args.get("model", f"SiT-custom/{patch}"))
-    heads = HEADS_BY_WIDTH.get(width)
-    if heads is None:
-        raise CheckpointError(f"cannot infer the number of heads for width {width}; known widths "
-                              f"{sorted(HEADS_BY_WIDTH)}")
+    # Heads are not visible in shapes: the paper's widths have fixed head counts, others use 64-d heads.
+    heads = int(args.get("num_heads", HEADS_BY_WIDTH.get(int(width), max(1, int(width) // 64))))
     encoder_depth = int(args.get("encoder_depth", min(8, depth)))
     return ModelConfig(
         name=name, depth=depth, hidden_size=int(width), num_heads=heads, patch_size=int(patch),
