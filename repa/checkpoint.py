@@ -190,7 +190,7 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
     ckpt = load_checkpoint(path)
-    train_config = None
+    train_config, args = None, {}
     if ckpt.get("format") == FORMAT:
         train_config = from_dict(TrainConfig, json.loads(ckpt["config"]))
         model_cfg = train_config.model
@@ -207,6 +207,9 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     else:
         raise CheckpointError(f"{path} is not a REPA/SiT checkpoint: expected keys 'ema'/'model' (with 'args', "
                               f"'steps') or a SiT state dict; found {sorted(ckpt)[:10]}")
+    if train_config is None:         # released DiT and SiT state dicts share one layout: settle the family
+        from repa.models.dit import resolve_released_family
+        model_cfg = resolve_released_family(model_cfg, path=path, args=args)
     model = build_model(model_cfg)
     missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
     if missing or unexpected:

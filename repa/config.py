@@ -164,7 +164,11 @@ def validate_model(m: ModelConfig) -> None:
 def validate_objective(o: ObjectiveConfig) -> None:
     _require(o.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {o.kind!r}")
     _require(o.path in PATHS, "objective.path", f"must be one of {PATHS}, got {o.path!r}")
-    _require(o.prediction == "velocity", "objective.prediction", f"must be 'velocity', got {o.prediction!r}")
+    wanted = "epsilon" if o.kind == "iddpm" else "velocity"
+    _require(o.prediction == wanted, "objective.prediction", f"must be {wanted!r} for objective.kind={o.kind!r}, "
+             f"got {o.prediction!r}")
+    _require(o.kind != "iddpm" or o.time_sampling == "uniform", "objective.time_sampling",
+             "the iddpm objective samples timesteps uniformly; use 'uniform'")
     _require(o.time_sampling in TIME_SAMPLINGS, "objective.time_sampling",
              f"must be one of {TIME_SAMPLINGS}, got {o.time_sampling!r}")
     _require(o.proj_coeff >= 0, "objective.proj_coeff", f"must be >= 0, got {o.proj_coeff}")

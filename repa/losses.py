@@ -79,6 +79,9 @@ def repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: lis
         t: (B,) diffusion times (``sample_time``); noise: (B, C, H, W) standard normal.
         proj_coeff: the lambda for this step (defaults to ``cfg.proj_coeff``; the trainer passes the scheduled one).
     """
+    if cfg.kind == "iddpm":          # DiT's improved-DDPM objective: repa.diffusion
+        from repa.diffusion.objective import iddpm_repa_loss
+        return iddpm_repa_loss(model, x0, labels, encoder_tokens, cfg, t=t, noise=noise, proj_coeff=proj_coeff)
     lam = cfg.proj_coeff if proj_coeff is None else proj_coeff
     path = get_path(cfg.path)
     x_t = path.interpolate(x0, noise, t)

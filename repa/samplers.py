@@ -113,7 +113,13 @@ def euler_maruyama(model, noise, labels, *, steps=250, cfg_scale=1.0, guidance_i
     return x.to(noise.dtype)
 
 
-SAMPLERS = {"euler": euler, "heun": heun, "sde": euler_maruyama}
+def ddpm(model, noise, labels, **kwargs):
+    """DDPM ancestral sampling for epsilon networks (DiT, objective iddpm): ``repa.diffusion.sampling.ddpm``."""
+    from repa.diffusion.sampling import ddpm as ddpm_sampler
+    return ddpm_sampler(model, noise, labels, **kwargs)
+
+
+SAMPLERS = {"euler": euler, "heun": heun, "sde": euler_maruyama, "ddpm": ddpm}
 
 
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "euler", steps: int = 50,

@@ -17,7 +17,8 @@ PATCHES = {"SiT": (1, 2, 4, 8), "DiT": (2, 4, 8)}
 FAMILIES = {"SiT": SiT}
 
 MODELS: dict[str, dict] = {
-    f"{family}-{size}/{patch}": {"depth": d, "hidden_size": w, "num_heads": h, "patch_size": patch}
+    f"{family}-{size}/{patch}": {"depth": d, "hidden_size": w, "num_heads": h, "patch_size": patch,
+                                 **({"learn_sigma": True} if family == "DiT" else {})}   # DiT: eps + variance
     for family, patches in PATCHES.items()
     for size, (d, w, h) in SIZES.items()
     for patch in patches

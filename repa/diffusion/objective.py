@@ -1,0 +1,70 @@
+"""REPA with the improved-DDPM objective (Yu et al. 2025, Sec. 4 on DiT): hybrid loss + lambda * alignment.
+
+The alignment term is ``repa.losses.alignment_loss`` unchanged; only the denoising term differs from the
+interpolant objective. ``repa.losses.repa_loss`` dispatches here when ``objective.kind == "iddpm"``.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from repa.config import ObjectiveConfig
+from repa.diffusion.gaussian import NUM_TIMESTEPS, GaussianDiffusion
+from repa.losses import LossOutput, alignment_loss
+
+VLB_WEIGHT = 1.0   # weight of the per-timestep bound term L_t (DiT's value; IDDPM's lambda = 0.001 on T * L_t)
+
+
+@functools.lru_cache(maxsize=4)
+def base_diffusion(num_timesteps: int = NUM_TIMESTEPS) -> GaussianDiffusion:
+    """The DiT training process (linear betas, ``num_timesteps`` steps), built once."""
+    return GaussianDiffusion.linear(num_timesteps)
+
+
+def timesteps_from_time(t: torch.Tensor, num_timesteps: int = NUM_TIMESTEPS) -> torch.Tensor:
+    """Map uniform t in [0, 1) to integer timesteps floor(t T) in 0..T-1 (uniform timestep sampling), int64 (B,)."""
+    return torch.floor(t.to(torch.float64) * num_timesteps).long().clamp_(0, num_timesteps - 1)
+
+
+def iddpm_repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
+                    cfg: ObjectiveConfig, *, noise: torch.Tensor, t: torch.Tensor | None = None,
+                    timesteps: torch.Tensor | None = None, proj_coeff: float | None = None,
+                    vlb_weight: float = VLB_WEIGHT, diffusion: GaussianDiffusion | None = None) -> LossOutput:
+    """One evaluation of REPA on the improved-DDPM objective for clean inputs x0 (B, C, H, W).
+
+    Args:
+        model: a DiT (or its DDP wrapper) called as ``model(x_t, t, y, project=...)`` with t = timestep / 1000,
+            predicting epsilon (C channels) or epsilon and the variance interpolation v (2C channels).
+        encoder_tokens: frozen-encoder tokens of the clean images, one (B, N, E) per encoder; unused when lambda = 0.
+        cfg: the objective section (lambda).
+        noise: (B, C, H, W) standard normal.
+        t: (B,) uniform draws in [0, 1) from the trainer's per-step generator, mapped to timesteps floor(1000 t);
+            or give ``timesteps`` (B,) int64 directly. Exactly one of the two.
+        proj_coeff: the lambda of this step (defaults to ``cfg.proj_coeff``).
+        vlb_weight: weight of the variational-bound term (1.0 as in DiT).
+        diffusion: the process (default: ``base_diffusion()``, 1000 linear steps).
+    Returns:
+        ``LossOutput`` with ``denoise`` = mean of L_simple + vlb_weight L_vlb and ``align`` the REPA term.
+    """
+    if (t is None) == (timesteps is None):
+        raise ValueError("give exactly one of t (uniform in [0, 1)) and timesteps (integers)")
+    lam = cfg.proj_coeff if proj_coeff is None else proj_coeff
+    diffusion = diffusion or base_diffusion()
+    if timesteps is None:
+        timesteps = timesteps_from_time(t, diffusion.num_timesteps)
+    timesteps = timesteps.to(x0.device)
+    x_t = diffusion.q_sample(x0, timesteps, noise)
+    out = model(x_t, diffusion.model_time(timesteps), labels, project=lam > 0)
+    prediction = out.velocity if lam > 0 else out           # DiT: epsilon (and v), whatever the field's name
+    with torch.autocast(device_type=x0.device.type, enabled=False):   # the bound needs float32 logs and exps
+        terms = diffusion.training_losses(prediction.float(), x0.float(), x_t.float(), timesteps, noise.float(),
+                                          vlb_weight=vlb_weight)
+    denoise = terms["loss"].mean()
+    if lam > 0:
+        if not encoder_tokens:
+            raise ValueError("REPA (lambda > 0) needs encoder tokens for every batch")
+        align = alignment_loss(out.projected, encoder_tokens).mean()
+    else:
+        align = torch.zeros((), device=x0.device)
+    return LossOutput(denoise + lam * align, denoise.detach(), align.detach())
