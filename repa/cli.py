@@ -74,9 +74,21 @@ def _add_analyze(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="prepare a dataset folder (images, VAE latents, token caches); reruns resume")
+    from repa.data.prepare_cli import add_prepare_arguments
+    add_prepare_arguments(p)
+
+    def run(args):
+        from repa.data.prepare_cli import run_prepare
+        return run_prepare(args)
+    p.set_defaults(func=run)
+
+
 # ---- end of subcommands (new ones: add a _add_<name> function above and list it in SUBCOMMANDS) -------------------
 
 SUBCOMMANDS = [
+    _add_prepare,
     _add_train,
     _add_sample_grid,
     _add_analyze,

@@ -1,0 +1,116 @@
+"""The SD-VAE (diffusers ``AutoencoderKL``) and its latent scale: the only place they live.
+
+The reference recipe stores the VAE posterior of every training image once (mean and std, REFERENCE section 2),
+draws a fresh sample ``mean + std * eps`` at every step and multiplies it by ``LATENT_SCALE``; generated latents are
+divided by it again before decoding. Images enter the VAE in [-1, 1].
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+LATENT_SCALE = 0.18215                          # SD-VAE scaling factor (sd-vae-ft-mse / -ema); no shift
+DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"       # training latents; the paper decodes samples with sd-vae-ft-ema
+DECODE_VAE = "stabilityai/sd-vae-ft-ema"
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") != 1
+
+
+def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.float32):
+    """Load an ``AutoencoderKL`` in eval mode with gradients off.
+
+    Args:
+        source: a hub id ("stabilityai/sd-vae-ft-mse") or a local folder holding ``config.json`` and the weights
+            (a whole Stable Diffusion folder with a ``vae/`` sub-folder also works).
+        device: where to put it (default CPU).
+        dtype: parameter dtype.
+    Returns:
+        diffusers.AutoencoderKL.
+    Raises:
+        FileNotFoundError: the folder does not exist, or the hub id cannot be fetched (offline); the message says
+            how to provide the weights locally.
+    """
+    from diffusers import AutoencoderKL
+
+    source = os.fspath(source)
+    expanded = os.path.expanduser(source)
+    hub_id = DEFAULT_VAE if _looks_like_path(source) else source
+    how = (f"download it once where the internet is reachable (`huggingface-cli download {hub_id} "
+           f"--local-dir {hub_id.split('/')[-1]}`, or `AutoencoderKL.from_pretrained(...).save_pretrained(DIR)`) and pass "
+           f"that folder instead (`--vae DIR`)")
+    kwargs = {"torch_dtype": dtype}
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")) and \
+                os.path.isfile(os.path.join(expanded, "vae", "config.json")):
+            kwargs["subfolder"] = "vae"
+        elif not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise FileNotFoundError(f"VAE folder {source!r} has no config.json (nor vae/config.json); it must be a "
+                                    f"diffusers AutoencoderKL folder: {how}")
+        source = expanded
+    elif _looks_like_path(source):
+        raise FileNotFoundError(f"VAE folder {source!r} does not exist; {how}")
+    try:
+        try:   # the local hub cache first: no network round trips when the weights are already here
+            vae = AutoencoderKL.from_pretrained(source, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            vae = AutoencoderKL.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:  # hub unreachable, missing weight files, bad config
+        raise FileNotFoundError(f"could not load the VAE {source!r}: {str(exc).splitlines()[0]}; {how}") from None
+    vae.requires_grad_(False)
+    return vae.to(device).eval()
+
+
+def _vae_device_dtype(vae) -> tuple[torch.device, torch.dtype]:
+    param = next(vae.parameters())
+    return param.device, param.dtype
+
+
+@torch.no_grad()
+def encode_moments(vae, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior moments of a batch of images.
+
+    Args:
+        vae: an AutoencoderKL.
+        images_uint8: uint8 (B, 3, H, W) tensor or numpy array, H and W multiples of the VAE's downsampling factor.
+    Returns:
+        (mean, std), float32 (B, latent_channels, H/f, W/f) on the VAE's device, unscaled (multiply samples by
+        ``LATENT_SCALE``).
+    """
+    images = torch.as_tensor(images_uint8)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"encode_moments needs uint8 RGB images (B, 3, H, W), got {images.dtype} "
+                         f"{tuple(images.shape)}; greyscale data is trained in pixel space or prepared with 3 channels")
+    device, dtype = _vae_device_dtype(vae)
+    x = images.to(device).to(dtype) / 127.5 - 1.0                        # (B, 3, H, W) in [-1, 1]
+    posterior = vae.encode(x).latent_dist
+    return posterior.mean.float(), posterior.std.float()
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``(mean + std * eps) * LATENT_SCALE`` with eps ~ N(0, I): the training input of latent models.
+
+    Args:
+        mean, std: stored posterior moments (B, 4, h, w), any float dtype (computed in float32).
+        generator: optional torch.Generator on the tensors' device.
+    """
+    mean, std = mean.float(), std.float()
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (mean + std * eps) * LATENT_SCALE
+
+
+@torch.no_grad()
+def decode(vae, latents_scaled: torch.Tensor) -> torch.Tensor:
+    """Decode scaled latents into uint8 images.
+
+    Args:
+        vae: an AutoencoderKL.
+        latents_scaled: (B, 4, h, w) model-space latents (already multiplied by ``LATENT_SCALE``).
+    Returns:
+        uint8 (B, 3, H, W) on the VAE's device, ``clamp(127.5 (x + 1), 0, 255)`` truncated like the reference.
+    """
+    device, dtype = _vae_device_dtype(vae)
+    x = vae.decode(latents_scaled.to(device, dtype) / LATENT_SCALE).sample.float()
+    return torch.clamp(127.5 * (x + 1.0), 0, 255).to(torch.uint8)

@@ -1,0 +1,21 @@
+"""Dataset preparation (``repa prepare``) and fast random access to prepared datasets.
+
+``open_dataset(path)`` opens a directory written by ``prepare_dataset``; ``BatchLoader`` (repa.data.loader) streams
+it. Preparation, verification and token caches are imported on first use, so importing this package stays cheap.
+"""
+from repa.data.store import DataError, PreparedDataset, open_dataset
+
+__all__ = ["DataError", "PreparedDataset", "open_dataset", "prepare_dataset", "verify_dataset", "build_token_cache"]
+
+
+def __getattr__(name: str):
+    if name == "prepare_dataset":
+        from repa.data.prepare import prepare_dataset
+        return prepare_dataset
+    if name == "verify_dataset":
+        from repa.data.verify import verify_dataset
+        return verify_dataset
+    if name == "build_token_cache":
+        from repa.data.tokens import build_token_cache
+        return build_token_cache
+    raise AttributeError(f"module 'repa.data' has no attribute {name!r}")

@@ -1,0 +1,107 @@
+"""Arguments and entry point of ``repa prepare`` (wired into ``repa.cli``); heavy imports happen in ``run_prepare``.
+
+    repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
+    repa prepare OUT --tokens ENCODER [...]          add a token cache to a prepared dataset
+    repa prepare --verify OUT                        check a dataset against its manifest
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``repa prepare``."""
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="SOURCE OUT (a folder of class folders, or 'fashion-mnist' / 'fashion-mnist:DIR'), or OUT "
+                        "alone with --tokens")
+    p.add_argument("--verify", metavar="DIR", help="check DIR against its manifest and exit")
+    p.add_argument("--no-hash", action="store_true", help="--verify: check shapes and counts, skip sha256")
+    p.add_argument("--split", help="split sub-folder (train / val), or train / test for Fashion-MNIST")
+    p.add_argument("--resolution", type=int, default=-1,
+                   help="ADM centre-crop side (default 256 for folders; Fashion-MNIST keeps 28); 0 keeps the "
+                        "native size of square images")
+    p.add_argument("--channels", type=int, choices=[1, 3], help="3 (RGB, default for folders) or 1 (greyscale)")
+    p.add_argument("--hflip", action="store_true", help="also store a horizontally flipped copy of every image")
+    p.add_argument("--small", choices=["upscale", "skip"], default="upscale",
+                   help="images smaller than the crop: upscale (ADM, the reference) or skip")
+    p.add_argument("--chunk-size", type=int, help="items per chunk/shard (default: about 64 MiB of images)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: the CPUs of this rank)")
+    p.add_argument("--latents", action="store_true", help="store SD-VAE latent moments (default VAE)")
+    p.add_argument("--vae", help="hub id or local folder of the AutoencoderKL (implies --latents; default "
+                                 "stabilityai/sd-vae-ft-mse)")
+    p.add_argument("--latent-dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--tokens", nargs="+", default=[], metavar="ENCODER",
+                   help="cache the tokens of these encoders (e.g. dinov2-vit-b)")
+    p.add_argument("--token-grid", type=int, help="encoder token grid (default resolution // 16)")
+    p.add_argument("--encoder-weights", nargs="+", default=[], metavar="PATH",
+                   help="local weights, one per --tokens encoder")
+    p.add_argument("--batch-size", type=int, default=64, help="VAE / encoder batch size")
+    p.add_argument("--device", help="device of the VAE and encoders (default cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing dataset in OUT and start again")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _wait_for_manifest(path: str) -> None:
+    from repa.data.store import MANIFEST
+    while not os.path.isfile(os.path.join(path, MANIFEST)):
+        time.sleep(5.0)
+
+
+def _verify(path: str, check_hashes: bool) -> int:
+    from repa.data.verify import verify_dataset
+    problems = verify_dataset(path, check_hashes=check_hashes)
+    for problem in problems:
+        print(f"PROBLEM {problem}")
+    print(f"{path}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
+    return 1 if problems else 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``repa prepare`` from parsed arguments; returns the exit code."""
+    if args.verify:
+        return _verify(args.verify, check_hashes=not args.no_hash)
+    if len(args.paths) not in (1, 2):
+        raise ValueError("give SOURCE OUT (prepare), OUT --tokens ENCODER (add a cache) or --verify DIR")
+    if len(args.paths) == 1 and not args.tokens:
+        raise ValueError(f"only one path given ({args.paths[0]!r}): give SOURCE and OUT, or OUT with --tokens")
+    if len(args.paths) == 1 and (args.latents or args.vae):
+        raise ValueError("adding latents needs the source: rerun `repa prepare SOURCE OUT --vae ...`")
+    if args.encoder_weights and len(args.encoder_weights) != len(args.tokens):
+        raise ValueError(f"--encoder-weights: give one path per --tokens encoder ({len(args.tokens)}), "
+                         f"got {len(args.encoder_weights)}")
+    rank = int(os.environ.get("RANK", 0))
+    out = args.paths[-1]
+    if len(args.paths) == 2:
+        from repa.autoencoder import DEFAULT_VAE
+        from repa.data.prepare import prepare_dataset
+        vae = args.vae or (DEFAULT_VAE if args.latents else None)
+        prepare_dataset(args.paths[0], out, split=args.split, resolution=args.resolution or None,
+                        channels=args.channels, hflip=args.hflip, small=args.small, chunk_size=args.chunk_size,
+                        num_workers=args.workers, vae=vae, latent_dtype=args.latent_dtype,
+                        batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+                        progress=not args.quiet)
+        if rank == 0:
+            from repa.data.prepare import summary
+            from repa.data.store import MANIFEST, read_json
+            # the first line; skipped/converted files were already reported as warnings by prepare_dataset
+            print(summary(read_json(os.path.join(out, MANIFEST)), os.path.abspath(out)).split("\n")[0])
+    if args.tokens:
+        from repa.data.store import open_dataset
+        from repa.data.tokens import build_token_cache
+        try:
+            from repa.encoders import load_encoder
+        except ImportError as exc:
+            raise ValueError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
+        if rank != 0:
+            _wait_for_manifest(out)
+        resolution = open_dataset(out).resolution
+        weights = args.encoder_weights or [None] * len(args.tokens)
+        for name, w in zip(args.tokens, weights):
+            encoder = load_encoder(name, resolution=resolution, token_grid=args.token_grid or resolution // 16,
+                                   weights=w, device=args.device)
+            key = build_token_cache(out, encoder, weights=w, batch_size=args.batch_size, progress=not args.quiet)
+            if rank == 0:
+                print(f"token cache {key} ready in {out}")
+    return 0

@@ -1,0 +1,146 @@
+"""Sources of raw images: class-folder trees (ImageNet / ILSVRC layout, any labelled folder) and Fashion-MNIST IDX.
+
+A source is listed once, in a deterministic order (classes = sorted folder names; files sorted by relative path),
+and that listing (file references and labels) is stored with the dataset, so that nothing downstream ever pairs
+data by sorting two stores independently.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from repa.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist_paths, load_fashion_mnist
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
+SPLIT_NAMES = ("train", "val", "validation", "test")
+FASHION_MNIST = "fashion-mnist"
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """What a source holds, in the order the dataset will store it.
+
+    ``refs[i]`` is a file path relative to ``root`` (folders) or an item index (IDX); ``labels[i]`` its class index
+    into ``class_names``.
+    """
+    kind: str                               # "folder" or "fashion-mnist"
+    root: str                               # absolute path of the folder the refs are relative to
+    class_names: tuple[str, ...]
+    refs: tuple[str, ...]
+    labels: np.ndarray                      # int64 (N,)
+    split: str | None = None
+    empty_classes: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()           # non-image files and stray files outside class folders
+    native_size: int | None = None          # side length when every item has the same square size (IDX)
+    extra: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """JSON-ready summary stored in the manifest."""
+        return {"kind": self.kind, "path": self.root, "split": self.split, "num_files": len(self.refs),
+                "empty_classes": list(self.empty_classes), "num_ignored_files": len(self.ignored), **self.extra}
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _list_class_folders(root: str, split: str | None) -> SourceListing:
+    if split is not None:
+        candidate = os.path.join(root, split)
+        if not os.path.isdir(candidate):
+            raise FileNotFoundError(f"split folder {candidate!r} does not exist; the folder {root!r} holds "
+                                    f"{sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))}")
+        root = candidate
+    entries = sorted(os.listdir(root))
+    class_dirs = [d for d in entries if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")]
+    stray = [d for d in entries if os.path.isfile(os.path.join(root, d))]
+    if split is None and class_dirs and set(class_dirs) <= set(SPLIT_NAMES):
+        raise ValueError(f"{root!r} looks like a dataset root with splits {class_dirs}, not a folder of classes; "
+                         f"pass the split (e.g. --split {class_dirs[0]}) or the split folder itself")
+    if not class_dirs:
+        hint = (f" It holds {sum(map(_is_image, stray))} image files directly: put them into one sub-folder per "
+                f"class (for the ILSVRC val set, move each image into the folder of its synset)") if stray else ""
+        raise ValueError(f"no class folders in {root!r}: labels come from sub-folder names.{hint}")
+    refs: list[str] = []
+    labels: list[int] = []
+    empty: list[str] = []
+    ignored: list[str] = list(stray)
+    for label, name in enumerate(class_dirs):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, root)
+            for fname in sorted(filenames):
+                rel = os.path.join(rel_dir, fname).replace(os.sep, "/")
+                (found if _is_image(fname) else ignored).append(rel)
+        if not found:
+            empty.append(name)
+        refs.extend(sorted(found))
+        labels.extend([label] * len(found))
+    if not refs:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root!r}")
+    return SourceListing(kind="folder", root=root, class_names=tuple(class_dirs), refs=tuple(refs),
+                         labels=np.asarray(labels, dtype=np.int64), split=split, empty_classes=tuple(empty),
+                         ignored=tuple(ignored))
+
+
+def _list_fashion_mnist(root: str, split: str | None) -> SourceListing:
+    split = split or "train"
+    image_path, label_path = fashion_mnist_paths(root, split)
+    _, labels = load_fashion_mnist(root, split)
+    return SourceListing(kind=FASHION_MNIST, root=root, class_names=FASHION_MNIST_CLASSES,
+                         refs=tuple(str(i) for i in range(len(labels))), labels=labels, split=split, native_size=28,
+                         extra={"files": [os.path.basename(image_path), os.path.basename(label_path)]})
+
+
+def list_source(source: str | os.PathLike, split: str | None = None) -> SourceListing:
+    """List a source.
+
+    Args:
+        source: a folder of class folders (ILSVRC ``train/`` or a val folder sorted into class folders, or any
+            labelled image tree); a dataset root holding split folders together with ``split``; ``"fashion-mnist"``
+            (the Debian package's IDX files) or ``"fashion-mnist:/folder/with/idx/files"``.
+        split: sub-folder to use ("train", "val") for folder roots; "train" or "test" for Fashion-MNIST.
+    Returns:
+        SourceListing.
+    Raises:
+        FileNotFoundError: the source does not exist. ValueError: no class folders, no images.
+    """
+    source = os.fspath(source)
+    if source == FASHION_MNIST or source.startswith(FASHION_MNIST + ":"):
+        root = source.partition(":")[2] or FASHION_MNIST_DIR
+        return _list_fashion_mnist(os.path.abspath(root), split)
+    root = os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"source {source!r} does not exist (give a folder of class folders, or "
+                                f"'fashion-mnist')")
+    if not os.path.isdir(root):
+        raise ValueError(f"source {source!r} is a file; give a folder of class folders, or 'fashion-mnist'")
+    if os.path.isfile(os.path.join(root, "train-images-idx3-ubyte.gz")):
+        return _list_fashion_mnist(root, split)
+    return _list_class_folders(root, split)
+
+
+# ---- reading items (runs in worker processes) -------------------------------------------------------------------
+
+_IDX_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def open_item(kind: str, root: str, split: str | None, ref: str):
+    """Decode one item into a fully loaded PIL image.
+
+    Raises:
+        OSError / PIL.UnidentifiedImageError / ValueError for unreadable, truncated or corrupt files.
+    """
+    from PIL import Image
+
+    if kind == FASHION_MNIST:
+        key = (root, split or "train")
+        if key not in _IDX_CACHE:
+            _IDX_CACHE[key] = load_fashion_mnist(root, split or "train")[0]
+        return Image.fromarray(_IDX_CACHE[key][int(ref)])  # (28, 28) uint8 -> mode L
+    with Image.open(os.path.join(root, ref)) as image:
+        image.load()  # decode now: truncated files raise here, not later
+        return image
