@@ -22,6 +22,19 @@ def _add_train(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the training presets (the paper's runs and small offline ones)")
+
+    def run(args):
+        from repa.presets import PRESETS
+        print(f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders")
+        for name, make in PRESETS.items():
+            c = make()
+            print(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
+                  f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
+    p.set_defaults(func=run)
+
+
 def _add_sample_grid(sub) -> None:
     p = sub.add_parser("sample-grid", help="write a PNG grid of samples from a checkpoint (quick look)")
     p.add_argument("checkpoint")
@@ -85,13 +98,29 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_encoders(sub) -> None:
+    p = sub.add_parser("encoders", help="list the frozen encoders: width, input resolution, weights source")
+    p.add_argument("names", nargs="?", default=None, help="comma-separated encoder names (default: all)")
+    p.add_argument("--resolution", type=int, default=None, help="dataset image side: show what each encoder does")
+    p.add_argument("--token-grid", type=int, default=None, help="SiT token grid side (with --resolution)")
+
+    def run(args):
+        from repa.encoders import describe
+        if (args.resolution is None) != (args.token_grid is None):
+            raise ValueError("--resolution and --token-grid go together")
+        print(describe(args.names, resolution=args.resolution, token_grid=args.token_grid))
+    p.set_defaults(func=run)
+
+
 # ---- end of subcommands (new ones: add a _add_<name> function above and list it in SUBCOMMANDS) -------------------
 
 SUBCOMMANDS = [
     _add_prepare,
     _add_train,
+    _add_presets,
     _add_sample_grid,
     _add_analyze,
+    _add_encoders,
 ]
 
 
