@@ -9,13 +9,11 @@ Platonic Representation Hypothesis pipeline and ``repa analyze`` use, L2-normali
 - ``mutual_knn``: the mean fraction of shared k nearest neighbours (Huh et al. 2024, Sec. 2.3).
 - ``cknna``: centered kernel nearest-neighbour alignment (Huh et al. 2024, Appendix A), the metric REPA reports:
   the unbiased HSIC of the two kernels restricted to mutual k-nearest-neighbour pairs, normalised by the same
-  quantity of each kernel restricted to its own k-nearest-neighbour pairs. This follows the authors' released
-  implementation, on which the published numbers of both papers rest (docs/ANALYSIS.md compares it with the
-  paper's prose formula). With ``topk = N - 1`` every off-diagonal pair is kept and CKNNA equals unbiased CKA.
+  quantity of each kernel restricted to its own k-nearest-neighbour pairs. This follows the metric authors' released
+  implementation (docs/ANALYSIS.md compares it with the paper's prose formula). With ``topk = N - 1`` every
+  off-diagonal pair is kept and CKNNA equals unbiased CKA.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch

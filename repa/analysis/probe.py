@@ -6,8 +6,8 @@ interact (the summed loss gives each slice its own gradient), so one run equals 
 batched matmul. Features are standardised with the training split's statistics. Everything is seeded: the split, the
 minibatch order; weights start at zero.
 
-The accuracy reported is the best over the grid on the held-out split (the usual protocol of layer-wise probe curves,
-e.g. REPA Fig. 2); with a small held-out split that choice is slightly optimistic, so every per-lr number is kept.
+The accuracy reported is the best over the grid on the held-out split (the usual protocol of layer-wise probe
+curves); with a small held-out split that choice is slightly optimistic, so every per-lr number is kept.
 """
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ class _BatchedOptimizer:
 
 def fit_linear_probes(x_train, y_train, x_test, y_test, *, num_classes: int | None = None,
                       lrs: tuple[float, ...] | None = None, epochs: int = 100, batch_size: int | None = 256,
-                      optimizer: str = "adamw", weight_decay: float = 0.0, seed: int = 0) -> ProbeResult:
+                      optimizer: str = "adamw", weight_decay: float = 0.0, seed: int = 0,
+                      device: torch.device | str | None = None) -> ProbeResult:
     """Train one linear classifier per learning rate, all together, and evaluate them on held-out data.
 
     Args:
@@ -104,6 +105,7 @@ def fit_linear_probes(x_train, y_train, x_test, y_test, *, num_classes: int | No
         optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9).
         weight_decay: decoupled for AdamW, L2 for SGD.
         seed: seeds the minibatch order.
+        device: where to train (default CPU); results match across devices up to float rounding.
     Returns:
         ProbeResult with per-lr accuracies and the best held-out accuracy.
     """
@@ -130,18 +132,20 @@ def fit_linear_probes(x_train, y_train, x_test, y_test, *, num_classes: int | No
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {int(y_train.min())}..{labels_max}")
 
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)    # training-split statistics only
-    x_train = ((x_train - mean) / std).float()
-    x_test = ((x_test - mean) / std).float()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    x_train = ((x_train - mean) / std).float().to(device)
+    x_test = ((x_test - mean) / std).float().to(device)
+    y_train, y_test = y_train.to(device), y_test.to(device)
     n, d = x_train.shape
-    weight = torch.zeros(len(lrs), d, num_classes, requires_grad=True)        # (L, D, C)
-    bias = torch.zeros(len(lrs), num_classes, requires_grad=True)             # (L, C)
-    opt = _BatchedOptimizer([weight, bias], torch.tensor(lrs), optimizer, weight_decay)
+    weight = torch.zeros(len(lrs), d, num_classes, device=device, requires_grad=True)   # (L, D, C)
+    bias = torch.zeros(len(lrs), num_classes, device=device, requires_grad=True)        # (L, C)
+    opt = _BatchedOptimizer([weight, bias], torch.tensor(lrs, device=device), optimizer, weight_decay)
     generator = torch.Generator().manual_seed(seed)
     step_size = n if batch_size is None else max(1, min(int(batch_size), n))
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator) if step_size < n else torch.arange(n)
         for start in range(0, n, step_size):
-            idx = order[start:start + step_size]
+            idx = order[start:start + step_size].to(device)
             logits = torch.einsum("nd,ldc->lnc", x_train[idx], weight) + bias[:, None, :]   # (L, B, C)
             # Sum over slices of each slice's mean loss: every slice gets exactly its own gradient.
             loss = F.cross_entropy(logits.reshape(-1, num_classes), y_train[idx].repeat(len(lrs)),

@@ -9,9 +9,9 @@ Three layers, so the arithmetic is testable without checkpoints, encoders or dat
   (``repa.encoders.load_encoder``), runs the above for every checkpoint on the same fixed subset, with the same
   noise and the same encoder features, and writes ``analysis.json`` plus the plots of ``repa.analysis.plots``.
 
-Alignment is measured as in REPA (Sec. 3 / Fig. 2, following Huh et al. 2024): CKNNA with k = 10 between the
+Alignment is measured as in REPA's analysis, which follows Huh et al. (2024): CKNNA with k = 10 between the
 token-averaged hidden state of each block and the token-averaged encoder features of the clean image, rows
-L2-normalised first.
+L2-normalised first. Metrics and probes run on the analysis device (a GPU when there is one).
 """
 from __future__ import annotations
 
@@ -57,26 +57,31 @@ class AnalyzeOptions:
 
 # ---- the pure part -----------------------------------------------------------------------------------------------
 
-def alignment_scores(features, target, *, topk: int = 10, normalize: bool = True) -> dict[str, float]:
-    """CKNNA, linear CKA (biased and unbiased) and mutual k-NN between two (N, D) feature matrices."""
+def alignment_scores(features, target, *, topk: int = 10, normalize: bool = True,
+                     device: torch.device | str | None = None) -> dict[str, float]:
+    """CKNNA, linear CKA (biased and unbiased) and mutual k-NN between two (N, D) feature matrices (on ``device``)."""
+    if device is not None:
+        features, target = torch.as_tensor(features).to(device), torch.as_tensor(target).to(device)
     a, b = (l2_normalize(features), l2_normalize(target)) if normalize else (features, target)
     return {"cknna": cknna(a, b, topk=topk), "cka": cka(a, b), "cka_unbiased": cka(a, b, unbiased=True),
             "mutual_knn": mutual_knn(a, b, topk=topk)}
 
 
-def _probe(features: torch.Tensor, labels: torch.Tensor, opts: AnalyzeOptions) -> dict:
+def _probe(features: torch.Tensor, labels: torch.Tensor, opts: AnalyzeOptions, device=None) -> dict:
     result = linear_probe(features, labels, test_fraction=opts.probe_test_fraction, seed=opts.seed,
-                          epochs=opts.probe_epochs, batch_size=opts.probe_batch_size)
+                          epochs=opts.probe_epochs, batch_size=opts.probe_batch_size, device=device)
     return result.to_dict()
 
 
-def analyze_features(features: FeatureSet, encoder_pooled: torch.Tensor, opts: AnalyzeOptions) -> dict:
+def analyze_features(features: FeatureSet, encoder_pooled: torch.Tensor, opts: AnalyzeOptions, *,
+                     device: torch.device | str | None = None) -> dict:
     """Per-block alignment with the encoder and probe accuracy, from already extracted features.
 
     Args:
         features: the model's FeatureSet (pooled hidden states, projector outputs, labels).
         encoder_pooled: (N, E) token-averaged encoder features of the same samples, in the same order.
         opts: topk, normalisation and probe settings.
+        device: where the metrics and probes run (default: where the features are, the CPU).
     Returns:
         ``{"layers": [{"layer", "cknna", "cka", "cka_unbiased", "mutual_knn", "probe_accuracy", "probe"}, ...],
         "projectors": [{"index", "cknna", ...}, ...]}``.
@@ -87,9 +92,9 @@ def analyze_features(features: FeatureSet, encoder_pooled: torch.Tensor, opts: A
     layers = []
     for layer in features.layers:
         row = {"layer": layer, **alignment_scores(features.pooled[layer], encoder_pooled, topk=opts.topk,
-                                                  normalize=opts.normalize)}
+                                                  normalize=opts.normalize, device=device)}
         if opts.probe:
-            row["probe"] = _probe(features.pooled[layer], features.labels, opts)
+            row["probe"] = _probe(features.pooled[layer], features.labels, opts, device)
             row["probe_accuracy"] = row["probe"]["best_accuracy"]
         layers.append(row)
     projectors = []
@@ -97,7 +102,7 @@ def analyze_features(features: FeatureSet, encoder_pooled: torch.Tensor, opts: A
         if projected.shape[1] != encoder_pooled.shape[1]:
             continue          # a projector trained for another encoder width: no token-wise counterpart
         projectors.append({"index": index, **alignment_scores(projected, encoder_pooled, topk=opts.topk,
-                                                              normalize=opts.normalize)})
+                                                              normalize=opts.normalize, device=device)})
     return {"layers": layers, "projectors": projectors}
 
 
@@ -115,7 +120,8 @@ def analyze_model(model: torch.nn.Module, make_batches: Callable[[], Iterable[di
     """
     opts.validate()
     features = extract_features(model, make_batches(), t=opts.t, path=path, layers=opts.layers, seed=opts.seed)
-    return analyze_features(features, encoder_pooled, opts)
+    parameter = next(model.parameters(), None)
+    return analyze_features(features, encoder_pooled, opts, device=parameter.device if parameter is not None else None)
 
 
 def training_curves(entries: Sequence[dict], metric: str = "cknna") -> list[dict]:
@@ -195,78 +201,91 @@ def _run_name(model, checkpoint: str) -> str:
     return str(parent.parent if parent.name == "checkpoints" else parent)
 
 
-def _pick_encoder(models: Sequence, checkpoints: Sequence[str], name: str | None,
-                  weights: str | None) -> tuple[str, str | None]:
-    """The encoder to compare against: ``name`` if given, else the first encoder of the first training config."""
+def _pick_encoder(model, checkpoint: str, name: str | None, weights: str | None) -> tuple[str, str | None]:
+    """The encoder to compare against: ``name`` if given, else the first encoder of the checkpoint's training."""
     if name:
         return name, weights
-    for model, path in zip(models, checkpoints):
-        cfg = getattr(model, "train_config", None)
-        if cfg is not None and cfg.encoders:
-            return cfg.encoders[0], weights or (cfg.encoder_weights[0] if cfg.encoder_weights else None)
-    raise ValueError(f"none of the checkpoints ({', '.join(checkpoints)}) has a training config naming an encoder "
-                     "(reference checkpoints do not): pass --encoder NAME (e.g. dinov2-vit-b)")
+    cfg = getattr(model, "train_config", None)
+    if cfg is not None and cfg.encoders:
+        return cfg.encoders[0], weights or (cfg.encoder_weights[0] if cfg.encoder_weights else None)
+    raise ValueError(f"{checkpoint} has no training config naming an encoder (reference checkpoints do not): pass "
+                     "--encoder NAME (e.g. dinov2-vit-b)")
 
 
-def run_analysis(checkpoints: Sequence[str], data: str, out: str, opts: AnalyzeOptions = AnalyzeOptions(), *,
-                 encoder: str | None = None, encoder_weights: str | None = None, which: str = "ema",
+def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOptions = AnalyzeOptions(), *,
+                 encoder=None, encoder_weights: str | None = None, which: str = "ema",
                  device: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Analyse checkpoints against one frozen encoder on a fixed subset of a prepared dataset; write the report.
+    """Analyse checkpoints against one frozen encoder on a fixed subset of a dataset; write the report.
+
+    Every checkpoint sees the same samples, the same noise and the same encoder features; checkpoints are loaded
+    one at a time, so many large checkpoints fit in memory.
 
     Args:
         checkpoints: checkpoint files (one run at several steps, or several runs, e.g. REPA and vanilla).
-        data: prepared dataset directory (``repa.data.open_dataset``).
+        data: prepared dataset directory (``repa.data.open_dataset``), or a dataset object with the same interface
+            (``len``, ``get_batch``, ``resolution``, ``num_classes``), e.g. ``repa.data.memory.ArrayDataset``.
         out: output folder for ``analysis.json`` and the PNG plots.
         opts: analysis settings.
-        encoder, encoder_weights: the encoder to compare with; default: the first checkpoint's training encoder.
+        encoder: encoder name (``repa.encoders.load_encoder``) or an encoder object (uint8 images -> (B, N, E),
+            with ``.name``); default: the first encoder the first checkpoint was trained with.
+        encoder_weights: local weights for a named encoder.
         which: ``ema`` or ``model`` weights.
         device: torch device; default CUDA when available.
         log: progress messages.
     Returns:
-        The dict written to ``out/analysis.json``.
+        The dict written to ``out/analysis.json`` (plus ``"plots"``, the PNG paths).
     """
     from repa.checkpoint import load_model
-    from repa.data import open_dataset
-    from repa.encoders import load_encoder
     from repa.analysis.plots import write_plots
 
     opts.validate()
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dataset = open_dataset(data)
+    if isinstance(data, (str, os.PathLike)):
+        from repa.data import open_dataset
+        dataset, data_name = open_dataset(data), str(data)
+    else:
+        dataset, data_name = data, type(data).__name__
     indices = fixed_subset(len(dataset), opts.num_samples, opts.seed)
-    models = [load_model(path, which=which, device="cpu") for path in checkpoints]  # on CPU until analysed
-    encoder_name, encoder_weights = _pick_encoder(models, checkpoints, encoder, encoder_weights)
+    encoder_name = None if encoder is None or isinstance(encoder, str) else getattr(encoder, "name", "encoder")
     encoder_cache: dict[int, torch.Tensor] = {}      # token grid -> (N, E) pooled encoder features
     labels: list[torch.Tensor] = []
     entries = []
-    for path, model in zip(checkpoints, models):
+    for path in checkpoints:
+        model = load_model(path, which=which, device=device)
         cfg = model.config
         train_config = getattr(model, "train_config", None)
         if train_config is not None and train_config.objective.kind != "interpolant":
             raise ValueError(f"{path}: trained with the {train_config.objective.kind!r} objective; the analysis "
                              "noises inputs on an interpolant path and supports 'interpolant' checkpoints only")
         interpolant = train_config.objective.path if train_config is not None else "linear"
+        if encoder_name is None:
+            encoder_name, encoder_weights = _pick_encoder(model, path, encoder, encoder_weights)
 
         def make_batches(space=cfg.space):
             return dataset_batches(dataset, indices, opts.batch_size, space=space, seed=opts.seed)
 
         if cfg.grid_size not in encoder_cache:
             log(f"encoder {encoder_name}: features of {len(indices)} images ({cfg.grid_size}x{cfg.grid_size} tokens)")
-            enc = load_encoder(encoder_name, resolution=dataset.resolution, token_grid=cfg.grid_size,
-                               weights=encoder_weights, device=device)
+            if isinstance(encoder, str) or encoder is None:
+                from repa.encoders import load_encoder
+                enc = load_encoder(encoder_name, resolution=dataset.resolution, token_grid=cfg.grid_size,
+                                   weights=encoder_weights, device=device)
+                enc_device = device
+            else:
+                enc = encoder
+                tensors = list(enc.parameters()) + list(enc.buffers()) if isinstance(enc, torch.nn.Module) else []
+                enc_device = tensors[0].device if tensors else None
             encoder_cache[cfg.grid_size] = encoder_features(enc, _collect_labels(make_batches(), labels),
-                                                            device=device)[0]
+                                                            device=enc_device)[0]
             del enc
         step = getattr(model, "step", None)
         log(f"{path}: {cfg.name}, step {step}, t={opts.t}, {len(indices)} samples")
         try:
-            result = analyze_model(model.to(device), make_batches, encoder_cache[cfg.grid_size], opts,
-                                   path=interpolant)
+            result = analyze_model(model, make_batches, encoder_cache[cfg.grid_size], opts, path=interpolant)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        model.to("cpu")
         entries.append({
             "checkpoint": str(path), "run": _run_name(model, path), "step": step, "model": cfg.name,
             "alignment_depth": cfg.encoder_depth,
@@ -274,16 +293,17 @@ def run_analysis(checkpoints: Sequence[str], data: str, out: str, opts: AnalyzeO
             "training_encoders": list(train_config.encoders) if train_config is not None else None,
             **result,
         })
+        del model
     report = {
         "settings": {**asdict(opts), "which": which},
-        "data": {"path": str(data), "resolution": dataset.resolution, "num_classes": dataset.num_classes,
-                 "indices_seed": opts.seed, "num_samples": len(indices)},
+        "data": {"path": data_name, "resolution": dataset.resolution, "num_classes": dataset.num_classes,
+                 "num_samples": len(indices)},
         "encoder": {"name": encoder_name, "weights": encoder_weights},
         "checkpoints": entries,
         "training_curves": training_curves(entries),
     }
-    if opts.probe:   # the encoder's own probe accuracy: the ceiling the model's curve is compared with
-        report["encoder"]["probe"] = _probe(next(iter(encoder_cache.values())), torch.cat(labels), opts)
+    if opts.probe:   # the encoder's own probe accuracy: the reference the model's curve is compared with
+        report["encoder"]["probe"] = _probe(next(iter(encoder_cache.values())), torch.cat(labels), opts, device)
     os.makedirs(out, exist_ok=True)
     report["plots"] = write_plots(report, out)
     with open(Path(out) / "analysis.json", "w") as f:
