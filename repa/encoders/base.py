@@ -1,0 +1,211 @@
+"""The frozen-encoder contract: uint8 images in, patch tokens on the model's token grid out.
+
+Every encoder of the registry is an :class:`Encoder` wrapping a family-specific *backbone*: a module that maps a
+normalised float image (B, 3, S, S) to its patch tokens (B, (S / patch)**2, E) in row-major order. The wrapper owns
+everything the REPA reference code scatters over the training script (REFERENCE section 2):
+
+1. uint8 -> float in [0, 1], greyscale replicated to RGB;
+2. the family's mean/std normalisation;
+3. the resize rule of the family, which also decides how the token grid is matched to the SiT grid:
+
+   - ``resize="grid"`` (DINOv2, DINOv3, CLIP, I-JEPA, SigLIP, EfficientNet-Lite): the image is resized (bicubic,
+     ``align_corners=False``, no antialias, as the reference code) to ``patch * token_grid`` so that the backbone's
+     own grid *is* the token grid. DINOv2 at 256 px and grid 16: 224 px, as the reference.
+   - ``resize="native"`` (DINOv1, MoCo v3, MAE): the image is fed at the dataset resolution, which must be a multiple
+     of the patch size (the reference feeds 256 px to the patch-16 ViTs, position embeddings resampled to 16x16).
+     When ``resolution / patch`` differs from ``token_grid``, the *token map* is interpolated: area averaging when
+     the native grid is an integer multiple of the token grid, bilinear otherwise.
+
+Normalising before or after the bicubic resize gives the same result (bicubic weights sum to one and nothing is
+clamped), so the order is fixed here: normalise, then resize.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repa.config import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+RESIZE_RULES = ("grid", "native")
+
+
+class EncoderWeightsError(FileNotFoundError):
+    """Encoder weights could not be found; the message names the file or hub id and how to supply it locally."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One registry entry: everything known about an encoder without loading it.
+
+    ``build(spec, weights) -> backbone`` loads the weights (``weights`` is a local path, a hub id, or None for the
+    default source) and returns a module mapping (B, 3, S, S) normalised floats to (B, (S/patch)**2, E) tokens.
+    """
+    name: str
+    family: str
+    embed_dim: int                    # E of the released weights
+    patch_size: int                   # token stride in input pixels (patch size, or feature-map stride)
+    native_resolution: int            # the resolution the weights were trained at
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str                       # "grid" or "native", see the module docstring
+    tokens: str                       # which tokens are returned, in words
+    weights_origin: str               # where the default weights come from, in words
+    build: Callable[["EncoderSpec", str | None], nn.Module] = field(repr=False, compare=False)
+    hub_id: str | None = None         # default Hugging Face hub id (None: the weights are a file)
+    default_file: str | None = None   # default local weights file when there is no hub id
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Grid planning (used at config time by check_encoder and at load time by Encoder)
+# ----------------------------------------------------------------------------------------------------------------
+
+def plan_grid(spec: EncoderSpec, resolution: int, token_grid: int) -> tuple[int, int]:
+    """Return ``(input_size, native_grid)``: the side the backbone sees and the grid it produces.
+
+    Raises ConfigError when ``resolution`` and ``token_grid`` cannot be matched under the family's resize rule.
+    """
+    if not isinstance(resolution, int) or resolution < 1:
+        raise ConfigError(f"data.resolution: must be a positive integer for encoder {spec.name!r}, got {resolution!r}")
+    if not isinstance(token_grid, int) or token_grid < 1:
+        raise ConfigError(f"token grid: must be a positive integer for encoder {spec.name!r}, got {token_grid!r}")
+    if spec.resize == "grid":
+        return spec.patch_size * token_grid, token_grid
+    if resolution % spec.patch_size != 0:
+        lower = resolution // spec.patch_size * spec.patch_size
+        hint = f"{lower} or {lower + spec.patch_size}" if lower else str(spec.patch_size)
+        raise ConfigError(
+            f"data.resolution: encoder {spec.name!r} reads the image at the dataset resolution without resizing "
+            f"(as the reference code), so the resolution must be a multiple of its patch size {spec.patch_size}; "
+            f"got {resolution}. Use a resolution such as {hint}, or an encoder that resizes to the token grid "
+            f"(e.g. dinov2-vit-b, efficientnet-lite0).")
+    return resolution, resolution // spec.patch_size
+
+
+def resample_tokens(tokens: torch.Tensor, grid: int, token_grid: int) -> torch.Tensor:
+    """(B, grid**2, E) row-major tokens -> (B, token_grid**2, E): area when shrinking by an integer factor, else
+    bilinear (align_corners=False)."""
+    if grid == token_grid:
+        return tokens
+    b, _, e = tokens.shape
+    fmap = tokens.transpose(1, 2).reshape(b, e, grid, grid)                    # (B, E, h, w)
+    if grid % token_grid == 0:
+        fmap = F.interpolate(fmap, size=(token_grid, token_grid), mode="area")
+    else:
+        fmap = F.interpolate(fmap, size=(token_grid, token_grid), mode="bilinear", align_corners=False)
+    return fmap.flatten(2).transpose(1, 2)                                     # (B, N, E)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The encoder
+# ----------------------------------------------------------------------------------------------------------------
+
+class Encoder(nn.Module):
+    """A frozen teacher: ``forward(uint8 (B, C, H, W)) -> float32 (B, token_grid**2, E)``.
+
+    Always in eval mode (``train()`` is a no-op), every parameter has ``requires_grad=False`` and the forward runs
+    under ``torch.no_grad``. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the backbone under autocast; None
+    keeps whatever autocast state the caller set. The tokens are returned in float32 regardless.
+
+    Attributes: ``name``, ``embed_dim`` (E), ``token_grid``, ``resolution`` (expected input side),
+    ``input_size`` (side the backbone sees), ``native_grid`` (grid the backbone produces), ``spec``.
+    """
+
+    def __init__(self, spec: EncoderSpec, backbone: nn.Module, *, resolution: int, token_grid: int,
+                 autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self.resolution = resolution
+        self.token_grid = token_grid
+        self.input_size, self.native_grid = plan_grid(spec, resolution, token_grid)
+        self.autocast_dtype = autocast_dtype
+        self.backbone = backbone
+        self.embed_dim = int(getattr(backbone, "embed_dim", spec.embed_dim))
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "Encoder":
+        """Encoders stay in eval mode whatever the caller asks (the reference code left some in train mode)."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W), C in {1, 3}, H = W = resolution -> normalised float32 (B, 3, S, S), S = input_size."""
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+            raise TypeError(f"encoder {self.name}: expects uint8 images (B, C, H, W) in [0, 255], got {got}")
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"encoder {self.name}: expects images (B, C, H, W) with C in {{1, 3}}, "
+                             f"got shape {tuple(images.shape)}")
+        if images.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(f"encoder {self.name}: was loaded for {self.resolution}x{self.resolution} images, got "
+                             f"{images.shape[-2]}x{images.shape[-1]}; load it with resolution={images.shape[-1]}")
+        x = images.to(self.device, torch.float32) / 255.0
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)                                        # greyscale -> RGB
+        x = (x - self.mean) / self.std
+        if self.input_size != self.resolution:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
+        return x
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) at the dataset resolution -> float32 tokens (B, token_grid**2, E)."""
+        x = self.preprocess(images)                                            # (B, 3, S, S)
+        # autocast_dtype None leaves the caller's autocast state alone (e.g. the training loop's bf16 context)
+        context = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+                   if self.autocast_dtype is not None else contextlib.nullcontext())
+        with context:
+            tokens = self.backbone(x)                                          # (B, h*w, E)
+        if tokens.shape[1] != self.native_grid ** 2:
+            raise RuntimeError(f"encoder {self.name}: backbone gave {tokens.shape[1]} tokens for a "
+                               f"{self.input_size}px input, expected {self.native_grid}**2")
+        return resample_tokens(tokens.float(), self.native_grid, self.token_grid)
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, embed_dim={self.embed_dim}, resolution={self.resolution}, "
+                f"input_size={self.input_size}, token_grid={self.token_grid}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weights location helpers shared by the families
+# ----------------------------------------------------------------------------------------------------------------
+
+def looks_like_path(source: str) -> bool:
+    """A string that can only be a filesystem path (not an ``org/name`` hub id)."""
+    return (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") > 1
+            or os.sep != "/" and os.sep in source or os.path.splitext(source)[1] in (".pth", ".pt", ".tar", ".bin"))
+
+
+def hub_download_hint(spec: EncoderSpec, hub_id: str) -> str:
+    """How to get hub weights onto an offline machine."""
+    return (f"On a machine with internet: `huggingface-cli download {hub_id} --local-dir DIR` (or `hf download`), "
+            f"copy DIR here and pass it as the encoder weights (load_encoder(..., weights=DIR); "
+            f"training config field encoder_weights / --encoder-weights DIR).")
+
+
+def missing_file_error(spec: EncoderSpec, path: str, how: str) -> EncoderWeightsError:
+    """The error for a weights file or folder that does not exist."""
+    return EncoderWeightsError(f"encoder {spec.name}: weights not found at {os.path.abspath(path)!r}. {how}")
+
+
+__all__ = ["Encoder", "EncoderSpec", "EncoderWeightsError", "plan_grid", "resample_tokens", "IMAGENET_MEAN",
+           "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "SIGLIP_MEAN", "SIGLIP_STD"]
