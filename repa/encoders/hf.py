@@ -72,8 +72,9 @@ def from_pretrained(spec: EncoderSpec, weights: str | None, class_name: str, **k
             raise EncoderWeightsError(f"encoder {spec.name}: could not load a {class_name} from the folder "
                                       f"{os.path.abspath(source)!r}: {exc}") from exc
         raise EncoderWeightsError(
-            f"encoder {spec.name}: could not load hub id {source!r} (no internet access and not in the Hugging Face "
-            f"cache). " + hub_download_hint(spec, source)) from exc
+            f"encoder {spec.name}: could not load hub id {source!r} (there is no local folder of that name, and the "
+            f"hub is unreachable or the id is not in the Hugging Face cache). " + hub_download_hint(spec, source)
+        ) from exc
     model = model.float().eval()
     patch = model.config.patch_size
     patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
