@@ -69,6 +69,8 @@ def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     Written without forming K~ L~, so the kernels need not be symmetric (masked kernels are not).
     """
     n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC estimator needs at least 4 samples, got {n}")
     k = k.clone().fill_diagonal_(0)
     l = l.clone().fill_diagonal_(0)
     trace_kl = (k * l.T).sum()                                  # tr(K~ L~)
