@@ -148,6 +148,7 @@ class GaussianDiffusion:
             "log_betas": np.log(betas),
             "alphas_cumprod": alphas_cumprod,
             "alphas_cumprod_prev": alphas_cumprod_prev,
+            "one_minus_alphas_cumprod": 1.0 - alphas_cumprod,
             "sqrt_alphas_cumprod": np.sqrt(alphas_cumprod),
             "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - alphas_cumprod),
             "log_one_minus_alphas_cumprod": np.log(1.0 - alphas_cumprod),
@@ -162,6 +163,7 @@ class GaussianDiffusion:
         }
         for name, value in arrays.items():
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(value)))
+        self._device_copies: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     @classmethod
     def linear(cls, num_timesteps: int = NUM_TIMESTEPS) -> "GaussianDiffusion":
@@ -183,13 +185,19 @@ class GaussianDiffusion:
 
     def model_time(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Network time t = base timestep / T_base (float64; k / 1000 for DiT) of this process's timesteps (B,)."""
-        base = self.timestep_map.to(timesteps.device)[timesteps]
+        base = self._on(self.timestep_map, timesteps.device)[timesteps]
         return base.to(torch.float64) / self.base_num_timesteps
 
-    @staticmethod
-    def _gather(values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def _on(self, values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``values`` on ``device``, copied once: a copy per training step would synchronise host and GPU."""
+        key = (id(values), torch.device(device))
+        if key not in self._device_copies:
+            self._device_copies[key] = values.to(device)
+        return self._device_copies[key]
+
+    def _gather(self, values: torch.Tensor, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """values[timesteps] shaped (B, 1, ..., 1) to broadcast against ``like``, in ``like``'s dtype."""
-        out = values.to(like.device)[timesteps].to(like.dtype)
+        out = self._on(values, like.device)[timesteps].to(like.dtype)
         return out.view(-1, *([1] * (like.ndim - 1)))
 
     # -- forward process and posterior ----------------------------------------------------------------------------
@@ -197,7 +205,7 @@ class GaussianDiffusion:
     def q_mean_variance(self, x0: torch.Tensor, timesteps: torch.Tensor):
         """q(x_t | x_0) = N(sqrt(abar) x_0, 1 - abar): (mean, variance, log variance), each like x0."""
         mean = self._gather(self.sqrt_alphas_cumprod, timesteps, x0) * x0
-        variance = self._gather(1.0 - self.alphas_cumprod, timesteps, x0).expand_as(x0)
+        variance = self._gather(self.one_minus_alphas_cumprod, timesteps, x0).expand_as(x0)
         log_variance = self._gather(self.log_one_minus_alphas_cumprod, timesteps, x0).expand_as(x0)
         return mean, variance, log_variance
 
