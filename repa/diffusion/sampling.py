@@ -17,18 +17,26 @@ from repa.samplers import check_guidance
 DEFAULT_STEPS = 250
 
 
+def predicts_epsilon(model) -> bool:
+    """Whether ``model`` is an epsilon network (trained with objective.kind "iddpm", or a released DiT).
+
+    The velocity samplers (euler, heun, sde) give meaningless samples for such a network, and ``ddpm`` for a
+    velocity network.
+    """
+    train_config = getattr(model, "train_config", None)
+    if train_config is not None:
+        return train_config.objective.kind == "iddpm"
+    return getattr(getattr(model, "config", None), "family", None) == "DiT"
+
+
 def _check_epsilon_model(model) -> int:
     """Refuse velocity networks (SiT, interpolant runs); return the model's null class."""
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError("the model has no .config; cannot find its null class for guidance")
-    train_config = getattr(model, "train_config", None)
-    if train_config is not None and train_config.objective.kind != "iddpm":
-        raise ValueError(f"the ddpm sampler needs an epsilon-predicting network, but this one was trained with "
-                         f"objective.kind={train_config.objective.kind!r} (velocity); use euler, heun or sde")
-    if train_config is None and getattr(config, "family", "DiT") != "DiT":
-        raise ValueError(f"the ddpm sampler needs an epsilon-predicting DiT; {config.family} predicts velocity: "
-                         "use euler, heun or sde")
+    if not predicts_epsilon(model):
+        raise ValueError(f"the ddpm sampler needs an epsilon-predicting network (a DiT trained with objective.kind="
+                         f"iddpm, or a released DiT); this {config.family} predicts velocity: use euler, heun or sde")
     return config.null_class
 
 
