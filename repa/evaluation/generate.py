@@ -139,8 +139,12 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
     _check_model(model, cfg_scale, labels)
     vae = _resolve_vae(model, vae)
     indices = np.arange(start, start + num)
-    all_labels = (sample_labels(indices, seed, model.config.num_classes, labels) if isinstance(labels, str)
-                  else np.asarray(labels, dtype=np.int64).reshape(num))
+    if isinstance(labels, str):
+        all_labels = sample_labels(indices, seed, model.config.num_classes, labels)
+    else:
+        all_labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(all_labels) != num:
+            raise ValueError(f"got {len(all_labels)} labels for {num} images")
     out = []
     for b in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
         out.append(_generate_batch(model, indices[b:b + batch_size], all_labels[b:b + batch_size], seed=seed,
@@ -152,6 +156,8 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
 def _resolve_vae(model, vae):
     """None for pixel models; a loaded VAE for latent models (loading a hub id / folder, default sd-vae-ft-ema)."""
     if model.config.space != "latent":
+        if vae is not None:
+            raise ValueError(f"{model.config.name} is a pixel-space model: it needs no VAE, but vae={vae!r} was given")
         return None
     if vae is None or isinstance(vae, (str, os.PathLike)):
         from repa.autoencoder import DECODE_VAE, load_vae
