@@ -126,6 +126,16 @@ def test_discretized_likelihood_is_exact_in_the_tails_and_sums_to_one():
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
+def test_discretized_likelihood_has_finite_gradients_at_extreme_scales():
+    x = (torch.arange(256.0) / 127.5 - 1).repeat(40)
+    gen = torch.Generator().manual_seed(0)
+    means = (torch.randn(x.shape, generator=gen) * 2).requires_grad_()
+    log_scales = (torch.rand(x.shape, generator=gen) * 16 - 14).requires_grad_()   # std from 1e-6 to 7
+    out = discretized_gaussian_log_likelihood(x, means, log_scales)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(means.grad).all() and torch.isfinite(log_scales.grad).all()
+
+
 def test_learned_range_interpolates_log_beta_and_clipped_posterior_variance(diffusion):
     x_t = torch.randn(3, 2, 4, 4, dtype=torch.float64)
     k = torch.tensor([0, 7, 999])
