@@ -53,6 +53,17 @@ def _guided_velocity(model, x: torch.Tensor, t: float, labels: torch.Tensor, nul
     return d
 
 
+def randn_like_batch(shape, generator, device) -> torch.Tensor:
+    """float64 standard normal noise; with a list of generators, row b comes from generator b alone, so samples
+    do not depend on the batch they are drawn in."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float64)
+                            for g in generator]).to(device)
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
+
+
 def _null_labels(model, labels: torch.Tensor) -> torch.Tensor:
     config = getattr(model, "config", None)
     if config is None:
@@ -108,7 +119,7 @@ def euler_maruyama(model, noise, labels, *, steps=250, cfg_scale=1.0, guidance_i
         d = _guided_velocity(model, x, t_cur, labels, null, cfg_scale, guidance_interval, dtype, transform=drift)
         x = x + d * dt
         if i < steps - 1:                                 # the last step (0.04 -> 0) adds no noise
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64)
+            eps = randn_like_batch(x.shape, generator, x.device)
             x = x + (2 * t_cur) ** 0.5 * abs(dt) ** 0.5 * eps
     return x.to(noise.dtype)
 
@@ -124,7 +135,8 @@ SAMPLERS = {"euler": euler, "heun": heun, "sde": euler_maruyama, "ddpm": ddpm}
 
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "euler", steps: int = 50,
            cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
-           generator: torch.Generator | None = None, path: str | None = None) -> torch.Tensor:
+           generator: torch.Generator | list[torch.Generator] | None = None,
+           path: str | None = None) -> torch.Tensor:
     """Integrate from pure noise (t = 1) to data (t = 0) and return the final sample.
 
     Args:
@@ -135,7 +147,8 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
         steps: number of grid steps (NFE: euler steps, heun 2 steps - 1, sde steps), times 2 where guided.
         cfg_scale: classifier-free guidance scale w (1 = no guidance).
         guidance_interval: (low, high): guidance only where low <= t <= high (the paper's best: (0, 0.7)).
-        generator: randomness of the SDE sampler.
+        generator: randomness of stochastic samplers: one generator, or a list with one per sample (then each
+            sample's noise is independent of the batch composition).
         path: interpolant name; defaults to the model's training path, else ``linear``.
     """
     if sampler not in SAMPLERS:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -96,14 +95,7 @@ def _generate_batch(model, indices: np.ndarray, labels: np.ndarray, *, seed: int
     kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval))
     if sampler in STOCHASTIC_SAMPLERS:   # one generator per sample: its step noise is independent of the batch
         generators = [torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
-        try:
-            x = sample(model, noise, y, generator=generators, **kwargs)
-        except TypeError:
-            # TODO(lead): remove once repa.samplers draws step noise row by row from a list of generators
-            warnings.warn("repa.samplers does not accept per-sample generators yet: the step noise of stochastic "
-                          "samplers depends on the batch composition", stacklevel=2)
-            first = torch.Generator(device).manual_seed(sample_seed(seed, int(indices[0]), SDE_STREAM))
-            x = sample(model, noise, y, generator=first, **kwargs)
+        x = sample(model, noise, y, generator=generators, **kwargs)
     else:
         x = sample(model, noise, y, **kwargs)
     if cfg.space == "latent":
