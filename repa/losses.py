@@ -87,7 +87,7 @@ def repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: lis
     x_t = path.interpolate(x0, noise, t)
     target = path.velocity(x0, noise, t)
     out = model(x_t, t, labels, project=lam > 0)
-    prediction = out.velocity if lam > 0 else out
+    prediction = (out.velocity if lam > 0 else out)[:, : x0.shape[1]]   # learned-sigma nets: the first C channels
     denoise = denoising_loss(prediction, target).mean()
     if lam > 0:
         if not encoder_tokens:

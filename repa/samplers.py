@@ -156,6 +156,11 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     check_guidance(cfg_scale, guidance_interval)
+    from repa.diffusion.sampling import predicts_epsilon
+    if (sampler == "ddpm") != predicts_epsilon(model):
+        kind = "an epsilon (DDPM) network" if predicts_epsilon(model) else "a velocity network"
+        raise ValueError(f"sampler {sampler!r} cannot sample from {kind}; use "
+                         f"{'ddpm' if predicts_epsilon(model) else 'euler, heun or sde'}")
     kwargs = dict(steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval), generator=generator)
     if sampler == "sde":                 # the ODE needs no path: the model predicts dx/dt directly
         kwargs["path"] = path

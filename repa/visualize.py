@@ -41,13 +41,16 @@ def save_png(grid: np.ndarray, path: str | os.PathLike) -> None:
 
 @torch.no_grad()
 def sample_images(model, num: int, *, steps: int = 50, cfg_scale: float = 1.0, seed: int = 0,
-                  sampler: str = "euler", labels: torch.Tensor | None = None, decode=None) -> torch.Tensor:
+                  sampler: str | None = None, labels: torch.Tensor | None = None, decode=None) -> torch.Tensor:
     """Draw ``num`` samples (labels cycling through the classes unless given) and return uint8 (B, C, H, W).
 
     ``decode`` maps model-space latents to uint8 images (the VAE); pixel models need none.
     """
+    from repa.diffusion.sampling import predicts_epsilon
     from repa.samplers import sample
     cfg = model.config
+    if sampler is None:
+        sampler = "ddpm" if predicts_epsilon(model) else "euler"
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(num, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen).to(device)

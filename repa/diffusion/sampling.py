@@ -12,7 +12,7 @@ import torch
 
 from repa.diffusion.gaussian import GaussianDiffusion, space_timesteps
 from repa.diffusion.objective import base_diffusion
-from repa.samplers import check_guidance
+from repa.samplers import check_guidance, randn_like_batch
 
 DEFAULT_STEPS = 250
 
@@ -59,7 +59,7 @@ def _guided_output(model, x: torch.Tensor, t: float, labels: torch.Tensor, null_
 
 @torch.no_grad()
 def ddpm(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = DEFAULT_STEPS, cfg_scale: float = 1.0,
-         guidance_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | None = None,
+         guidance_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | list[torch.Generator] | None = None,
          dtype: torch.dtype | None = None, clip_denoised: bool = False,
          diffusion: GaussianDiffusion | None = None) -> torch.Tensor:
     """Ancestral sampling x_T -> x_0 through ``steps`` respaced timesteps (``space_timesteps(1000, steps)``).
@@ -92,6 +92,6 @@ def ddpm(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = DEFAU
         step = process.p_mean_variance(out, x, timesteps, clip_denoised=clip_denoised)
         x = step.mean
         if i > 0:
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64)
+            eps = randn_like_batch(x.shape, generator, x.device)
             x = x + torch.exp(0.5 * step.log_variance) * eps
     return x.to(noise.dtype)
