@@ -46,10 +46,13 @@ def test_loader_over_a_prepared_dataset_matches_memory(arrays, tmp_path):
     path = save_arrays(tmp_path / "ds", arrays["image"], arrays["label"], chunk_size=8)
     disk = BatchLoader(open_dataset(path), 6, seed=3)
     memory = BatchLoader(ArrayDataset(arrays["image"], arrays["label"]), 6, seed=3)
-    for _ in range(8):   # crosses an epoch boundary (6 batches per epoch)
-        a, b = next(disk), next(memory)
+    threads = BatchLoader(open_dataset(path), 6, seed=3, num_workers=2, keys=["image", "label"])
+    for _ in range(20):   # crosses epoch boundaries (6 batches per epoch), also while threads prefetch
+        a, b, c = next(disk), next(memory), next(threads)
         assert isinstance(a["image"], torch.Tensor)
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        assert torch.equal(a["image"], c["image"]) and torch.equal(a["label"], c["label"])
+    threads.close()
 
 
 def test_incomplete_or_foreign_folders_are_refused(arrays, tmp_path):

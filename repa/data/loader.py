@@ -7,6 +7,7 @@ Background threads prefetch upcoming batches; the position counts only batches h
 """
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -46,6 +47,7 @@ class BatchLoader:
         self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
         self._queue: deque = deque()
         self._perm_cache: tuple[int, np.ndarray] | None = None
+        self._pass_keys = keys is not None and "keys" in inspect.signature(dataset.get_batch).parameters
 
     # -- position ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -66,20 +68,23 @@ class BatchLoader:
 
     # -- iteration -----------------------------------------------------------------------------------------------
     def _indices(self, epoch: int, batch: int) -> np.ndarray:
-        if self._perm_cache is None or self._perm_cache[0] != epoch:
-            self._perm_cache = (epoch, epoch_permutation(len(self.dataset), self.seed, epoch))
+        cache = self._perm_cache   # read once: a prefetch thread may swap in the next epoch's permutation meanwhile
+        if cache is None or cache[0] != epoch:
+            cache = (epoch, epoch_permutation(len(self.dataset), self.seed, epoch))
+            self._perm_cache = cache
         start = batch * self.batch_size * self.world_size + self.rank * self.batch_size
-        return np.sort(self._perm_cache[1][start:start + self.batch_size]), \
-            np.argsort(np.argsort(self._perm_cache[1][start:start + self.batch_size]))
+        return cache[1][start:start + self.batch_size]
 
     def _load(self, epoch: int, batch: int) -> dict[str, torch.Tensor]:
-        sorted_idx, order = self._indices(epoch, batch)
-        raw = self.dataset.get_batch(sorted_idx)              # sorted reads are faster on memory maps
+        # get_batch returns items in the order asked (a prepared dataset reads them in file order internally), so
+        # no reorder copy here; datasets whose get_batch takes `keys` read only the fields wanted (token caches!)
+        idx = self._indices(epoch, batch)
+        raw = self.dataset.get_batch(idx, keys=self.keys) if self._pass_keys else self.dataset.get_batch(idx)
         out = {}
         for key, value in raw.items():
             if self.keys is not None and key not in self.keys:
                 continue
-            tensor = torch.from_numpy(np.ascontiguousarray(value[order]))
+            tensor = torch.from_numpy(np.ascontiguousarray(value))
             out[key] = tensor.pin_memory() if self.pin_memory else tensor
         return out
 
