@@ -59,14 +59,18 @@ def make_synthetic(path: str, num: int, resolution: int, latent_dtype: str) -> N
     print(f"wrote {num} synthetic items to {path} in {time.perf_counter() - t0:.1f} s")
 
 
-def measure(loader, num_batches: int) -> float:
-    """Samples per second over ``num_batches`` batches (each batch touched, like a training step would)."""
-    t0 = time.perf_counter()
+def measure(loader, num_batches: int) -> tuple[float, float]:
+    """(samples per wall second, samples per CPU second of this process) over ``num_batches`` batches.
+
+    The CPU figure is what the loader would sustain on an otherwise idle core; the wall figure depends on what
+    else runs on the machine.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
     seen = 0
     for _ in range(num_batches):
         batch = next(loader)
         seen += len(batch["label"])
-    return seen / (time.perf_counter() - t0)
+    return seen / (time.perf_counter() - t0), seen / (time.process_time() - c0)
 
 
 def main(argv=None) -> int:
@@ -96,17 +100,20 @@ def main(argv=None) -> int:
     batches_per_epoch = len(ds) // args.batch_size
     for workers in args.workers:
         loader = BatchLoader(ds, args.batch_size, seed=0, num_workers=workers)
-        first = measure(loader, batches_per_epoch)          # first pass: may read from disk
-        warm = measure(loader, batches_per_epoch)
+        first, _ = measure(loader, batches_per_epoch)          # first pass: may read from disk
+        warm, warm_cpu = measure(loader, batches_per_epoch)
         loader.close()
-        print(f"BatchLoader workers={workers} batch={args.batch_size}: {warm:,.0f} samples/s "
-              f"(first pass {first:,.0f} samples/s)")
-    t0 = time.perf_counter()
+        print(f"BatchLoader workers={workers} batch={args.batch_size}: {warm:,.0f} samples/s wall, "
+              f"{warm_cpu:,.0f} samples per CPU-second (first pass {first:,.0f} samples/s wall)")
+    t0, c0 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(0)
     for _ in range(batches_per_epoch):
         ds.get_batch(rng.integers(0, len(ds), args.batch_size))
-    print(f"get_batch alone (random order): {batches_per_epoch * args.batch_size / (time.perf_counter() - t0):,.0f} "
-          f"samples/s")
+    n = batches_per_epoch * args.batch_size
+    print(f"get_batch alone (random order): {n / (time.perf_counter() - t0):,.0f} samples/s wall, "
+          f"{n / (time.process_time() - c0):,.0f} samples per CPU-second")
+    print(f"load average now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other processes slow the wall "
+          f"figures)")
     if args.clean:
         shutil.rmtree(path)
     return 0

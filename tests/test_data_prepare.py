@@ -178,6 +178,8 @@ def test_cli_prepare_and_verify(tmp_path, capsys):
     assert main(["prepare", "--verify", out]) == 0
     assert main(["prepare", str(src), out, "--resolution", "24", "--quiet"]) == 2
     assert "other settings" in capsys.readouterr().err
+    assert main(["prepare", out]) == 2
+    assert "only one path" in capsys.readouterr().err
     os.remove(os.path.join(out, "files.txt"))
     assert main(["prepare", "--verify", out]) == 1
     assert "files.txt: missing" in capsys.readouterr().out

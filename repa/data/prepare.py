@@ -100,7 +100,7 @@ def _read_marker(out: str, stage: str, k: int) -> dict | None:
 
 def _image_chunk(task: tuple) -> dict:
     """Decode, convert and crop one chunk; write its image and label shards, then its marker."""
-    out, k, listing_kind, root, split, refs, labels, plan, report_upscale = task
+    out, k, listing_kind, root, split, refs, labels, plan, per_file_notes = task
     images, kept_labels, kept_refs, skipped, warnings = [], [], [], [], []
     for ref, label in zip(refs, labels):
         try:
@@ -113,7 +113,8 @@ def _image_chunk(task: tuple) -> dict:
         if arr is None:
             skipped.append([ref, notes[0]])
             continue
-        warnings.extend([ref, n] for n in notes if report_upscale or not n.startswith("upscaled"))
+        if per_file_notes:   # not for IDX items: resizing or colouring them is asked for, not a file problem
+            warnings.extend([ref, n] for n in notes)
         images.append(arr)
         kept_labels.append(label)
         kept_refs.append(ref)

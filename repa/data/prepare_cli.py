@@ -20,8 +20,7 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hash", action="store_true", help="--verify: check shapes and counts, skip sha256")
     p.add_argument("--split", help="split sub-folder (train / val), or train / test for Fashion-MNIST")
     p.add_argument("--resolution", type=int, default=-1,
-                   help="ADM centre-crop side (default 256 for folders; Fashion-MNIST keeps 28); 0 keeps the "
-                        "native size of square images")
+                   help="ADM centre-crop side (default 256 for folders; Fashion-MNIST keeps 28, also with 0)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="3 (RGB, default for folders) or 1 (greyscale)")
     p.add_argument("--hflip", action="store_true", help="also store a horizontally flipped copy of every image")
     p.add_argument("--small", choices=["upscale", "skip"], default="upscale",
@@ -34,7 +33,9 @@ def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--tokens", nargs="+", default=[], metavar="ENCODER",
                    help="cache the tokens of these encoders (e.g. dinov2-vit-b)")
-    p.add_argument("--token-grid", type=int, help="encoder token grid (default resolution // 16)")
+    p.add_argument("--token-grid", type=int,
+                   help="token grid of the SiT the cache is for (default: a /2 SiT's grid, resolution // 16 for "
+                        "datasets with latents, resolution // 2 in pixel space)")
     p.add_argument("--encoder-weights", nargs="+", default=[], metavar="PATH",
                    help="local weights, one per --tokens encoder")
     p.add_argument("--batch-size", type=int, default=64, help="VAE / encoder batch size")
@@ -96,11 +97,12 @@ def run_prepare(args: argparse.Namespace) -> int:
             raise ValueError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
         if rank != 0:
             _wait_for_manifest(out)
-        resolution = open_dataset(out).resolution
+        ds = open_dataset(out)
+        resolution = ds.resolution
+        grid = args.token_grid or (resolution // 16 if ds.has_latents else resolution // 2)
         weights = args.encoder_weights or [None] * len(args.tokens)
         for name, w in zip(args.tokens, weights):
-            encoder = load_encoder(name, resolution=resolution, token_grid=args.token_grid or resolution // 16,
-                                   weights=w, device=args.device)
+            encoder = load_encoder(name, resolution=resolution, token_grid=grid, weights=w, device=args.device)
             key = build_token_cache(out, encoder, weights=w, batch_size=args.batch_size, progress=not args.quiet)
             if rank == 0:
                 print(f"token cache {key} ready in {out}")

@@ -20,7 +20,7 @@ from repa.data.store import PROGRESS, TOKENS, DataError, open_dataset, shard_pat
 TOKEN_FORMAT_VERSION = 1
 
 
-def _encode_shard(encoder, images: np.ndarray, batch_size: int) -> np.ndarray:
+def _encode_shard(encoder, images: np.ndarray, batch_size: int, bar=None) -> np.ndarray:
     """(n, C, H, W) uint8 -> (n, T, E) float16, checking the Encoder contract on the way."""
     import torch
 
@@ -36,6 +36,8 @@ def _encode_shard(encoder, images: np.ndarray, batch_size: int) -> np.ndarray:
                 raise DataError(f"encoder {encoder.name!r} returned tokens of shape {tuple(tokens.shape)}, expected "
                                 f"({len(batch)}, {num_tokens}, {dim}) from its token_grid and embed_dim")
             out[start:start + len(batch)] = tokens.float().cpu().numpy().astype(np.float16)
+            if bar is not None:
+                bar.update(len(batch))
     return out
 
 
@@ -92,17 +94,18 @@ def build_token_cache(dataset_dir: str, encoder, *, weights: str | None = None, 
 
     from tqdm.auto import tqdm
     done = 0
-    mine = [k for k in range(len(counts)) if k % world_size == rank]
-    for k in tqdm(mine, desc=f"tokens {name}", unit="shard", disable=not progress or rank != 0):
-        if os.path.isfile(marker(k)):
-            continue
+    todo = [k for k in range(len(counts)) if k % world_size == rank and not os.path.isfile(marker(k))]
+    bar = tqdm(total=sum(counts[k] for k in todo), desc=f"tokens {name}", unit="img",
+               disable=not progress or rank != 0)
+    for k in todo:
         images = np.load(os.path.join(ds.path, shard_path("image", k)), mmap_mode="r")
         digest = write_npy(os.path.join(ds.path, shard_path(f"{TOKENS}/{name}", k)),
-                           _encode_shard(encoder, images, batch_size))
+                           _encode_shard(encoder, images, batch_size, bar))
         write_json(marker(k), {"sha256": digest})
         done += 1
         if _fail_after_chunks is not None and done >= _fail_after_chunks:
             raise RuntimeError(f"injected failure after {done} shard(s) (test hook)")
+    bar.close()
     if rank != 0:
         return f"tokens:{name}"
     while not all(os.path.isfile(marker(k)) for k in range(len(counts))):
