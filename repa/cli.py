@@ -35,6 +35,26 @@ def _add_presets(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the default job: REPA vs vanilla SiT on Fashion-MNIST, FID curves, report")
+    p.add_argument("--minutes", type=float, default=20.0,
+                   help="training budget of the comparison (20: about 25 minutes in all on 2 CPU cores)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data-root", default="runs/data")
+    p.add_argument("--source", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+
+    def run(args):
+        from repa.demo import DemoConfig, run_demo
+        kwargs = dict(minutes=args.minutes, out=args.out, data_root=args.data_root, seed=args.seed,
+                      device=args.device)
+        if args.source:
+            kwargs["source"] = args.source
+        run_demo(DemoConfig(**kwargs))
+    p.set_defaults(func=run)
+
+
 def _add_sample_grid(sub) -> None:
     p = sub.add_parser("sample-grid", help="write a PNG grid of samples from a checkpoint (quick look)")
     p.add_argument("checkpoint")
@@ -175,6 +195,7 @@ SUBCOMMANDS = [
     _add_prepare,
     _add_train,
     _add_presets,
+    _add_demo,
     _add_sample,
     _add_eval,
     _add_sample_grid,
