@@ -79,7 +79,8 @@ def _clean_inputs(batch: dict, space: str, eps: torch.Tensor | None, device) -> 
         mean = batch["latent_mean"].to(device, torch.float32, non_blocking=True)
         std = batch["latent_std"].to(device, torch.float32, non_blocking=True)
         return (mean + std * eps.to(device)) * LATENT_SCALE
-    return batch["image"].to(device, non_blocking=True).float() / 127.5 - 1
+    from repa.visualize import from_uint8
+    return from_uint8(batch["image"].to(device, non_blocking=True))
 
 
 def _teacher_tokens(batch: dict, encoders: list, cache_keys: list, precision: str, device) -> list[torch.Tensor]:
@@ -177,8 +178,12 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
 
     per_rank = cfg.global_batch_size // dist.world_size
     from repa.data.loader import BatchLoader
+    keys = ["label", *(k for k in cache_keys if k is not None)]
+    keys += ["latent_mean", "latent_std"] if cfg.model.space == "latent" else ["image"]
+    if any(key is None for key in cache_keys) and "image" not in keys:
+        keys.append("image")                       # a teacher runs live on the images
     loader = BatchLoader(dataset, per_rank, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda")
+                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda", keys=keys)
 
     step, images_seen, last_ckpt = 0, 0, None
     found = latest_checkpoint(cfg.run_dir)

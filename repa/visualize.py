@@ -9,6 +9,11 @@ import numpy as np
 import torch
 
 
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> pixel-space model inputs in [-1, 1] (the inverse of ``to_uint8``)."""
+    return images.float() / 127.5 - 1
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Pixel-space samples in [-1, 1] (B, C, H, W) -> uint8 via clamp(127.5 (x + 1), 0, 255)."""
     return torch.clamp(127.5 * (x.float() + 1), 0, 255).to(torch.uint8)

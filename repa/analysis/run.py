@@ -27,6 +27,7 @@ import torch
 from repa.analysis.features import FeatureSet, check_time, encoder_features, extract_features
 from repa.analysis.metrics import cka, cknna, l2_normalize, mutual_knn
 from repa.analysis.probe import linear_probe
+from repa.visualize import from_uint8
 
 
 @dataclass(frozen=True)
@@ -164,10 +165,11 @@ def dataset_batches(dataset, indices: np.ndarray, batch_size: int, *, space: str
     generator seeded by (seed, position in the subset), so every checkpoint sees identical inputs.
     """
     for start in range(0, len(indices), batch_size):
-        batch = dataset.get_batch(indices[start:start + batch_size])
+        wanted = ["image", "label"] + (["latent_mean", "latent_std"] if space == "latent" else [])
+        batch = dataset.get_batch(indices[start:start + batch_size], keys=wanted)
         image = torch.from_numpy(np.asarray(batch["image"]))                            # uint8 (B, C, H, W)
         if space == "pixel":
-            x0 = image.float() / 127.5 - 1.0
+            x0 = from_uint8(image)
         elif space == "latent":
             if "latent_mean" not in batch:
                 raise ValueError("the model works on VAE latents but the dataset has none; prepare it with a VAE "

@@ -1,4 +1,4 @@
-"""A deterministic, resumable batch loader over any dataset with ``__len__`` and ``get_batch(indices)``.
+"""A deterministic, resumable batch loader over any dataset with ``__len__`` and ``get_batch(indices, keys)``.
 
 Order: epoch e is a permutation drawn from (seed, e). Each step takes one *global* batch of
 ``batch_size * world_size`` consecutive indices of that permutation; rank r gets the r-th contiguous slice, so N
@@ -7,7 +7,6 @@ Background threads prefetch upcoming batches; the position counts only batches h
 """
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,7 +23,7 @@ class BatchLoader:
     """Infinite iterator of dict batches of torch tensors, deterministic from (seed, epoch), resumable.
 
     Args:
-        dataset: object with ``__len__`` and ``get_batch(np.ndarray) -> dict[str, np.ndarray]``.
+        dataset: object with ``__len__`` and ``get_batch(np.ndarray, keys) -> dict[str, np.ndarray]``.
         batch_size: per-rank batch size.
         seed: order seed.
         rank, world_size: this process's slice of every global batch.
@@ -47,7 +46,6 @@ class BatchLoader:
         self._pool = ThreadPoolExecutor(num_workers) if num_workers > 0 else None
         self._queue: deque = deque()
         self._perm_cache: tuple[int, np.ndarray] | None = None
-        self._pass_keys = keys is not None and "keys" in inspect.signature(dataset.get_batch).parameters
 
     # -- position ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -77,9 +75,9 @@ class BatchLoader:
 
     def _load(self, epoch: int, batch: int) -> dict[str, torch.Tensor]:
         # get_batch returns items in the order asked (a prepared dataset reads them in file order internally), so
-        # no reorder copy here; datasets whose get_batch takes `keys` read only the fields wanted (token caches!)
+        # no reorder copy here; get_batch reads only the fields wanted (token caches are large)
         idx = self._indices(epoch, batch)
-        raw = self.dataset.get_batch(idx, keys=self.keys) if self._pass_keys else self.dataset.get_batch(idx)
+        raw = self.dataset.get_batch(idx, keys=self.keys)
         out = {}
         for key, value in raw.items():
             if self.keys is not None and key not in self.keys:

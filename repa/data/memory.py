@@ -31,10 +31,10 @@ class ArrayDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        batch = {"image": self.images[indices], "label": self.labels[indices]}
-        batch.update({k: v[indices] for k, v in self.extra.items()})
-        return batch
+    def get_batch(self, indices: np.ndarray, keys=None) -> dict[str, np.ndarray]:
+        """The items at ``indices`` (in that order); only the fields in ``keys`` when given."""
+        fields = {"image": self.images, "label": self.labels, **self.extra}
+        return {k: v[indices] for k, v in fields.items() if keys is None or k in keys}
 
     def token_cache_key(self, encoder_name: str, resolution: int, token_grid: int) -> str | None:
         key = f"tokens:{encoder_name}@{resolution}/{token_grid}"

@@ -9,7 +9,6 @@ Precision/recall always need the reference pool features, which the cache keeps.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -76,10 +75,9 @@ def _dataset_indices(num_items: int, max_images: int | None) -> np.ndarray:
 
 def _dataset_batches(dataset, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     # a prepared dataset can read the images alone (not its latents and token caches); in-memory ones read all
-    only_images = "keys" in inspect.signature(dataset.get_batch).parameters
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
-        yield (dataset.get_batch(idx, keys=["image"]) if only_images else dataset.get_batch(idx))["image"]
+        yield dataset.get_batch(idx, keys=["image"])["image"]
 
 
 # ---- one pass over images --------------------------------------------------------------------------------------
