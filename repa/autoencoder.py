@@ -89,16 +89,19 @@ def encode_moments(vae, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch
     return posterior.mean.float(), posterior.std.float()
 
 
-def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None, *,
+                   eps: torch.Tensor | None = None) -> torch.Tensor:
     """Draw ``(mean + std * eps) * LATENT_SCALE`` with eps ~ N(0, I): the training input of latent models.
 
     Args:
         mean, std: stored posterior moments (B, 4, h, w), any float dtype (computed in float32).
         generator: optional torch.Generator on the tensors' device.
+        eps: the standard normal draw itself (the trainer draws it for the whole global batch).
     """
     mean, std = mean.float(), std.float()
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return (mean + std * eps) * LATENT_SCALE
+    if eps is None:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (mean + std * eps.to(mean.device, mean.dtype)) * LATENT_SCALE
 
 
 @torch.no_grad()

@@ -75,10 +75,9 @@ def _clean_inputs(batch: dict, space: str, eps: torch.Tensor | None, device) -> 
         if "latent_mean" not in batch:
             raise ConfigError("model.space is 'latent' but the dataset has no latents; prepare it with "
                               "`repa prepare --vae ...`, or train in pixel space (model.space=pixel)")
-        from repa.autoencoder import LATENT_SCALE
-        mean = batch["latent_mean"].to(device, torch.float32, non_blocking=True)
-        std = batch["latent_std"].to(device, torch.float32, non_blocking=True)
-        return (mean + std * eps.to(device)) * LATENT_SCALE
+        from repa.autoencoder import sample_latents
+        return sample_latents(batch["latent_mean"].to(device, non_blocking=True),
+                              batch["latent_std"].to(device, non_blocking=True), eps=eps)
     from repa.visualize import from_uint8
     return from_uint8(batch["image"].to(device, non_blocking=True))
 

@@ -150,3 +150,26 @@ def test_lambda_schedule_stops_and_decays():
     from repa.training_utils import lambda_at
     cfg = ObjectiveConfig(proj_coeff=0.5, align_stop_step=100, align_decay_steps=50)
     assert [lambda_at(cfg, s) for s in (0, 49, 50, 75, 99, 100, 500)] == [0.5, 0.5, 0.5, 0.25, 0.01, 0.0, 0.0]
+
+
+def test_latent_space_run_uses_stored_posterior_and_cached_tokens(tmp_path):
+    """Latent models train on (mean + std * eps) * 0.18215 of the stored moments, with tokens from the cache."""
+    import numpy as np
+    from repa.data.memory import ArrayDataset
+    from tests.conftest import tiny_model_config
+    rng = np.random.default_rng(0)
+    n = 16
+    key = "tokens:patch-teacher@32/4"
+    dataset = ArrayDataset(rng.integers(0, 255, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 3, n),
+                           num_classes=3, latent_mean=rng.standard_normal((n, 4, 8, 8), dtype=np.float32),
+                           latent_std=np.full((n, 4, 8, 8), 0.1, np.float32),
+                           **{key: rng.standard_normal((n, 16, 16)).astype(np.float16)})
+    cfg = tiny_train_config(tmp_path / "run", model=tiny_model_config(in_channels=4, space="latent"), max_steps=4,
+                            ckpt_every=4)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=32))
+
+    class Refuse(torch.nn.Module):
+        def forward(self, images):
+            raise AssertionError("the token cache should have been used")
+    result = train(cfg, dataset=dataset, encoders=[Refuse()], progress=False)
+    assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] < 0.5
