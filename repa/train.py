@@ -111,6 +111,8 @@ def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list
                     for name, key, w in zip(cfg.encoders, keys, weights)]
     if len(encoders) != len(cfg.encoders):
         raise ConfigError(f"{len(encoders)} encoder objects given for {len(cfg.encoders)} configured encoders")
+    if cfg.compile:
+        encoders = [torch.compile(e) if e is not None else None for e in encoders]
     return list(encoders), keys
 
 

@@ -7,6 +7,10 @@ import json
 from repa.config import TrainConfig, field_types
 
 
+# The fast path (issue: performance): numerics within the tolerance stated in tests/test_fast_path.py.
+FAST_PATH = {"precision": "bf16", "optim.fused": True, "compile": True}
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="SiT-XL/2-REPA-256",
                    help="named configuration (see `repa presets`); fields below override it")
@@ -15,6 +19,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume although the saved run's config differs in fields that are not resume-safe")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--fast", action="store_true",
+                   help="the fast path: bf16 autocast, fused AdamW, torch.compile of the SiT and the teacher "
+                        "(sets precision, optim.fused and compile; explicit field flags still win)")
     group = p.add_argument_group("config fields (any field of TrainConfig, dotted)")
     for name, tp in field_types(TrainConfig).items():
         group.add_argument(f"--{name}", dest=f"field:{name}", default=None, metavar="VALUE",
@@ -31,6 +38,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     else:
         cfg = get_preset(args.preset)
     types = field_types(TrainConfig)
+    if getattr(args, "fast", False):
+        cfg = apply_overrides(cfg, FAST_PATH)
     overrides = {key[len("field:"):]: value for key, value in vars(args).items()
                  if key.startswith("field:") and value is not None}
     cfg = apply_overrides(cfg, {k: parse_value(v, types[k], k) for k, v in overrides.items()})

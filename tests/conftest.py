@@ -66,3 +66,13 @@ def tiny_dataset():
 @pytest.fixture
 def teacher():
     return PatchTeacher(grid=4, dim=16)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

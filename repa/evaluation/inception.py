@@ -103,7 +103,8 @@ class InceptionV3(nn.Module):
 
     def __init__(self, scripted: torch.jit.ScriptModule, path: Path, sha1: str):
         super().__init__()
-        self.layers = scripted.net.layers
+        # channels-last: the same float32 arithmetic (up to summation order), ~12% faster on CPU (oneDNN)
+        self.layers = scripted.net.layers.to(memory_format=torch.channels_last)
         self.path, self.sha1 = path, sha1
         self.requires_grad_(False).eval()
 
@@ -121,6 +122,7 @@ class InceptionV3(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         x = (resize_bilinear_tf(x) - 128.0) / 128.0              # (B, 3, 299, 299)
+        x = x.contiguous(memory_format=torch.channels_last)
         spatial = None
         with _no_tf32():
             for name, layer in self.layers.named_children():
