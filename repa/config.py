@@ -119,6 +119,7 @@ class TrainConfig:
     tf32: bool = True
     compile: bool = False
     activation_checkpointing: bool = False
+    parallel: str = "ddp"             # ddp | fsdp (shards parameters, gradients and optimizer state across ranks)
     log_every: int = 100
     ckpt_every: int = 10_000
     keep_last: int = 3
@@ -183,6 +184,7 @@ def validate_train(c: TrainConfig) -> None:
     validate_model(c.model)
     validate_objective(c.objective)
     _require(c.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {c.precision!r}")
+    _require(c.parallel in ("ddp", "fsdp"), "parallel", f"must be 'ddp' or 'fsdp', got {c.parallel!r}")
     _require(c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}")
     _require(c.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {c.grad_accum_steps}")
     _require(c.global_batch_size % c.grad_accum_steps == 0, "grad_accum_steps",

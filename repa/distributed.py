@@ -84,3 +84,47 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+# ---- FSDP (fully sharded data parallel, torch's fully_shard) ---------------------------------------------------
+
+def shard(net: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``net`` across ranks with FSDP2: each transformer block, then the root (embeddings, final layer)."""
+    from torch.distributed.fsdp import fully_shard
+    for block in net.blocks:
+        fully_shard(block)
+    fully_shard(net)
+    return net
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state(net: torch.nn.Module) -> dict:
+    """The complete (unsharded, CPU) state dict of a sharded module; a collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(net, options=_options(cpu_offload=True))
+
+
+def full_optimizer_state(net: torch.nn.Module, opt) -> dict:
+    """The complete optimizer state dict (keys are parameter names) of a sharded module; a collective."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    return get_optimizer_state_dict(net, opt, options=_options(cpu_offload=True))
+
+
+def load_full_model_state(net: torch.nn.Module, state: dict) -> None:
+    """Load a complete state dict into a sharded module (each rank keeps its shard)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    set_model_state_dict(net, state, options=_options())
+
+
+def load_full_optimizer_state(net: torch.nn.Module, opt, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    set_optimizer_state_dict(net, opt, state, options=_options())
+
+
+def local_tensors(params) -> list[torch.Tensor]:
+    """This rank's shards of (possibly sharded) parameters, for elementwise updates such as the EMA."""
+    return [p.to_local() if hasattr(p, "to_local") else p for p in params]

@@ -88,11 +88,15 @@ def repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: lis
     target = path.velocity(x0, noise, t)
     out = model(x_t, t, labels, project=lam > 0)
     prediction = (out.velocity if lam > 0 else out)[:, : x0.shape[1]]   # learned-sigma nets: the first C channels
-    denoise = denoising_loss(prediction, target).mean()
+    return with_alignment(denoising_loss(prediction, target).mean(), out, encoder_tokens, lam)
+
+
+def with_alignment(denoise: torch.Tensor, out, encoder_tokens: list[torch.Tensor] | None, lam: float) -> LossOutput:
+    """Eq. 8: total = denoising loss + lambda * alignment loss of the model output's projected tokens."""
     if lam > 0:
         if not encoder_tokens:
             raise ValueError("REPA (lambda > 0) needs encoder tokens for every batch")
         align = alignment_loss(out.projected, encoder_tokens).mean()
     else:
-        align = torch.zeros((), device=x0.device)
+        align = torch.zeros((), device=denoise.device)
     return LossOutput(denoise + lam * align, denoise.detach(), align.detach())

@@ -116,11 +116,15 @@ def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list
     return list(encoders), keys
 
 
-def _checkpoint_state(cfg, model, ema, opt, scaler, step, images_seen, loader) -> dict:
+def _checkpoint_state(cfg, model, ema, opt, scaler, step, images_seen, loader, fsdp: bool) -> dict:
+    """The complete training state; with FSDP the shards are gathered (a collective on every rank)."""
     rng = D.all_gather_object(torch.get_rng_state())
+    net = D.unwrap(model)
+    weights = ({"model": D.full_model_state(net), "ema": D.full_model_state(ema),
+                "opt": D.full_optimizer_state(net, opt)} if fsdp else
+               {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()})
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "config": to_json(cfg),
-        "model": D.unwrap(model).state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+        "format": FORMAT, "format_version": FORMAT_VERSION, "config": to_json(cfg), **weights,
         "scaler": scaler.state_dict() if scaler is not None else {}, "steps": step, "images_seen": images_seen,
         "data": loader.state_dict(), "rng": rng, "versions": environment_versions(),
     }
@@ -172,6 +176,9 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
         net.projectors.requires_grad_(False)       # the vanilla twin keeps identical init but trains no projector
     net.gradient_checkpointing = cfg.activation_checkpointing
     ema = copy.deepcopy(net).requires_grad_(False).eval()
+    fsdp = cfg.parallel == "fsdp" and dist.world_size > 1
+    if fsdp:                                       # EMA sharded like the model: its update is shard-local
+        net, ema = D.shard(net), D.shard(ema)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused or None)
@@ -190,9 +197,14 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     found = latest_checkpoint(cfg.run_dir)
     if found is not None:
         state, last_ckpt = found
-        net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+        if fsdp:
+            D.load_full_model_state(net, state["model"])
+            D.load_full_model_state(ema, state["ema"])
+            D.load_full_optimizer_state(net, opt, state["opt"])
+        else:
+            net.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         loader.load_state_dict(state["data"])
@@ -201,7 +213,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
         if len(rng) == dist.world_size:
             torch.set_rng_state(rng[dist.rank])
     model = net
-    if dist.world_size > 1:
+    if dist.world_size > 1 and not fsdp:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
@@ -212,7 +224,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     first_bad = torch.full((), -1, dtype=torch.long, device=dev)
     skipped = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
-    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+    ema_params, net_params = D.local_tensors(ema.parameters()), D.local_tensors(net.parameters())
     try:
         while step < end:
             # -- data and this step's randomness (global batch, then this rank's slice) --------------------------
@@ -235,7 +247,9 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
             for k in range(cfg.grad_accum_steps):
                 part = slice(k * micro, (k + 1) * micro)
                 sync = k == cfg.grad_accum_steps - 1 or dist.world_size == 1
-                ctx = contextlib.nullcontext() if sync else model.no_sync()
+                if fsdp:
+                    net.set_requires_gradient_sync(sync)
+                ctx = contextlib.nullcontext() if sync or fsdp else model.no_sync()
                 with ctx, autocast_context(cfg.precision, dev):
                     out = repa_loss(model, x0[part], labels[part],
                                     [tok[part] for tok in tokens] if tokens else None, cfg.objective,
@@ -279,7 +293,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
                     raise NonFiniteError(int(first_bad), "loss or gradient norm is not finite")
                 log.write(step, images_seen, lr=opt.param_groups[0]["lr"], lam=lam)
             if at_ckpt:
-                state = _checkpoint_state(cfg, model, ema, opt, scaler, step, images_seen, loader)
+                state = _checkpoint_state(cfg, model, ema, opt, scaler, step, images_seen, loader, fsdp)
                 if dist.is_main:
                     last_ckpt = checkpoint_path(cfg.run_dir, step)
                     atomic_torch_save(state, last_ckpt)

@@ -11,13 +11,13 @@ from repa.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(run_dir, nproc, accum=1):
+def _run(run_dir, nproc, accum=1, parallel="ddp", max_steps=6):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "tests" / "dist_worker.py"), str(run_dir), str(accum)]
+           str(ROOT / "tests" / "dist_worker.py"), str(run_dir), str(accum), parallel, str(max_steps)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    return load_checkpoint(Path(run_dir) / "checkpoints" / "00000006.pt")
+    return load_checkpoint(Path(run_dir) / "checkpoints" / f"{max_steps:08d}.pt")
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -26,3 +26,13 @@ def test_two_processes_equal_one_process(tmp_path):
     for name, value in one["model"].items():
         assert torch.allclose(value, two["model"][name], atol=1e-5, rtol=0), name
     assert len(two["rng"]) == 2 and two["data"]["world_size"] == 2
+
+
+def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path):
+    one = _run(tmp_path / "one", 1)
+    # FSDP: stopped after 3 steps (checkpoint at 3), then resumed to 6 from the gathered checkpoint
+    _run(tmp_path / "fsdp", 2, parallel="fsdp", max_steps=3)
+    two = _run(tmp_path / "fsdp", 2, parallel="fsdp", max_steps=6)
+    for key in ("model", "ema"):
+        for name, value in one[key].items():
+            assert torch.allclose(value, two[key][name], atol=1e-5, rtol=0), f"{key}.{name}"

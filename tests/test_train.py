@@ -173,3 +173,43 @@ def test_latent_space_run_uses_stored_posterior_and_cached_tokens(tmp_path):
             raise AssertionError("the token cache should have been used")
     result = train(cfg, dataset=dataset, encoders=[Refuse()], progress=False)
     assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] < 0.5
+
+
+def test_pruning_keeps_last_few_and_milestones(tmp_path):
+    from repa.checkpoint import atomic_torch_save, checkpoint_path, prune_checkpoints
+    for step in range(10, 110, 10):
+        atomic_torch_save({"steps": step}, checkpoint_path(tmp_path, step))
+    prune_checkpoints(tmp_path, keep_last=2, milestone_every=40)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [40, 80, 90, 100]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.suffix == ".sha256") == \
+        ["00000040.pt.sha256", "00000080.pt.sha256", "00000090.pt.sha256", "00000100.pt.sha256"]
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from repa.config import ObjectiveConfig
+    from repa.losses import repa_loss
+    from repa.models import build_model
+    from tests.conftest import tiny_model_config
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(tiny_model_config()).train()
+        for block in model.blocks:
+            torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.1)
+        model.gradient_checkpointing = checkpointing
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.randn(4, 1, 8, 8, generator=gen)
+        out = repa_loss(model, x0, torch.tensor([0, 1, 2, 0]), [torch.randn(4, 16, 16, generator=gen)],
+                        ObjectiveConfig(), t=torch.rand(4, generator=gen), noise=torch.randn(4, 1, 8, 8, generator=gen))
+        out.total.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_previews_and_tensorboard_are_written(tmp_path, tiny_dataset, teacher):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=4, ckpt_every=4, sample_every=2, tensorboard=True)
+    train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["00000002.png", "00000004.png"]
+    assert any((tmp_path / "run" / "tensorboard").iterdir())

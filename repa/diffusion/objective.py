@@ -1,6 +1,6 @@
 """REPA with the improved-DDPM objective (Yu et al. 2025, Sec. 4 on DiT): hybrid loss + lambda * alignment.
 
-The alignment term is ``repa.losses.alignment_loss`` unchanged; only the denoising term differs from the
+The alignment term is ``repa.losses.with_alignment`` unchanged; only the denoising term differs from the
 interpolant objective. ``repa.losses.repa_loss`` dispatches here when ``objective.kind == "iddpm"``.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from repa.config import ObjectiveConfig
 from repa.diffusion.gaussian import NUM_TIMESTEPS, GaussianDiffusion
-from repa.losses import LossOutput, alignment_loss
+from repa.losses import LossOutput, with_alignment
 
 VLB_WEIGHT = 1.0   # weight of the per-timestep bound term L_t (DiT's value; IDDPM's lambda = 0.001 on T * L_t)
 
@@ -60,11 +60,4 @@ def iddpm_repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_token
     with torch.autocast(device_type=x0.device.type, enabled=False):   # the bound needs float32 logs and exps
         terms = diffusion.training_losses(prediction.float(), x0.float(), x_t.float(), timesteps, noise.float(),
                                           vlb_weight=vlb_weight)
-    denoise = terms["loss"].mean()
-    if lam > 0:
-        if not encoder_tokens:
-            raise ValueError("REPA (lambda > 0) needs encoder tokens for every batch")
-        align = alignment_loss(out.projected, encoder_tokens).mean()
-    else:
-        align = torch.zeros((), device=x0.device)
-    return LossOutput(denoise + lam * align, denoise.detach(), align.detach())
+    return with_alignment(terms["loss"].mean(), out, encoder_tokens, lam)
