@@ -287,10 +287,7 @@ def _claim_output(out: str, plan: dict, overwrite: bool, rank: int) -> dict | No
     """Check that ``out`` can hold this plan and record it; returns the manifest when the work is already done."""
     manifest_path = os.path.join(out, store.MANIFEST)
     plan_path = os.path.join(out, PROGRESS, "plan.json")
-    ours = os.path.isfile(manifest_path) or os.path.isdir(os.path.join(out, PROGRESS))
-    if os.path.isdir(out) and os.listdir(out) and not ours:
-        raise DataError(f"output folder {out!r} is not empty and is not a repa dataset; choose an empty folder")
-    if rank != 0:  # rank 0 decides; the others wait for its plan (or find the work already done)
+    if rank != 0:  # rank 0 decides (and checks the folder); the others wait for its plan or the finished work
         while True:
             if os.path.isfile(plan_path):
                 _check_same_plan(store.read_json(plan_path), plan, out)
@@ -298,6 +295,9 @@ def _claim_output(out: str, plan: dict, overwrite: bool, rank: int) -> dict | No
             if os.path.isfile(manifest_path) and store.read_json(manifest_path).get("plan") == plan:
                 return store.read_json(manifest_path)
             time.sleep(1.0)
+    ours = os.path.isfile(manifest_path) or os.path.isdir(os.path.join(out, PROGRESS))
+    if os.path.isdir(out) and os.listdir(out) and not ours:
+        raise DataError(f"output folder {out!r} is not empty and is not a repa dataset; choose an empty folder")
     if overwrite and ours:
         shutil.rmtree(out)
     if os.path.isfile(plan_path):

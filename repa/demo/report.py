@@ -170,7 +170,7 @@ def write_report(demo, arms, ref_images: int, *, wall_seconds: float, train_cfg)
         f"for XL), projector width {m.projector_dim}, lambda {train_cfg.objective.proj_coeff} (the paper's default).",
         f"- Optimiser: AdamW lr {train_cfg.optim.lr} (higher than the paper's 1e-4 because the run is short and the "
         "model small: in calibration runs of 300 steps, lr 3e-4 reached FID 255 (REPA) / 265 (vanilla) and 1e-3 "
-        "reached 211 / 220, on 500 samples), batch {train_cfg.global_batch_size}, EMA {train_cfg.ema_decay}, grad clip "
+        f"reached 211 / 220, on 500 samples), batch {train_cfg.global_batch_size}, EMA {train_cfg.ema_decay}, grad clip "
         f"{train_cfg.optim.grad_clip}; the vanilla twin is identical except lambda = 0 (same seed, same "
         "initial weights, same data order and noise).",
         f"- Evaluation: EMA weights, {demo.sampler} ODE sampler with {demo.sample_steps} steps, no guidance, the "
