@@ -58,15 +58,17 @@ def _check_run_dir(cfg: TrainConfig, allow_config_change: bool, is_main: bool) -
         os.replace(tmp, saved)
 
 
-def _step_randomness(cfg: TrainConfig, step: int, x_shape: tuple, need_eps: bool):
-    """Global-batch draws of step ``step``: times (G,), noise (G, ...), dropout uniforms, posterior noise."""
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+def _step_randomness(cfg: TrainConfig, step: int, x_shape: tuple, need_eps: bool, device: torch.device):
+    """Global-batch draws of step ``step`` on ``device``: times (G,), noise (G, ...), label-dropout uniforms (G,),
+    posterior noise. A function of (seed, step) only, so ranks, micro-batches and resumes all agree."""
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
     G = cfg.global_batch_size
-    t = sample_time(G, cfg.objective, generator=gen)
-    noise = torch.randn((G, *x_shape), generator=gen)
-    labels_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 7_777_777)
-    eps = torch.randn((G, *x_shape), generator=gen) if need_eps else None
-    return t, noise, labels_gen, eps
+    t = sample_time(G, cfg.objective, generator=gen, device=device)
+    noise = torch.randn((G, *x_shape), generator=gen, device=device)
+    eps = torch.randn((G, *x_shape), generator=gen, device=device) if need_eps else None
+    labels_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 7_777_777)
+    uniforms = torch.rand(G, generator=labels_gen, device=device)
+    return t, noise, uniforms, eps
 
 
 def _clean_inputs(batch: dict, space: str, eps: torch.Tensor | None, device) -> torch.Tensor:
@@ -229,11 +231,11 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
         while step < end:
             # -- data and this step's randomness (global batch, then this rank's slice) --------------------------
             batch = next(loader)
-            t_all, noise_all, labels_gen, eps_all = _step_randomness(cfg, step, x_shape, cfg.model.space == "latent")
+            t_all, noise_all, uniforms, eps_all = _step_randomness(cfg, step, x_shape, cfg.model.space == "latent",
+                                                                   dev)
             mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             labels = batch["label"].to(dev)
-            uniforms = torch.rand(cfg.global_batch_size, generator=labels_gen)[mine].to(dev)
-            labels = drop_labels(labels, uniforms, cfg.model.class_dropout, cfg.model.null_class)
+            labels = drop_labels(labels, uniforms[mine], cfg.model.class_dropout, cfg.model.null_class)
             x0 = _clean_inputs(batch, cfg.model.space, None if eps_all is None else eps_all[mine], dev)
             lam = lambda_at(cfg.objective, step)
             tokens = _teacher_tokens(batch, encoders, cache_keys, cfg.precision, dev) if lam > 0 else None
@@ -253,7 +255,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
                 with ctx, autocast_context(cfg.precision, dev):
                     out = repa_loss(model, x0[part], labels[part],
                                     [tok[part] for tok in tokens] if tokens else None, cfg.objective,
-                                    proj_coeff=lam, t=t_all[mine][part].to(dev), noise=noise_all[mine][part].to(dev))
+                                    proj_coeff=lam, t=t_all[mine][part], noise=noise_all[mine][part])
                     loss = out.total / cfg.grad_accum_steps
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 loss_sum += out.total.detach() / cfg.grad_accum_steps
