@@ -213,3 +213,14 @@ def test_previews_and_tensorboard_are_written(tmp_path, tiny_dataset, teacher):
     train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["00000002.png", "00000004.png"]
     assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_store_the_loss_scaler(tmp_path, tiny_dataset, teacher, precision):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=4, ckpt_every=4, precision=precision)
+    result = train(cfg, dataset=tiny_dataset, encoders=[teacher], progress=False)
+    state = load_checkpoint(result.checkpoint)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert bool(state["scaler"]) == (precision == "fp16")
+    if precision == "fp16":
+        assert state["scaler"]["scale"] > 0
