@@ -34,13 +34,18 @@ def _model_path(model, path: str | Path | None) -> Path:
 
 def _guided_velocity(model, x: torch.Tensor, t: float, labels: torch.Tensor, null_labels: torch.Tensor,
                      cfg_scale: float, interval: tuple[float, float], dtype: torch.dtype,
-                     transform: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None):
+                     transform: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None,
+                     step_start: float | None = None):
     """Model velocity at (x, t), guided inside the interval: u + w (c - u) applied after ``transform``.
+
+    Whether to guide is decided by the time the step starts at (``step_start``, default ``t``), so both
+    evaluations of a Heun step are guided or neither, as in the reference sampler.
 
     ``transform(v, x, t)`` maps the raw velocity to the quantity that is guided (the SDE guides its whole drift).
     Outside the interval, or for w == 1, only the conditional half is evaluated.
     """
-    guided = cfg_scale != 1.0 and interval[0] <= t <= interval[1]
+    start = t if step_start is None else step_start
+    guided = cfg_scale != 1.0 and interval[0] <= start <= interval[1]
     x_in = torch.cat([x, x]) if guided else x
     y_in = torch.cat([labels, null_labels]) if guided else labels
     t_in = torch.full((x_in.shape[0],), t, device=x.device, dtype=dtype)
@@ -83,7 +88,8 @@ def euler(model, noise, labels, *, steps=50, cfg_scale=1.0, guidance_interval=(0
         d_cur = _guided_velocity(model, x, t_cur, labels, null, cfg_scale, guidance_interval, dtype)
         x_next = x + (t_next - t_cur) * d_cur
         if heun and i < steps - 1:
-            d_next = _guided_velocity(model, x_next, t_next, labels, null, cfg_scale, guidance_interval, dtype)
+            d_next = _guided_velocity(model, x_next, t_next, labels, null, cfg_scale, guidance_interval, dtype,
+                                      step_start=t_cur)
             x_next = x + (t_next - t_cur) * 0.5 * (d_cur + d_next)
         x = x_next
     return x.to(noise.dtype)

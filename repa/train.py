@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
         net, ema = D.shard(net), D.shard(ema)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused or None)
+                            weight_decay=cfg.optim.weight_decay, fused=cfg.optim.fused or None)  # None: torch's default
     scaler = torch.amp.GradScaler(dev.type) if cfg.precision == "fp16" else None
 
     per_rank = cfg.global_batch_size // dist.world_size

@@ -94,6 +94,19 @@ def test_guidance_interval_limits_where_the_null_half_runs(toy):
     assert toy.calls == [8 if t <= 0.7 else 4 for t in times.tolist()]
 
 
+def test_heun_step_is_guided_by_its_start_time(toy):
+    """Both evaluations of a Heun step follow the step's start time (as the reference sampler does): the step
+    from 0.8 to 0.7 is unguided in its corrector too, although 0.7 lies in the interval."""
+    noise = torch.randn(4, 1, 2, 2, dtype=torch.float64)
+    sample(toy, noise, torch.tensor([0, 1, 0, 1]), sampler="heun", steps=10, cfg_scale=1.8,
+           guidance_interval=(0.0, 0.7))
+    starts = torch.linspace(1, 0, 11, dtype=torch.float64)[:-1].tolist()
+    expected = []
+    for i, t in enumerate(starts):
+        expected += [8 if t <= 0.7 else 4] * (2 if i < len(starts) - 1 else 1)
+    assert toy.calls == expected
+
+
 def test_guidance_extrapolates_from_null_class(toy):
     # null class mean 0, class 0 mean 2: w = 2 pushes the result to 2 * 2 - 0 = 4 (plus scaled noise)
     noise = torch.zeros(1, 1, 1, 1, dtype=torch.float64)

@@ -224,3 +224,16 @@ def test_mixed_precision_runs_store_the_loss_scaler(tmp_path, tiny_dataset, teac
     assert bool(state["scaler"]) == (precision == "fp16")
     if precision == "fp16":
         assert state["scaler"]["scale"] > 0
+
+
+def test_fused_adamw_default_matches_the_unfused_update(tmp_path, tiny_dataset, teacher):
+    """optim.fused (the default) changes the kernel, not the update: weights agree with the for-loop AdamW."""
+    assert TrainConfig().optim.fused is True
+    fused = train(tiny_train_config(tmp_path / "a", max_steps=6, ckpt_every=6), dataset=tiny_dataset,
+                  encoders=[teacher], progress=False)
+    cfg = tiny_train_config(tmp_path / "b", max_steps=6, ckpt_every=6)
+    plain = train(dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, fused=False)), dataset=tiny_dataset,
+                  encoders=[teacher], progress=False)
+    a, b = load_checkpoint(fused.checkpoint)["model"], load_checkpoint(plain.checkpoint)["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=1e-5), name
