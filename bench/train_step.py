@@ -79,20 +79,21 @@ def main() -> None:
                       encoders=(enc_name,), encoder_weights=weights, run_dir=tempfile.mkdtemp(prefix="bench-run-"),
                       global_batch_size=args.batch, grad_accum_steps=args.accum, max_steps=total,
                       precision=args.precision, compile=args.compile, activation_checkpointing=args.checkpointing,
-                      log_every=args.warmup, ckpt_every=10 ** 9, tensorboard=False)
+                      log_every=1, ckpt_every=10 ** 9, tensorboard=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     result = train(cfg, dataset=dataset, device=str(device), progress=False)
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
-    steady = records[-1]
-    step_s = 1.0 / steady["steps_per_s"]
+    timed = [1.0 / r["steps_per_s"] for r in records[args.warmup:]]      # one record per step: the timed ones
+    step_s = sum(timed) / len(timed)
     flops = repa_train_step_flops(mcfg, args.batch, enc_name if args.teacher not in ("none", "cache") else None,
                                   projector=use_teacher)
     out = {"model": args.model, "batch": args.batch, "teacher": args.teacher, "precision": args.precision,
            "compile": args.compile, "device": torch.cuda.get_device_name() if device.type == "cuda" else
            f"cpu ({torch.get_num_threads()} threads)", "step_s": round(step_s, 4),
+           "step_s_min_max": [round(min(timed), 3), round(max(timed), 3)], "timed_steps": len(timed),
            "images_per_s": round(args.batch / step_s, 2), "tflops_per_s": round(flops / step_s / 1e12, 3),
            "wall_s_incl_setup": round(wall, 1)}
     if device.type == "cuda":
