@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import tempfile
 import time
 
@@ -83,9 +84,13 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = train(cfg, dataset=dataset, device=str(device), progress=False)
-    wall = time.perf_counter() - start
-    records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    try:
+        train(cfg, dataset=dataset, device=str(device), progress=False)
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    finally:                                              # the run's final checkpoint is GBs for the big models
+        for folder in (cfg.run_dir, *weights):
+            shutil.rmtree(folder, ignore_errors=True)
     timed = [1.0 / r["steps_per_s"] for r in records[args.warmup:]]      # one record per step: the timed ones
     step_s = sum(timed) / len(timed)
     flops = repa_train_step_flops(mcfg, args.batch, enc_name if args.teacher not in ("none", "cache") else None,

@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,7 @@ def compare_sampling(repo: str, args) -> list[tuple[str, float, float | None]]:
                                            resolution=256, qk_norm=False, fused_attn=True)}, path)
     ours = repa.load_model(path, device=device)   # the released-checkpoint path
     fast = repa.load_model(path, device=device).to(torch.bfloat16)
+    shutil.rmtree(os.path.dirname(path))
     if args.compile:
         compiled = torch.compile(fast)
         compiled.config = fast.config

@@ -60,3 +60,36 @@ def test_fast_flag_sets_the_fast_path(capsys):
     assert main(["train", "--preset", "SiT-B/2-REPA-256", "--fast", "--compile", "false", "--dry-run"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["precision"] == "bf16" and cfg["optim"]["fused"] is True and cfg["compile"] is False
+
+
+@pytest.mark.gpu
+def test_attention_runs_on_flash_kernels_on_gpu():
+    """On CUDA in bf16 the SiT's attention is served by the flash kernel (restricting SDPA to it must work)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    model = _model("cuda").to(torch.bfloat16)
+    x = torch.randn(4, 4, 16, 16, device="cuda", dtype=torch.bfloat16)
+    t, y = torch.rand(4, device="cuda", dtype=torch.bfloat16), torch.randint(0, 1000, (4,), device="cuda")
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
+        v = model(x, t, y)
+    assert v.dtype == torch.bfloat16 and torch.isfinite(v).all() and v.abs().max() > 0
+
+
+@pytest.mark.gpu
+def test_training_fast_path_matches_float32_on_gpu(tmp_path, tiny_dataset, teacher):
+    """The whole loop on CUDA: bf16 + fused AdamW + torch.compile against float32, same init, data and noise."""
+    import dataclasses
+    import json
+    from repa.train import train
+    from tests.conftest import tiny_train_config
+    losses = {}
+    for name, fast in (("fp32", False), ("fast", True)):
+        cfg = tiny_train_config(tmp_path / name, max_steps=4, log_every=1, ckpt_every=4)
+        if fast:
+            cfg = dataclasses.replace(cfg, precision="bf16", compile=True,
+                                      optim=dataclasses.replace(cfg.optim, fused=True))
+        train(cfg, dataset=tiny_dataset, encoders=[teacher], device="cuda", progress=False)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records]
+    assert len(losses["fast"]) == len(losses["fp32"]) == 4
+    for fast, ref in zip(losses["fast"], losses["fp32"]):
+        assert abs(fast - ref) <= LOSS_RTOL * 2.5 * abs(ref)
