@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="dinov2-vit-b", help="an encoder name, 'cache' or 'none'")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--fused", action="store_true", help="fused AdamW (GPU)")
+    ap.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                    help="fused AdamW (the training default; --no-fused for the for-loop AdamW)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=2)
