@@ -93,3 +93,16 @@ def test_euler_and_heun_with_guidance_interval_equal_the_reference_sampler(ref, 
         got = repa.sample(ours, x, y, sampler="heun" if heun else "euler", steps=10, cfg_scale=1.8,
                           guidance_interval=(0.0, 0.7))
     assert torch.allclose(got.double(), want, atol=1e-5, rtol=0)
+
+
+def test_sde_with_guidance_equals_the_reference_euler_maruyama_sampler(ref, pair):
+    """Same global-generator noise draws (one float64 normal per step), so the paths must coincide."""
+    net, ours = pair
+    x, _, y = _inputs(3)
+    torch.manual_seed(5)
+    want = ref.samplers.euler_maruyama_sampler(net, x, y, num_steps=20, cfg_scale=1.8, guidance_low=0.0,
+                                               guidance_high=0.7)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        got = repa.sample(ours, x, y, sampler="sde", steps=20, cfg_scale=1.8, guidance_interval=(0.0, 0.7))
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=0)
