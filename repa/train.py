@@ -234,7 +234,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
             t_all, noise_all, uniforms, eps_all = _step_randomness(cfg, step, x_shape, cfg.model.space == "latent",
                                                                    dev)
             mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
-            labels = batch["label"].to(dev)
+            labels = batch["label"].to(dev, non_blocking=True)      # pinned: no host sync
             labels = drop_labels(labels, uniforms[mine], cfg.model.class_dropout, cfg.model.null_class)
             x0 = _clean_inputs(batch, cfg.model.space, None if eps_all is None else eps_all[mine], dev)
             lam = lambda_at(cfg.objective, step)

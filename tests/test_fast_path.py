@@ -93,3 +93,27 @@ def test_training_fast_path_matches_float32_on_gpu(tmp_path, tiny_dataset, teach
     assert len(losses["fast"]) == len(losses["fp32"]) == 4
     for fast, ref in zip(losses["fast"], losses["fp32"]):
         assert abs(fast - ref) <= LOSS_RTOL * 2.5 * abs(ref)
+
+
+@pytest.mark.gpu
+def test_training_steps_do_not_synchronise_with_the_host(tmp_path, tiny_dataset, teacher):
+    """Between log and checkpoint steps the loop never waits for the GPU: the number of synchronising CUDA calls
+    (torch.cuda.set_sync_debug_mode) is the same for a 2-step and an 8-step run that log only at the end."""
+    import warnings
+    from repa.train import train
+    from tests.conftest import tiny_train_config
+
+    def syncs(steps):
+        cfg = tiny_train_config(tmp_path / f"run{steps}", max_steps=steps, log_every=1000, ckpt_every=1000)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train(cfg, dataset=tiny_dataset, encoders=[teacher], device="cuda", progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    few = syncs(2)
+    assert few > 0                              # the detector works: the final log and checkpoint synchronise
+    assert syncs(8) == few
