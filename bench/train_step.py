@@ -8,6 +8,7 @@ weights written to a temporary folder and loaded through ``repa.encoders.load_en
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher dinov2-vit-b --precision fp32
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher cache
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher none          # vanilla SiT step
+    python bench/train_step.py --preset SiT-XL/2-REPA-256 --batch 256 --precision bf16 --compile   # on a GPU
 """
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ def dinov2_folder(name: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default=None,
+                    help="take the model, resolution, encoder depth and precision from a latent-space preset "
+                         "(`repa presets`), e.g. SiT-XL/2-REPA-256; the flags below override the precision")
     ap.add_argument("--model", default="SiT-B/2")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--teacher", default="dinov2-vit-b", help="an encoder name, 'cache' or 'none'")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                    help="default: the preset's, else fp32")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                     help="fused AdamW (the training default; --no-fused for the for-loop AdamW)")
@@ -59,12 +64,21 @@ def main() -> None:
     from repa.train import train
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    depth = min(8, 4 if "B" in args.model else 8)
+    if args.preset:
+        from repa.presets import get_preset
+        preset = get_preset(args.preset)
+        if preset.model.space != "latent":
+            raise SystemExit(f"{args.preset} is a pixel-space preset; this benchmark is for latent models "
+                             "(e.g. SiT-XL/2-REPA-256)")
+        args.model, args.resolution, depth = preset.model.name, preset.data.resolution, preset.model.encoder_depth
+        args.precision = args.precision or preset.precision
+    args.precision = args.precision or "fp32"
     latent = args.resolution // 8
     use_teacher = args.teacher != "none"
     enc_name = "dinov2-vit-b" if args.teacher == "cache" else args.teacher
     enc_dim = {"dinov2-vit-s": 384, "dinov2-vit-b": 768, "dinov2-vit-l": 1024}.get(enc_name, 768)
-    mcfg = model_config(args.model, input_size=latent, in_channels=4, encoder_depth=min(8, 4 if "B" in args.model else 8),
-                        encoder_dims=(enc_dim,))
+    mcfg = model_config(args.model, input_size=latent, in_channels=4, encoder_depth=depth, encoder_dims=(enc_dim,))
     n = args.batch * 4
     rng = np.random.default_rng(0)
     extra = {"latent_mean": rng.standard_normal((n, 4, latent, latent), dtype=np.float32),
@@ -102,6 +116,9 @@ def main() -> None:
            "step_s_min_max": [round(min(timed), 3), round(max(timed), 3)], "timed_steps": len(timed),
            "images_per_s": round(args.batch / step_s, 2), "tflops_per_s": round(flops / step_s / 1e12, 3),
            "wall_s_incl_setup": round(wall, 1)}
+    if device.type == "cpu":                              # the process's peak resident memory, setup included
+        import resource
+        out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
     if device.type == "cuda":
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         name = torch.cuda.get_device_name()
