@@ -72,7 +72,7 @@ _SPECS = [
     EncoderSpec(name="clip-vit-L", family="clip", embed_dim=1024, patch_size=14, native_resolution=224,
                 mean=CLIP_MEAN, std=CLIP_STD, resize="grid", tokens="before post-LN/projection, patches (no CLS)", weights_origin=HF_HUB, build=hf.build_clip, hub_id="openai/clip-vit-large-patch14"),
     EncoderSpec(name="mae-vit-l", family="mae", embed_dim=1024, patch_size=16, native_resolution=224,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="native", tokens=_PATCH_TOKENS + ", unmasked",
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="native", tokens="last block, no final norm, patches",
                 weights_origin=HF_HUB, build=hf.build_mae, hub_id="facebook/vit-mae-large"),
     EncoderSpec(name="jepa-vit-h", family="jepa", embed_dim=1280, patch_size=14, native_resolution=224,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens="final norm, all tokens",
