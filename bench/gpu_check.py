@@ -70,21 +70,21 @@ def gpu_plan() -> dict:
     steps = {"warmup": 3, "steps": 8}
     return {
         "mode": "gpu", "device": "cuda", "budget_s": 450,
-        "budgets": {"env": 30, "tests": 130, "train_xl": 160, "sample": 110, "maxbatch": 60, "maxbatch_ckpt": 70,
+        "budgets": {"env": 30, "tests": 130, "train_xl": 160, "sample": 110, "maxbatch": 70, "maxbatch_ckpt": 90,
                     "train_bl": 90},
         "min_part_s": 20,
         "matmul_size": 8192,
         "pytest": [{"name": "gpu_tests", "args": ["-m", "gpu", "tests"]},
                    {"name": "cpu_suite_on_cuda",       # train() picks CUDA by default: these run their loop there
                     "args": ["tests/test_train.py", "-k", "twenty_steps or kill_and_resume or accumulation "
-                             "or fused_adamw or activation_checkpointing"]}],
+                             "or fused_adamw"]}],
         "pytest_timeout": 120,
         "train_xl": _train_rows("SiT-XL/2", 64, compiled=True, **steps),
         "train_bl": _train_rows("SiT-B/2", 64, compiled=False, **steps) + _train_rows("SiT-L/2", 64, False, **steps),
         "sample": {"model": "SiT-XL/2", "batch": 64, "cfg_scale": 1.8, "interval": [0.0, 0.7], "compile": False,
                    "warmup_steps": 6, "runs": [{"name": "xl2_sde250", "sampler": "sde", "steps": 250},
                                                {"name": "xl2_euler50", "sampler": "euler", "steps": 50}]},
-        "maxbatch": {"model": "SiT-XL/2", "teacher": "cache", "probes": [8, 32], "multiple": 8, "headroom": 0.96,
+        "maxbatch": {"model": "SiT-XL/2", "teacher": "cache", "probes": [16, 64], "multiple": 8, "headroom": 0.96,
                      "retries": 3, "cap": 8192, **FAST},
     }
 
@@ -451,7 +451,12 @@ def run_part(part: str, plan: dict, timeout: float, log) -> dict:
         os.killpg(proc.pid, signal.SIGKILL)               # the part and anything it started
         code = proc.wait()
     wall = time.monotonic() - start
-    rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
+    rows = []
+    for line in Path(rows_path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:                                # a line cut short by the kill
+            pass
     os.unlink(rows_path)
     if timed_out:
         status, note = "timeout", f"killed after its budget of {timeout:.0f} s"
