@@ -246,16 +246,25 @@ def part_tests(plan: dict, rows: Rows) -> None:
     import xml.etree.ElementTree as ET
     deadline = time.monotonic() + float(os.environ.get("GPU_CHECK_PART_SECONDS", "600")) - 5
     has_timeout = subprocess.run([sys.executable, "-c", "import pytest_timeout"], capture_output=True).returncode == 0
-    for run in plan["pytest"]:
-        def one(run=run):
+    for index, run in enumerate(plan["pytest"]):
+        later = len(plan["pytest"]) - 1 - index           # keep 25 s for each later run
+
+        def one(run=run, later=later):
             with tempfile.TemporaryDirectory() as tmp:
                 xml = Path(tmp) / "junit.xml"
                 cmd = [sys.executable, "-m", "pytest", "-q", "--continue-on-collection-errors", f"--junitxml={xml}",
                        *run["args"]]
                 if has_timeout:
                     cmd.append(f"--timeout={plan['pytest_timeout']}")
-                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                      timeout=max(5.0, deadline - time.monotonic()))
+                seconds = max(5.0, deadline - time.monotonic() - 25 * later)
+                try:
+                    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds)
+                except subprocess.TimeoutExpired as exc:
+                    text = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else \
+                        (exc.stdout or "")
+                    sys.stdout.write(text[-20000:])
+                    raise RuntimeError(f"pytest ran past its {seconds:.0f} s (the log has its output so far)") \
+                        from None
                 sys.stdout.write(proc.stdout[-20000:])
                 sys.stderr.write(proc.stderr[-5000:])
                 if not xml.exists():
