@@ -9,11 +9,13 @@ weights written to a temporary folder and loaded through ``repa.encoders.load_en
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher cache
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher none          # vanilla SiT step
     python bench/train_step.py --preset SiT-XL/2-REPA-256 --batch 256 --precision bf16 --compile   # on a GPU
+
+``measure(...)`` is the same benchmark as a function (``bench/gpu_check.py`` calls it).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
 import shutil
 import tempfile
@@ -22,18 +24,125 @@ import time
 import numpy as np
 import torch
 
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# Dense (no sparsity) bf16 tensor-core peak per card, from the vendors' datasheets; the first matching name wins,
+# so the PCIe/NVL parts (lower clocks and power) come before the SXM parts of the same name.
+PEAK_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989e12),
+             ("H200", 989e12), ("A100", 312e12))
+DINOV2_SIZES = {"dinov2-vit-s": (384, 12, 6), "dinov2-vit-b": (768, 12, 12), "dinov2-vit-l": (1024, 24, 16)}
+TINY_TEACHER = (32, 2, 2)                                  # width, depth, heads of the --tiny teacher
 
 
-def dinov2_folder(name: str) -> str:
+def peak_bf16_flops(device_name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the card called ``device_name`` (None: not in the table)."""
+    return next((peak for key, peak in PEAK_BF16 if key in device_name), None)
+
+
+def dinov2_folder(name: str, tiny: bool = False) -> str:
+    """A transformers DINOv2 of the hub architecture (or a tiny one) with random weights, saved to a temp folder."""
     from transformers import Dinov2Config, Dinov2Model
-    sizes = {"dinov2-vit-s": (384, 12, 6), "dinov2-vit-b": (768, 12, 12), "dinov2-vit-l": (1024, 24, 16)}
-    width, depth, heads = sizes[name]
+    width, depth, heads = TINY_TEACHER if tiny else DINOV2_SIZES[name]
     cfg = Dinov2Config(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, image_size=518,
                        patch_size=14)
     folder = tempfile.mkdtemp(prefix="bench-dinov2-")
     Dinov2Model(cfg).save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def final_checkpoint_skipped():
+    """The loop saves a checkpoint at its last step (GBs for the big models, never timed): skip writing it."""
+    import repa.train as loop
+    save = getattr(loop, "atomic_torch_save", None)
+    if save is None:                                      # the loop changed: let it write (correct, only slower)
+        yield
+        return
+    loop.atomic_torch_save = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        loop.atomic_torch_save = save
+
+
+def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, teacher: str = "dinov2-vit-b",
+            precision: str = "fp32", compile: bool = False, fused: bool = True, checkpointing: bool = False,
+            accum: int = 1, warmup: int = 2, steps: int = 5, device: str | None = None, encoder_depth: int | None = None,
+            model_overrides: dict | None = None, tiny_teacher: bool = False, dataset_batches: int = 4,
+            write_checkpoint: bool = False) -> dict:
+    """Time ``steps`` training steps after ``warmup`` ones; returns the figures the CLI prints.
+
+    Args:
+        teacher: an encoder name (live teacher, random weights), 'cache' (cached DINOv2-B tokens) or 'none' (vanilla).
+        model_overrides: ModelConfig field overrides (the GPU check's dry run uses tiny models).
+        tiny_teacher: a 2-block, 32-wide DINOv2 instead of the hub size (dry runs).
+        dataset_batches: the in-memory dataset holds this many batches (the loader cycles over it).
+        write_checkpoint: let the loop write its final checkpoint (untimed; off by default).
+    """
+    from repa.config import DataConfig, ObjectiveConfig, OptimConfig, TrainConfig
+    from repa.data.memory import ArrayDataset
+    from repa.flops import repa_train_step_flops
+    from repa.models import model_config
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    depth = encoder_depth or (4 if "B" in model else 8)
+    latent = resolution // 8
+    use_teacher = teacher != "none"
+    live = teacher not in ("none", "cache")
+    enc_name = "dinov2-vit-b" if teacher == "cache" else teacher
+    enc_dim = TINY_TEACHER[0] if tiny_teacher else DINOV2_SIZES.get(enc_name, (768,))[0]
+    mcfg = model_config(model, **{"input_size": latent, "in_channels": 4, "encoder_depth": depth,
+                                  "encoder_dims": (enc_dim,), **(model_overrides or {})})
+    n = batch * dataset_batches
+    rng = np.random.default_rng(0)
+    extra = {"latent_mean": rng.standard_normal((n, 4, latent, latent), dtype=np.float32),
+             "latent_std": np.full((n, 4, latent, latent), 0.1, dtype=np.float32)}
+    shape = (n, 3, resolution, resolution)             # read only by a live teacher
+    images = rng.integers(0, 255, shape, dtype=np.uint8) if live else np.zeros(shape, dtype=np.uint8)
+    if teacher == "cache":
+        key = f"tokens:{enc_name}@{resolution}/{mcfg.grid_size}"
+        extra[key] = rng.standard_normal((n, mcfg.num_tokens, enc_dim), dtype=np.float32).astype(np.float16)
+    dataset = ArrayDataset(images, np.zeros(n, dtype=np.int64), num_classes=1000, **extra)
+    weights = (dinov2_folder(enc_name, tiny_teacher),) if live else ()
+    total = warmup + steps
+    cfg = TrainConfig(model=mcfg, objective=ObjectiveConfig(proj_coeff=0.5 if use_teacher else 0.0),
+                      optim=OptimConfig(fused=fused), data=DataConfig(resolution=resolution, num_workers=2),
+                      encoders=(enc_name,), encoder_weights=weights, run_dir=tempfile.mkdtemp(prefix="bench-run-"),
+                      global_batch_size=batch, grad_accum_steps=accum, max_steps=total,
+                      precision=precision, compile=compile, activation_checkpointing=checkpointing,
+                      log_every=1, ckpt_every=10 ** 9, tensorboard=False)
+    from repa.train import train
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    try:
+        with contextlib.nullcontext() if write_checkpoint else final_checkpoint_skipped():
+            train(cfg, dataset=dataset, device=str(device), progress=False)
+        wall = time.perf_counter() - start
+        records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
+    finally:                                              # the run's final checkpoint is GBs for the big models
+        for folder in (cfg.run_dir, *weights):
+            shutil.rmtree(folder, ignore_errors=True)
+    timed = [1.0 / r["steps_per_s"] for r in records[warmup:]]       # one record per step: the timed ones
+    step_s = sum(timed) / len(timed)
+    # (the tiny dry-run teacher is left out of the count: repa/flops.py knows the hub sizes only)
+    flops = repa_train_step_flops(mcfg, batch, enc_name if live and not tiny_teacher else None, projector=use_teacher)
+    out = {"model": model, "batch": batch, "teacher": teacher, "precision": precision, "compile": compile,
+           "fused": fused, "checkpointing": checkpointing,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+           f"cpu ({torch.get_num_threads()} threads)", "step_s": round(step_s, 4),
+           "step_s_min_max": [round(min(timed), 4), round(max(timed), 4)], "timed_steps": len(timed),
+           "images_per_s": round(batch / step_s, 2), "tflops_per_s": round(flops / step_s / 1e12, 3),
+           "wall_s_incl_setup": round(wall, 1)}
+    if device.type == "cpu":                              # the process's peak resident memory, setup included
+        import resource
+        out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
+    if device.type == "cuda":
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
+        out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        peak = peak_bf16_flops(torch.cuda.get_device_name(device))
+        if peak:
+            out["mfu"] = round(flops / step_s / peak, 4)
+    return out
 
 
 def main() -> None:
@@ -57,14 +166,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
 
-    from repa.config import DataConfig, ObjectiveConfig, OptimConfig, TrainConfig
-    from repa.data.memory import ArrayDataset
-    from repa.flops import repa_train_step_flops
-    from repa.models import model_config
-    from repa.train import train
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    depth = min(8, 4 if "B" in args.model else 8)
+    depth = None
     if args.preset:
         from repa.presets import get_preset
         preset = get_preset(args.preset)
@@ -73,58 +175,11 @@ def main() -> None:
                              "(e.g. SiT-XL/2-REPA-256)")
         args.model, args.resolution, depth = preset.model.name, preset.data.resolution, preset.model.encoder_depth
         args.precision = args.precision or preset.precision
-    args.precision = args.precision or "fp32"
-    latent = args.resolution // 8
-    use_teacher = args.teacher != "none"
-    enc_name = "dinov2-vit-b" if args.teacher == "cache" else args.teacher
-    enc_dim = {"dinov2-vit-s": 384, "dinov2-vit-b": 768, "dinov2-vit-l": 1024}.get(enc_name, 768)
-    mcfg = model_config(args.model, input_size=latent, in_channels=4, encoder_depth=depth, encoder_dims=(enc_dim,))
-    n = args.batch * 4
-    rng = np.random.default_rng(0)
-    extra = {"latent_mean": rng.standard_normal((n, 4, latent, latent), dtype=np.float32),
-             "latent_std": np.full((n, 4, latent, latent), 0.1, dtype=np.float32)}
-    images = rng.integers(0, 255, (n, 3, args.resolution, args.resolution), dtype=np.uint8)
-    if args.teacher == "cache":
-        key = f"tokens:{enc_name}@{args.resolution}/{mcfg.grid_size}"
-        extra[key] = rng.standard_normal((n, mcfg.num_tokens, enc_dim)).astype(np.float16)
-    dataset = ArrayDataset(images, np.zeros(n, dtype=np.int64), num_classes=1000, **extra)
-    weights = (dinov2_folder(enc_name),) if args.teacher not in ("none", "cache") else ()
-    total = args.warmup + args.steps
-    cfg = TrainConfig(model=mcfg, objective=ObjectiveConfig(proj_coeff=0.5 if use_teacher else 0.0),
-                      optim=OptimConfig(fused=args.fused), data=DataConfig(resolution=args.resolution, num_workers=2),
-                      encoders=(enc_name,), encoder_weights=weights, run_dir=tempfile.mkdtemp(prefix="bench-run-"),
-                      global_batch_size=args.batch, grad_accum_steps=args.accum, max_steps=total,
-                      precision=args.precision, compile=args.compile, activation_checkpointing=args.checkpointing,
-                      log_every=1, ckpt_every=10 ** 9, tensorboard=False)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    try:
-        train(cfg, dataset=dataset, device=str(device), progress=False)
-        wall = time.perf_counter() - start
-        records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
-    finally:                                              # the run's final checkpoint is GBs for the big models
-        for folder in (cfg.run_dir, *weights):
-            shutil.rmtree(folder, ignore_errors=True)
-    timed = [1.0 / r["steps_per_s"] for r in records[args.warmup:]]      # one record per step: the timed ones
-    step_s = sum(timed) / len(timed)
-    flops = repa_train_step_flops(mcfg, args.batch, enc_name if args.teacher not in ("none", "cache") else None,
-                                  projector=use_teacher)
-    out = {"model": args.model, "batch": args.batch, "teacher": args.teacher, "precision": args.precision,
-           "compile": args.compile, "device": torch.cuda.get_device_name() if device.type == "cuda" else
-           f"cpu ({torch.get_num_threads()} threads)", "step_s": round(step_s, 4),
-           "step_s_min_max": [round(min(timed), 3), round(max(timed), 3)], "timed_steps": len(timed),
-           "images_per_s": round(args.batch / step_s, 2), "tflops_per_s": round(flops / step_s / 1e12, 3),
-           "wall_s_incl_setup": round(wall, 1)}
-    if device.type == "cpu":                              # the process's peak resident memory, setup included
-        import resource
-        out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)
-    if device.type == "cuda":
-        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-        if peak:
-            out["mfu"] = round(flops / step_s / peak, 4)
+    out = measure(args.model, args.batch, resolution=args.resolution, teacher=args.teacher,
+                  precision=args.precision or "fp32", compile=args.compile, fused=args.fused,
+                  checkpointing=args.checkpointing, accum=args.accum, warmup=args.warmup, steps=args.steps,
+                  device=args.device, encoder_depth=depth)
+    out.pop("peak_memory_bytes", None)
     print(json.dumps(out))
 
 
