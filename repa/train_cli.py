@@ -30,11 +30,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Preset (or --config file), then the given field overrides, then validation."""
-    from repa.config import apply_overrides, from_dict, parse_value, validate_train
+    from repa.config import apply_overrides, parse_value, train_config_from_dict, validate_train
     from repa.presets import get_preset
     if args.config:
         with open(args.config) as f:
-            cfg = from_dict(TrainConfig, json.load(f))
+            cfg = train_config_from_dict(json.load(f))
     else:
         cfg = get_preset(args.preset)
     types = field_types(TrainConfig)
