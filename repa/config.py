@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from repa.paths import PATHS as INTERPOLANTS
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the allowed values."""
@@ -135,7 +137,7 @@ class TrainConfig:
 # Validation
 # ----------------------------------------------------------------------------------------------------------------
 
-PATHS = ("linear", "cosine")
+PATHS = tuple(INTERPOLANTS)
 TIME_SAMPLINGS = ("uniform", "lognormal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What a network trained with each objective (repa.objectives.OBJECTIVES) predicts.

@@ -19,6 +19,7 @@ from repa.autoencoder import sample_latents
 from repa.checkpoint import TrainingState
 from repa.config import ConfigError, TrainConfig, diff, to_json, train_config_from_dict, validate_train
 from repa.data.loader import BatchLoader
+from repa.encoders import check_train_encoders, load_encoder
 from repa.losses import drop_labels
 from repa.models import FeaturesView, build_model
 from repa.objectives import get_objective
@@ -99,7 +100,7 @@ def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list
             if cfg.data.use_token_cache and hasattr(dataset, "token_cache_key") else None
             for name in cfg.encoders]
     if encoders is None:
-        from repa.encoders import load_encoder
+        check_train_encoders(cfg)
         weights = cfg.encoder_weights or (None,) * len(cfg.encoders)
         encoders = [None if key is not None else
                     load_encoder(name, resolution=dataset.resolution, token_grid=grid, weights=w or None,
