@@ -1,6 +1,6 @@
 """The SD-VAE (diffusers ``AutoencoderKL``) and its latent scale: the only place they live.
 
-The reference recipe stores the VAE posterior of every training image once (mean and std, REFERENCE section 2),
+The reference recipe stores the VAE posterior of every training image once (mean and std, as the REPA code's preprocessing does),
 draws a fresh sample ``mean + std * eps`` at every step and multiplies it by ``LATENT_SCALE``; generated latents are
 divided by it again before decoding. Images enter the VAE in [-1, 1].
 """

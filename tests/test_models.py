@@ -7,7 +7,7 @@ from repa.models import MODELS, build_model, model_config
 
 SIT_NAMES = [name for name in MODELS if name.startswith("SiT-")]
 
-# REFERENCE section 3: SiT-B/2 on 32x32x4 latents, one 768-d encoder.
+# The released REPA SiT-B/2 layout on 32x32x4 latents, one 768-d encoder.
 SIT_B2_LAYOUT = {
     "pos_embed": (1, 256, 768),
     "x_embedder.proj.weight": (768, 4, 2, 2), "x_embedder.proj.bias": (768,),

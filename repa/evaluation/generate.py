@@ -227,23 +227,23 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
         return target
 
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dist = distributed.init(device)
-    loaded = load_model(checkpoint, which=which, device=dist.device)
+    process = distributed.init(device)
+    loaded = load_model(checkpoint, which=which, device=process.device)
     _check_model(loaded.config, cfg_scale, labels)
     vae_model = _resolve_vae(loaded, vae)
-    if dist.is_main:
+    if process.is_main:
         (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         record = {"settings": settings, "model": to_dict(loaded.config), "batch_size": batch_size,
-                  "world_size": dist.world_size}
+                  "world_size": process.world_size}
         atomic_write(settings_path, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
     distributed.barrier()
 
     batches = [(s, min(s + batch_size, num)) for s in range(0, num, batch_size)]
-    mine = [b for k, b in enumerate(batches) if k % dist.world_size == dist.rank]
+    mine = [b for k, b in enumerate(batches) if k % process.world_size == process.rank]
     todo = [b for b in mine if not _shard_file(out, *b).is_file()]
-    if dist.is_main and len(todo) < len(mine):
+    if process.is_main and len(todo) < len(mine):
         print(f"resuming: {len(mine) - len(todo)} of {len(mine)} batches of this rank are done")
-    for start, end in tqdm(todo, disable=not (progress and dist.is_main), desc="sampling", unit="batch"):
+    for start, end in tqdm(todo, disable=not (progress and process.is_main), desc="sampling", unit="batch"):
         indices = np.arange(start, end)
         batch_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
         images = _generate_batch(loaded, indices, batch_labels, seed=seed, sampler=sampler, steps=steps,
@@ -252,7 +252,7 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
                       lambda f: np.savez(f, images=images, labels=batch_labels, indices=indices))
     distributed.barrier()
 
-    if dist.is_main:
+    if process.is_main:
         shards = [_shard_file(out, *b) for b in batches]
         missing = [s.name for s in shards if not s.is_file()]
         if missing:

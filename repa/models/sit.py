@@ -1,7 +1,7 @@
 """SiT (Ma et al. 2024) with the REPA projector (Yu et al. 2025, Sec. 3.2 / Eq. 8), in the released layout.
 
 Reads top to bottom like the papers: embeddings, the adaLN-Zero block, the final layer, the projector, then the
-network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (REFERENCE section 3), so a
+network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (willisma/SiT, sihyun-yu/REPA), so a
 reference state dict loads without renaming.
 """
 from __future__ import annotations
@@ -202,7 +202,7 @@ class SiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """REFERENCE section 3: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
+        """As DiT/SiT initialise: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
