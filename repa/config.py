@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from repa.paths import PATHS as INTERPOLANTS
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the allowed values."""
@@ -44,6 +46,8 @@ class ModelConfig:
     qk_norm: bool = False
     learn_sigma: bool = False         # DiT with the improved-DDPM objective predicts 2C channels
     space: str = "latent"             # "latent" (SD-VAE latents, decoded for viewing) or "pixel" (in [-1, 1])
+    prediction: str = "velocity"      # what forward returns: "velocity" (interpolant) or "epsilon" (DDPM noise)
+    time_convention: str = "data_at_0"   # t = 0 is data, t = 1 noise (a DiT reads t = timestep / 1000)
 
     @property
     def family(self) -> str:
@@ -68,10 +72,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Denoising objective and the REPA term (REFERENCE section 1)."""
+    """Denoising objective (``repa.objectives``) and the REPA term (Yu et al. 2025, Eq. 8)."""
     kind: str = "interpolant"         # "interpolant" (SiT, velocity) or "iddpm" (DiT, epsilon + learned sigma)
     path: str = "linear"              # linear | cosine
-    prediction: str = "velocity"
     time_sampling: str = "uniform"    # uniform | lognormal
     proj_coeff: float = 0.5           # lambda; 0 gives the vanilla model
     align_stop_step: int = 0          # > 0: the alignment term is off from this step on (HASTE-style)
@@ -134,10 +137,13 @@ class TrainConfig:
 # Validation
 # ----------------------------------------------------------------------------------------------------------------
 
-PATHS = ("linear", "cosine")
+PATHS = tuple(INTERPOLANTS)
 TIME_SAMPLINGS = ("uniform", "lognormal")
 PRECISIONS = ("fp32", "bf16", "fp16")
-OBJECTIVES = ("interpolant", "iddpm")
+# What a network trained with each objective (repa.objectives.OBJECTIVES) predicts.
+OBJECTIVE_PREDICTIONS = {"interpolant": "velocity", "iddpm": "epsilon"}
+PREDICTIONS = ("velocity", "epsilon")
+TIME_CONVENTIONS = ("data_at_0",)
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
@@ -160,14 +166,15 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.num_classes >= 1, "model.num_classes", f"must be >= 1, got {m.num_classes}")
     _require(m.space in ("latent", "pixel"), "model.space", f"must be 'latent' or 'pixel', got {m.space!r}")
     _require(all(e >= 1 for e in m.encoder_dims), "model.encoder_dims", f"must be positive, got {m.encoder_dims}")
+    _require(m.prediction in PREDICTIONS, "model.prediction", f"must be one of {PREDICTIONS}, got {m.prediction!r}")
+    _require(m.time_convention in TIME_CONVENTIONS, "model.time_convention",
+             f"must be one of {TIME_CONVENTIONS}, got {m.time_convention!r}")
 
 
 def validate_objective(o: ObjectiveConfig) -> None:
-    _require(o.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {o.kind!r}")
+    kinds = tuple(OBJECTIVE_PREDICTIONS)
+    _require(o.kind in kinds, "objective.kind", f"must be one of {kinds}, got {o.kind!r}")
     _require(o.path in PATHS, "objective.path", f"must be one of {PATHS}, got {o.path!r}")
-    wanted = "epsilon" if o.kind == "iddpm" else "velocity"
-    _require(o.prediction == wanted, "objective.prediction", f"must be {wanted!r} for objective.kind={o.kind!r}, "
-             f"got {o.prediction!r}")
     _require(o.kind != "iddpm" or o.time_sampling == "uniform", "objective.time_sampling",
              "the iddpm objective samples timesteps uniformly; use 'uniform'")
     _require(o.time_sampling in TIME_SAMPLINGS, "objective.time_sampling",
@@ -183,6 +190,10 @@ def validate_train(c: TrainConfig) -> None:
     """Validate every section of a training config; raises ConfigError naming the field."""
     validate_model(c.model)
     validate_objective(c.objective)
+    wanted = OBJECTIVE_PREDICTIONS[c.objective.kind]
+    _require(c.model.prediction == wanted, "model.prediction",
+             f"objective.kind={c.objective.kind!r} trains a {wanted} network; set model.prediction={wanted} "
+             f"(got {c.model.prediction!r})")
     _require(c.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {c.precision!r}")
     _require(c.parallel in ("ddp", "fsdp"), "parallel", f"must be 'ddp' or 'fsdp', got {c.parallel!r}")
     _require(c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}")
@@ -261,6 +272,18 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
                           f"{sorted(prefix + n for n in names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """A TrainConfig from its JSON dict (``config.json``, a checkpoint), including configs written before the
+    prediction moved from ``objective.prediction`` to ``model.prediction``."""
+    data = json.loads(json.dumps(data))
+    objective, model = data.get("objective", {}), data.get("model", {})
+    if isinstance(objective, dict) and "prediction" in objective:
+        prediction = objective.pop("prediction")
+        if isinstance(model, dict):
+            model.setdefault("prediction", prediction)
+    return from_dict(TrainConfig, data)
 
 
 def parse_value(text: str, tp: Any, name: str) -> Any:

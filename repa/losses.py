@@ -1,6 +1,7 @@
-"""The REPA objective (Yu et al. 2025, Eq. 8): denoising loss + lambda * token-wise alignment loss.
+"""The loss terms of REPA (Yu et al. 2025, Eq. 8): denoising, token-wise alignment, and their sum.
 
-Time sampling, the velocity-matching loss and the alignment loss live here and nowhere else.
+Pure functions of tensors (and the model's ``ModelOutput``); the objectives that produce their inputs (the
+interpolant of SiT, DiT's improved DDPM) are in ``repa.objectives``.
 """
 from __future__ import annotations
 
@@ -9,19 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from repa.config import ObjectiveConfig
-from repa.paths import get_path
-
-
-def sample_time(batch_size: int, cfg: ObjectiveConfig, *, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Draw t (B,) in [0, 1]: uniform, or lognormal (sigma = exp(N(0, 1)) mapped through the path)."""
-    if cfg.time_sampling == "uniform":
-        return torch.rand(batch_size, generator=generator, device=device)
-    if cfg.time_sampling == "lognormal":
-        ratio = torch.exp(torch.randn(batch_size, generator=generator, device=device))
-        return get_path(cfg.path).time_from_sigma_ratio(ratio)
-    raise ValueError(f"objective.time_sampling: unknown {cfg.time_sampling!r}; use 'uniform' or 'lognormal'")
+from repa.models.sit import ModelOutput
 
 
 def drop_labels(labels: torch.Tensor, uniforms: torch.Tensor, prob: float, null_class: int) -> torch.Tensor:
@@ -66,32 +55,8 @@ class LossOutput:
     align: torch.Tensor
 
 
-def repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
-              cfg: ObjectiveConfig, *, t: torch.Tensor, noise: torch.Tensor,
-              proj_coeff: float | None = None) -> LossOutput:
-    """One evaluation of the REPA objective on clean inputs x0 (B, C, H, W).
-
-    Args:
-        model: a SiT (or the DDP wrapper of one) called as ``model(x_t, t, y, project=...)``.
-        encoder_tokens: frozen-encoder tokens of the clean images, one (B, N, E) per encoder; ignored when
-            the effective lambda is 0.
-        cfg: the objective section (path, lambda).
-        t: (B,) diffusion times (``sample_time``); noise: (B, C, H, W) standard normal.
-        proj_coeff: the lambda for this step (defaults to ``cfg.proj_coeff``; the trainer passes the scheduled one).
-    """
-    if cfg.kind == "iddpm":          # DiT's improved-DDPM objective: repa.diffusion
-        from repa.diffusion.objective import iddpm_repa_loss
-        return iddpm_repa_loss(model, x0, labels, encoder_tokens, cfg, t=t, noise=noise, proj_coeff=proj_coeff)
-    lam = cfg.proj_coeff if proj_coeff is None else proj_coeff
-    path = get_path(cfg.path)
-    x_t = path.interpolate(x0, noise, t)
-    target = path.velocity(x0, noise, t)
-    out = model(x_t, t, labels, project=lam > 0)
-    prediction = (out.velocity if lam > 0 else out)[:, : x0.shape[1]]   # learned-sigma nets: the first C channels
-    return with_alignment(denoising_loss(prediction, target).mean(), out, encoder_tokens, lam)
-
-
-def with_alignment(denoise: torch.Tensor, out, encoder_tokens: list[torch.Tensor] | None, lam: float) -> LossOutput:
+def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list[torch.Tensor] | None,
+                   lam: float) -> LossOutput:
     """Eq. 8: total = denoising loss + lambda * alignment loss of the model output's projected tokens."""
     if lam > 0:
         if not encoder_tokens:
@@ -100,3 +65,6 @@ def with_alignment(denoise: torch.Tensor, out, encoder_tokens: list[torch.Tensor
     else:
         align = torch.zeros((), device=denoise.device)
     return LossOutput(denoise + lam * align, denoise.detach(), align.detach())
+
+
+__all__ = ["LossOutput", "alignment_loss", "denoising_loss", "drop_labels", "with_alignment"]

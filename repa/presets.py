@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from repa.config import DataConfig, ObjectiveConfig, TrainConfig
+from repa.config import ConfigError, DataConfig, ObjectiveConfig, TrainConfig
+from repa.encoders import encoder_dims
 from repa.models import model_config
-
-# Encoder width of the presets' teachers (kept here so presets need no encoder import).
-DINOV2_B_DIM = 768
-EFFNET_LITE0_STRIDE16_DIM = 112
 
 
 def _imagenet(model: str, encoder_depth: int, resolution: int, proj_coeff: float) -> TrainConfig:
     latent = resolution // 8
     tag = "repa" if proj_coeff > 0 else "vanilla"
+    teachers = ("dinov2-vit-b",)
     return TrainConfig(
         model=model_config(model, input_size=latent, in_channels=4, num_classes=1000, encoder_depth=encoder_depth,
-                           encoder_dims=(DINOV2_B_DIM,)),
+                           encoder_dims=encoder_dims(teachers)),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(resolution=resolution),
-        encoders=("dinov2-vit-b",),
+        encoders=teachers,
         run_dir=f"runs/{model.replace('/', '-').lower()}-{tag}-{resolution}",
         global_batch_size=256, max_steps=400_000, precision="fp16",
         ckpt_every=50_000, log_every=100,
@@ -33,13 +31,14 @@ def _imagenet(model: str, encoder_depth: int, resolution: int, proj_coeff: float
 
 def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainConfig:
     """Small pixel-space SiT on Fashion-MNIST 28x28 (patch 2: 14x14 tokens), EfficientNet-Lite0 teacher."""
+    teachers = ("efficientnet-lite0",)
     return TrainConfig(
         model=model_config("SiT-S/2", depth=depth, hidden_size=width, num_heads=4, input_size=28, in_channels=1,
-                           num_classes=10, encoder_depth=2, encoder_dims=(EFFNET_LITE0_STRIDE16_DIM,),
+                           num_classes=10, encoder_depth=2, encoder_dims=encoder_dims(teachers),
                            projector_dim=512, space="pixel"),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(path="runs/data/fashion-mnist", resolution=28, num_workers=0),
-        encoders=("efficientnet-lite0",),
+        encoders=teachers,
         run_dir=f"runs/fmnist-{'repa' if proj_coeff > 0 else 'vanilla'}",
         global_batch_size=64, max_steps=2000, ema_decay=0.999, optim=dataclasses.replace(
             TrainConfig().optim, lr=3e-4), precision="fp32", log_every=25, ckpt_every=500, sample_every=0,
@@ -63,6 +62,5 @@ PRESETS = {
 def get_preset(name: str) -> TrainConfig:
     """The TrainConfig of preset ``name``; an unknown name lists the known ones."""
     if name not in PRESETS:
-        from repa.config import ConfigError
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]()

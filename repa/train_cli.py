@@ -29,12 +29,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset (or --config file), then the given field overrides, then validation."""
-    from repa.config import apply_overrides, from_dict, parse_value, validate_train
+    """Preset (or --config file), then the given field overrides, then validation (encoders included).
+
+    ``model.encoder_dims`` follows ``--encoders`` unless it is given too: it is derived from the encoder registry.
+    """
+    from repa.config import apply_overrides, parse_value, train_config_from_dict, validate_train
+    from repa.encoders import check_train_encoders, encoder_dims
     from repa.presets import get_preset
     if args.config:
         with open(args.config) as f:
-            cfg = from_dict(TrainConfig, json.load(f))
+            cfg = train_config_from_dict(json.load(f))
     else:
         cfg = get_preset(args.preset)
     types = field_types(TrainConfig)
@@ -43,7 +47,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {key[len("field:"):]: value for key, value in vars(args).items()
                  if key.startswith("field:") and value is not None}
     cfg = apply_overrides(cfg, {k: parse_value(v, types[k], k) for k, v in overrides.items()})
+    if "encoders" in overrides and "model.encoder_dims" not in overrides:
+        cfg = apply_overrides(cfg, {"model.encoder_dims": encoder_dims(cfg.encoders)})
     validate_train(cfg)
+    check_train_encoders(cfg)
     return cfg
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -14,11 +13,11 @@ from repa.config import ObjectiveConfig, OptimConfig, TrainConfig
 
 
 class NonFiniteError(RuntimeError):
-    """The loss or the gradient became NaN/inf; ``step`` is the first bad step."""
+    """The loss or the gradient became NaN/inf; ``step`` is the first bad step, ``checkpoint`` the last good one."""
 
-    def __init__(self, step: int, reason: str):
+    def __init__(self, step: int, reason: str, checkpoint=None):
         super().__init__(f"non-finite training at step {step}: {reason}")
-        self.step, self.reason = step, reason
+        self.step, self.reason, self.checkpoint = step, reason, checkpoint
 
 
 def lambda_at(objective: ObjectiveConfig, step: int) -> float:
@@ -46,14 +45,6 @@ def autocast_context(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def environment_versions() -> dict:
-    """Library versions stored with every checkpoint."""
-    import numpy
-    from repa import __version__
-    return {"repa": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
 
 
 class MetricsLog:

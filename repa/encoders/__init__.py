@@ -46,6 +46,30 @@ def check_encoder(name: str, resolution: int, token_grid: int) -> None:
         plan_grid(get_spec(n), resolution, token_grid)
 
 
+def encoder_dims(names: Sequence[str]) -> tuple[int, ...]:
+    """The token widths of ``names`` in order: the ``model.encoder_dims`` (projector outputs) they need."""
+    return tuple(encoder_dim(n) for n in names)
+
+
+def check_train_encoders(cfg) -> None:
+    """Raise ConfigError when a training config's encoders cannot feed its projectors: an unknown name, a width
+    other than ``model.encoder_dims``, or no way to give the model's token grid from ``data.resolution`` px.
+
+    Runs with ``validate_train`` before any weights load (``repa train --dry-run`` included). Only needed when the
+    alignment term is on at some step (``objective.proj_coeff > 0``).
+    """
+    if cfg.objective.proj_coeff == 0:
+        return
+    for i, name in enumerate(cfg.encoders):
+        width = encoder_dim(name)
+        if i < len(cfg.model.encoder_dims) and cfg.model.encoder_dims[i] != width:
+            raise ConfigError(f"model.encoder_dims: entry {i} is {cfg.model.encoder_dims[i]} but encoder {name!r} "
+                              f"gives {width}-d tokens; set model.encoder_dims="
+                              f"{','.join(map(str, encoder_dims(cfg.encoders)))} (or leave it out: it is derived "
+                              "from the encoders)")
+        check_encoder(name, cfg.data.resolution, cfg.model.grid_size)
+
+
 def load_encoder(name: str, *, resolution: int, token_grid: int, weights: str | None = None,
                  device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None) -> Encoder:
     """Load the frozen encoder ``name`` for ``resolution`` px images and a ``token_grid`` x ``token_grid`` SiT grid.
@@ -131,4 +155,5 @@ def describe(names: str | Sequence[str] | None = None, *, resolution: int | None
 
 
 __all__ = ["ENCODERS", "DEFAULT_OFFLINE_ENCODER", "Encoder", "EncoderSpec", "EncoderWeightsError", "check_encoder",
-           "describe", "encoder_dim", "get_spec", "load_encoder", "load_encoders"]
+           "describe", "encoder_dim", "encoder_dims", "check_train_encoders", "get_spec", "load_encoder",
+           "load_encoders"]

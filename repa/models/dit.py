@@ -9,8 +9,8 @@ Two things differ:
   keeps the package contract ``model(x, t, y)`` with t = timestep / 1000 and embeds 1000 t (pass t in float64,
   as ``repa.diffusion`` does, and the embedded values are exact integers);
 - output: with ``learn_sigma`` (the DiT default, set by the ``DiT-*`` presets) the network predicts 2C channels,
-  epsilon then the variance interpolation v in [-1, 1] (``repa.diffusion.GaussianDiffusion.p_mean_variance``).
-  ``ModelOutput.velocity`` then holds this raw prediction.
+  epsilon then the variance interpolation v in [-1, 1] (``repa.diffusion.GaussianDiffusion.p_mean_variance``);
+  ``config.prediction`` is ``"epsilon"``.
 
 The REPA projectors read the tokens after block ``encoder_depth`` exactly as in SiT.
 """
@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from repa.config import ModelConfig
-from repa.models import register_family
 from repa.models.sit import SiT
 
 TIMESTEP_SCALE = 1000.0   # DiT's timestep index = 1000 t (t = timestep / 1000, repa.diffusion.NUM_TIMESTEPS)
@@ -33,15 +32,13 @@ TIMESTEP_SCALE = 1000.0   # DiT's timestep index = 1000 t (t = timestep / 1000, 
 class DiT(SiT):
     """Diffusion transformer: ``model(x, t, y)`` -> (B, C or 2C, H, W) epsilon (and v) at t = timestep / 1000.
 
-    With ``project=True`` or ``hidden_layers`` it returns a ``ModelOutput`` like SiT (same projectors).
+    ``forward_features`` returns a ``ModelOutput`` like SiT's (same projectors).
     """
 
     def embed_time(self, t: torch.Tensor) -> torch.Tensor:
         """DiT embeds the timestep index 1000 t (0..999 on the training grid), not t itself."""
         return self.t_embedder(t * TIMESTEP_SCALE)
 
-
-register_family("DiT", DiT)
 
 
 # ---- telling released DiT and SiT state dicts apart ----------------------------------------------------------------
@@ -69,7 +66,7 @@ def resolve_released_family(cfg: ModelConfig, *, path: str | os.PathLike | None 
         path: the checkpoint file.
         args: the training arguments stored in the checkpoint, if any.
     Returns:
-        ``cfg``, renamed to the DiT family when the checkpoint is a DiT.
+        ``cfg``, renamed to the DiT family (an epsilon network) when the checkpoint is a DiT.
     """
     family = _declared_family(str((args or {}).get("model", "")))
     if family is None and path is not None:
@@ -82,7 +79,8 @@ def resolve_released_family(cfg: ModelConfig, *, path: str | os.PathLike | None 
         return cfg
     if family == cfg.family:
         return cfg
-    return dataclasses.replace(cfg, name=family + cfg.name[len(cfg.family):])
+    return dataclasses.replace(cfg, name=family + cfg.name[len(cfg.family):],
+                               prediction="epsilon" if family == "DiT" else "velocity")
 
 
 __all__ = ["DiT", "TIMESTEP_SCALE", "resolve_released_family"]

@@ -1,7 +1,7 @@
 """SiT (Ma et al. 2024) with the REPA projector (Yu et al. 2025, Sec. 3.2 / Eq. 8), in the released layout.
 
 Reads top to bottom like the papers: embeddings, the adaLN-Zero block, the final layer, the projector, then the
-network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (REFERENCE section 3), so a
+network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (willisma/SiT, sihyun-yu/REPA), so a
 reference state dict loads without renaming.
 """
 from __future__ import annotations
@@ -165,8 +165,15 @@ def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int) -> n
 
 @dataclass
 class ModelOutput:
-    """Named outputs; ``velocity`` first. ``projected``: one (B, N, E) per encoder; ``hidden``: {block: (B, N, D)}."""
-    velocity: torch.Tensor
+    """What ``forward_features`` returns.
+
+    Attributes:
+        prediction: (B, C_out, H, W) the network output: velocity for a SiT, epsilon (and the variance
+            interpolation v) for a DiT; ``config.prediction`` names it.
+        projected: one (B, N, E) projector output per encoder (empty unless ``project``).
+        hidden: {1-based block index: (B, N, D)} output tokens of the requested blocks.
+    """
+    prediction: torch.Tensor
     projected: list[torch.Tensor] = field(default_factory=list)
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -174,8 +181,9 @@ class ModelOutput:
 class SiT(nn.Module):
     """Scalable interpolant transformer with REPA projectors reading the tokens after block ``encoder_depth``.
 
-    ``model(x, t, y)`` returns the prediction (B, C_out, H, W). With ``project=True`` or ``hidden_layers`` it
-    returns a ``ModelOutput``; the projectors run only when ``project=True`` (never during sampling).
+    ``model(x, t, y)`` returns the prediction (B, C_out, H, W); ``model.forward_features(x, t, y, project=...,
+    layers=...)`` returns a ``ModelOutput`` with the projector outputs (training) and hidden tokens (analysis).
+    The projectors run only when asked (never during sampling).
     """
 
     def __init__(self, config: ModelConfig):
@@ -194,7 +202,7 @@ class SiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """REFERENCE section 3: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
+        """As DiT/SiT initialise: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -224,22 +232,25 @@ class SiT(nn.Module):
         """Time conditioning; SiT embeds the raw t in [0, 1] (DiT overrides this)."""
         return self.t_embedder(t)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
-                hidden_layers: tuple[int, ...] | range = ()) -> torch.Tensor | ModelOutput:
-        """Predict the velocity for x_t (B, C, H, W) at times t (B,) and labels y (B,).
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The prediction (B, C_out, H, W) for x_t (B, C, H, W) at times t (B,) with labels y (B,)."""
+        return self.forward_features(x, t, y).prediction
+
+    def forward_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
+                         layers: tuple[int, ...] | range = ()) -> ModelOutput:
+        """The prediction with the REPA projector outputs and hidden tokens.
 
         Args:
-            project: also return the projector outputs (one (B, N, E) per encoder) for the REPA loss.
-            hidden_layers: 1-based block indices whose output tokens (B, N, D) are returned (analysis).
-        Returns:
-            The prediction (B, C_out, H, W), or a ModelOutput when ``project`` or ``hidden_layers`` is set.
+            x, t, y: as for ``forward``.
+            project: also run the projectors on the tokens after block ``encoder_depth`` (one (B, N, E) each).
+            layers: 1-based block indices whose output tokens (B, N, D) are returned in ``hidden``.
         """
         if x.shape[-1] != self.config.input_size or x.shape[-2] != self.config.input_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])} but the model was built for "
                              f"{self.config.input_size}x{self.config.input_size} (model.input_size)")
-        wanted = set(hidden_layers)
+        wanted = set(layers)
         if wanted and not wanted <= set(range(1, self.config.depth + 1)):
-            raise ValueError(f"hidden_layers {sorted(wanted)} outside 1..{self.config.depth} (the model depth)")
+            raise ValueError(f"layers {sorted(wanted)} outside 1..{self.config.depth} (the model depth)")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         h = self.x_embedder(x) + self.pos_embed                     # (B, N, D)
@@ -256,6 +267,16 @@ class SiT(nn.Module):
             if project and index == self.config.encoder_depth:
                 projected = [proj(h) for proj in self.projectors]  # each (B, N, E)
         out = self.unpatchify(self.final_layer(h, c))               # (B, C_out, H, W)
-        if project or wanted:
-            return ModelOutput(out, projected, hidden)
-        return out
+        return ModelOutput(out, projected, hidden)
+
+
+class FeaturesView(nn.Module):
+    """``forward`` = ``net.forward_features``: the module DDP and torch.compile wrap in training, so that the
+    call that returns projector outputs goes through their hooks (they only hook ``forward``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **kwargs) -> ModelOutput:
+        return self.net.forward_features(x, t, y, **kwargs)
