@@ -23,7 +23,7 @@ import torch
 from repa import distributed
 from repa.config import ModelConfig, TrainConfig, to_json, train_config_from_dict
 from repa.models import build_model, heads_of, size_of
-from repa.models.dit import resolve_released_family
+from repa.models.released import ORIGINS, resolve_origin
 from repa.utils import atomic_write, atomic_write_text, library_versions, sha256_file
 
 FORMAT = "repa-checkpoint"
@@ -271,18 +271,25 @@ def as_loaded(model: torch.nn.Module | LoadedModel) -> LoadedModel:
     return model if isinstance(model, LoadedModel) else LoadedModel(model)
 
 
-def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | torch.device = "cpu",
+               origin: str = "auto") -> LoadedModel:
     """Load a network in eval mode from a checkpoint of this project, a reference REPA checkpoint or a state dict.
 
     Args:
         path: the checkpoint file.
         which: ``ema`` (default, what the papers evaluate) or ``model`` (the live weights).
         device: where to put the model.
+        origin: for a checkpoint without this project's config, whose network it holds: ``auto`` (the rule of
+            ``repa.models.released.detect_origin``: the family from ``args.model`` or the file name, then
+            learned-sigma outputs without a projector are willisma/SiT's), ``repa`` (REPA's SiT), ``sit``
+            (willisma/SiT's, converted to repa's time convention) or ``dit`` (facebookresearch/DiT's).
     Returns:
         A ``LoadedModel``: the network (``.model``, with ``.config``), the training config (or None) and the step.
     """
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
     ckpt = load_checkpoint(path)
     train_config, args = None, {}
     if ckpt.get("format") == FORMAT:
@@ -301,8 +308,11 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     else:
         raise CheckpointError(f"{path} is not a REPA/SiT checkpoint: expected keys 'ema'/'model' (with 'args', "
                               f"'steps') or a SiT state dict; found {sorted(ckpt)[:10]}")
-    if train_config is None:         # released DiT and SiT state dicts share one layout: settle the family
-        model_cfg = resolve_released_family(model_cfg, path=path, args=args)
+    if train_config is None:         # REPA, willisma/SiT and DiT checkpoints share one layout: settle which
+        model_cfg = resolve_origin(model_cfg, origin, path=path, args=args)
+    elif origin != "auto":
+        raise ValueError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
+                         "checkpoints")
     model = build_model(model_cfg)
     missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
     if missing or unexpected:

@@ -47,7 +47,9 @@ class ModelConfig:
     learn_sigma: bool = False         # DiT with the improved-DDPM objective predicts 2C channels
     space: str = "latent"             # "latent" (SD-VAE latents, decoded for viewing) or "pixel" (in [-1, 1])
     prediction: str = "velocity"      # what forward returns: "velocity" (interpolant) or "epsilon" (DDPM noise)
-    time_convention: str = "data_at_0"   # t = 0 is data, t = 1 noise (a DiT reads t = timestep / 1000)
+    # The network's own time: "data_at_0" (REPA: t = 0 data, t = 1 noise; a DiT reads t = timestep / 1000) or
+    # "noise_at_0" (released willisma/SiT weights; repa.models.released converts them to data_at_0 at every call).
+    time_convention: str = "data_at_0"
 
     @property
     def family(self) -> str:
@@ -143,7 +145,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # What a network trained with each objective (repa.objectives.OBJECTIVES) predicts.
 OBJECTIVE_PREDICTIONS = {"interpolant": "velocity", "iddpm": "epsilon"}
 PREDICTIONS = ("velocity", "epsilon")
-TIME_CONVENTIONS = ("data_at_0",)
+TIME_CONVENTIONS = ("data_at_0", "noise_at_0")
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
@@ -169,6 +171,9 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.prediction in PREDICTIONS, "model.prediction", f"must be one of {PREDICTIONS}, got {m.prediction!r}")
     _require(m.time_convention in TIME_CONVENTIONS, "model.time_convention",
              f"must be one of {TIME_CONVENTIONS}, got {m.time_convention!r}")
+    _require(m.time_convention == "data_at_0" or (m.family == "SiT" and m.prediction == "velocity"),
+             "model.time_convention", f"{m.time_convention!r} is willisma/SiT's convention: a SiT velocity network "
+             f"(got {m.name}, prediction {m.prediction!r})")
 
 
 def validate_objective(o: ObjectiveConfig) -> None:

@@ -6,6 +6,9 @@ Interval"): inside the interval the batch is doubled with the null label and the
 u + w (c - u); outside it, or for w == 1, only the conditional half is evaluated. The velocity samplers
 (``repa.samplers``) and DDPM ancestral sampling (``repa.diffusion.sampling``) both call it; neither writes the rule.
 
+Which channels are guided is a per-family default (``guided_channels``): DiT's and willisma/SiT's
+``forward_with_cfg`` mix only the first 3 channels (their published FIDs were made so), REPA's samplers all of them.
+
 Also here: the per-sample noise that makes a sample independent of the batch it is drawn in.
 """
 from __future__ import annotations
@@ -42,6 +45,40 @@ def null_class_of(model, null_class: int | None) -> int:
         raise ValueError("guidance needs the null (unconditional) class: pass null_class=..., or use a network "
                          "with a .config (repa.build_model, repa.load_model)")
     return int(config.null_class)
+
+
+REFERENCE_GUIDED_CHANNELS = 3     # DiT's and willisma/SiT's forward_with_cfg: ``model_out[:, :3]``
+
+
+def default_guided_channels(model, channels: int) -> int:
+    """How many leading channels of the ``channels`` data channels the family's reference sampler guides.
+
+    DiT (facebookresearch/DiT) and willisma/SiT's released SiT (``config.time_convention == "noise_at_0"``) guide
+    the first 3 (of 4 latent channels); REPA's SiT, and a network without a ``.config``, guide all of them.
+    """
+    config = getattr(model, "config", None)
+    reference_three = config is not None and (getattr(config, "family", None) == "DiT"
+                                              or getattr(config, "time_convention", None) == "noise_at_0")
+    return min(REFERENCE_GUIDED_CHANNELS, channels) if reference_three else channels
+
+
+def guided_channels_of(model, guided_channels: int | str | None, channels: int) -> int:
+    """The number of leading data channels guidance mixes.
+
+    Args:
+        model: the network (its ``config`` gives the family default).
+        guided_channels: ``None`` (the family default, ``default_guided_channels``), ``"all"``, or k in 1..channels.
+        channels: the data channels C (a learned variance beyond them is never guided).
+    """
+    if guided_channels is None:
+        return default_guided_channels(model, channels)
+    if guided_channels == "all":
+        return channels
+    if isinstance(guided_channels, bool) or not isinstance(guided_channels, int) \
+            or not 1 <= guided_channels <= channels:
+        raise ValueError(f"guided_channels must be 'all' or an integer in 1..{channels} (the data channels), "
+                         f"got {guided_channels!r}")
+    return guided_channels
 
 
 def per_sample_noise(shape, generator, device) -> torch.Tensor:
@@ -117,4 +154,5 @@ class GuidedModel:
         return torch.cat([mixed, cond[:, k:]], dim=1) if k < cond.shape[1] else mixed
 
 
-__all__ = ["GuidedModel", "check_guidance", "model_dtype", "null_class_of", "per_sample_noise"]
+__all__ = ["GuidedModel", "REFERENCE_GUIDED_CHANNELS", "check_guidance", "default_guided_channels",
+           "guided_channels_of", "model_dtype", "null_class_of", "per_sample_noise"]

@@ -11,7 +11,7 @@ import torch
 
 from repa.checkpoint import LoadedModel
 from repa.diffusion.sampling import ddpm
-from repa.guidance import GuidedModel, check_guidance, per_sample_noise
+from repa.guidance import GuidedModel, check_guidance, guided_channels_of, per_sample_noise
 from repa.paths import Interpolant, get_path
 
 SDE_LAST_TIME = 0.04   # the SDE grid stops at 0.04, then takes one noise-free step to 0
@@ -33,8 +33,10 @@ def sde_times(steps: int, last: float = SDE_LAST_TIME) -> list[float]:
 
 def _velocity_model(model, noise, labels, cfg_scale, guidance_interval, null_class, dtype, guided_channels):
     """The guided velocity: the first C output channels (a learned-variance network's extra C are dropped)."""
+    channels = noise.shape[1]
     return GuidedModel(model, labels, cfg_scale=cfg_scale, interval=tuple(guidance_interval), null_class=null_class,
-                       dtype=dtype, channels=noise.shape[1], guided_channels=guided_channels)
+                       dtype=dtype, channels=channels,
+                       guided_channels=guided_channels_of(model, guided_channels, channels))
 
 
 @torch.no_grad()
@@ -100,7 +102,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
            cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
            generator: torch.Generator | list[torch.Generator] | None = None, path: str | None = None,
            null_class: int | None = None, dtype: torch.dtype | None = None,
-           guided_channels: int | None = None) -> torch.Tensor:
+           guided_channels: int | str | None = None) -> torch.Tensor:
     """Integrate from pure noise (t = 1) to data (t = 0) and return the final sample.
 
     Args:
@@ -118,7 +120,9 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
         path: interpolant of the SDE's score (``linear`` or ``cosine``); default the training one, else linear.
         null_class: the unconditional label (default ``model.config.null_class``; only needed when guiding).
         dtype: the network's input dtype (default: its parameters' dtype, else float32).
-        guided_channels: guide only the first k prediction channels (default: all).
+        guided_channels: ``"all"`` or k: guide only the first k data channels, the others come from the
+            conditional half. Default: the family's reference (``repa.guidance.default_guided_channels``: 3 for
+            DiT and willisma/SiT's released SiT, as their ``forward_with_cfg``; all for REPA's SiT).
     """
     if isinstance(model, LoadedModel):        # its training interpolant is the default path
         path = path or model.interpolant

@@ -13,7 +13,8 @@ from repa.config import ConfigError, ObjectiveConfig, validate_objective, valida
 from repa.diffusion import iddpm_repa_loss, timesteps_from_time
 from repa.objectives import repa_loss
 from repa.models import MODELS, build_model, model_config
-from repa.models.dit import DiT, resolve_released_family
+from repa.models.dit import DiT
+from repa.models.released import resolve_origin
 from repa.train import train
 from tests.conftest import tiny_train_config
 
@@ -82,11 +83,12 @@ def test_dit_xl2_has_the_released_layout_and_is_inferred_from_it():
         model = build_model(model_config("DiT-XL/2", encoder_dims=()))
     state = model.state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == _released_dit_xl2_layout()
-    inferred = resolve_released_family(infer_model_config(state), path="weights/DiT-XL-2-256x256.pt")
+    inferred = resolve_origin(infer_model_config(state), path="weights/DiT-XL-2-256x256.pt")
     assert inferred == model_config("DiT-XL/2", encoder_dims=(), encoder_depth=8)
-    assert resolve_released_family(infer_model_config(state), path="SiT-XL-2-256x256.pt").name == "SiT-XL/2"
-    with pytest.warns(UserWarning, match="may be a DiT or a SiT"):
-        assert resolve_released_family(infer_model_config(state), path="weights.pt").name == "SiT-XL/2"
+    assert resolve_origin(infer_model_config(state), path="SiT-XL-2-256x256.pt").name == "SiT-XL/2"
+    with pytest.warns(UserWarning, match="may be a released DiT or a released SiT"):
+        assert resolve_origin(infer_model_config(state), path="weights.pt").name == "SiT-XL/2"
+    assert resolve_origin(infer_model_config(state), "dit", path="weights.pt") == inferred
 
 
 def test_dit_conditions_on_the_timestep_index():

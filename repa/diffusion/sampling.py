@@ -1,9 +1,10 @@
 """DDPM ancestral sampling on a respaced process with classifier-free guidance: DiT's sampler.
 
 Registered as ``"ddpm"`` in ``repa.samplers.SAMPLERS``, so ``repa.sample(model, noise, labels, sampler="ddpm",
-steps=250, cfg_scale=..., guidance_interval=...)`` uses it. Guidance mixes only the epsilon channels,
-eps_u + w (eps_c - eps_u); the learned variance comes from the conditional half (as DiT's ``forward_with_cfg``
-and its choice of the conditional samples leave it). The guidance interval is read on the network time
+steps=250, cfg_scale=..., guidance_interval=...)`` uses it. Guidance mixes epsilon channels only,
+eps_u + w (eps_c - eps_u): by default the first 3, as DiT's ``forward_with_cfg`` does; the other epsilon channels
+and the learned variance come from the conditional half (as ``forward_with_cfg`` and its choice of the conditional
+samples leave them). The guidance interval is read on the network time
 t = timestep / 1000 of the base process. The state is integrated in float64; the network runs in its own dtype.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from repa.diffusion.gaussian import GaussianDiffusion, space_timesteps
 from repa.diffusion.objective import base_diffusion
-from repa.guidance import GuidedModel, per_sample_noise
+from repa.guidance import GuidedModel, guided_channels_of, per_sample_noise
 
 DEFAULT_STEPS = 250
 
@@ -20,7 +21,8 @@ DEFAULT_STEPS = 250
 @torch.no_grad()
 def ddpm(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = DEFAULT_STEPS, cfg_scale: float = 1.0,
          guidance_interval: tuple[float, float] = (0.0, 1.0), generator: torch.Generator | list[torch.Generator] | None = None,
-         null_class: int | None = None, dtype: torch.dtype | None = None, guided_channels: int | None = None,
+         null_class: int | None = None, dtype: torch.dtype | None = None,
+         guided_channels: int | str | None = None,
          clip_denoised: bool = False, diffusion: GaussianDiffusion | None = None) -> torch.Tensor:
     """Ancestral sampling x_T -> x_0 through ``steps`` respaced timesteps (``space_timesteps(1000, steps)``).
 
@@ -34,7 +36,8 @@ def ddpm(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = DEFAU
         generator: randomness of the ancestral steps.
         null_class: the unconditional label (default ``model.config.null_class``; only needed when guiding).
         dtype: the network's input dtype (default: its parameters' dtype, else float32).
-        guided_channels: guide only the first k epsilon channels (default: all C).
+        guided_channels: ``"all"`` (C) or k: guide only the first k epsilon channels. Default: the family's
+            reference (``repa.guidance.default_guided_channels``: 3 for a DiT, as its ``forward_with_cfg``).
         clip_denoised: clamp the implied x_0 to [-1, 1] at each step (DiT samples latents unclipped).
         diffusion: the base process (default: DiT's 1000 linear steps).
     Returns:
@@ -47,7 +50,7 @@ def ddpm(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = DEFAU
                          "heun or sde")
     channels = noise.shape[1]
     guided = GuidedModel(model, labels, cfg_scale=cfg_scale, interval=tuple(guidance_interval), null_class=null_class,
-                         dtype=dtype, time_dtype=torch.float64, guided_channels=guided_channels or channels)
+                         dtype=dtype, time_dtype=torch.float64, guided_channels=guided_channels_of(model, guided_channels, channels))
     base = diffusion or base_diffusion()
     process = base.respace(space_timesteps(base.num_timesteps, int(steps)))
     x = noise.double()

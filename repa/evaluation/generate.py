@@ -88,14 +88,15 @@ def _check_model(cfg: ModelConfig, cfg_scale: float, labels) -> None:
 
 @torch.no_grad()
 def _generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray, *, seed: int, sampler: str, steps: int,
-                    cfg_scale: float, guidance_interval, vae=None) -> np.ndarray:
+                    cfg_scale: float, guidance_interval, vae=None, guided_channels=None) -> np.ndarray:
     """uint8 (B, C, H, W) images of samples ``indices`` with class ``labels``."""
     from repa.samplers import sample
     cfg = loaded.config
     device = next(loaded.model.parameters()).device
     noise = sample_noise(indices, seed, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
-    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval))
+    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval),
+                  guided_channels=guided_channels)
     if sampler in STOCHASTIC_SAMPLERS:   # one generator per sample: its step noise is independent of the batch
         generators = [torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
         x = sample(loaded, noise, y, generator=generators, **kwargs)
@@ -114,7 +115,7 @@ def _generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray
 def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", steps: int = 50,
                     cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                     labels="random", batch_size: int = 64, vae=None, start: int = 0,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, guided_channels: int | str | None = None) -> np.ndarray:
     """Generate images in-process (demo, training previews); same images as ``repa sample`` for the same seed.
 
     Args:
@@ -122,7 +123,7 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
             ``.config``, in eval mode, on its device.
         num: number of images; they are samples ``start .. start + num - 1``.
         seed: base seed; sample i depends on (seed, i) only.
-        sampler, steps, cfg_scale, guidance_interval: passed to ``repa.sample``.
+        sampler, steps, cfg_scale, guidance_interval, guided_channels: passed to ``repa.sample``.
         labels: ``random``, ``balanced`` or an int array of ``num`` class indices.
         batch_size: samples per forward batch (does not change the result).
         vae: a loaded ``AutoencoderKL`` (``repa.autoencoder.load_vae``) or a hub id / folder; latent models only.
@@ -146,7 +147,7 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
     for b in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
         out.append(_generate_batch(loaded, indices[b:b + batch_size], all_labels[b:b + batch_size], seed=seed,
                                    sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                   guidance_interval=guidance_interval, vae=vae))
+                                   guidance_interval=guidance_interval, vae=vae, guided_channels=guided_channels))
     return np.concatenate(out)
 
 
@@ -195,11 +196,13 @@ def _write_samples_npz(path: Path, shards: list[Path], num: int) -> None:
 def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sampler: str = "sde", steps: int = 250,
                   cfg_scale: float = 1.8, guidance_interval: tuple[float, float] = (0.0, 0.7),
                   labels: str = "random", batch_size: int = 64, vae: str | None = None, which: str = "ema",
-                  device: str | None = None, progress: bool = True) -> Path:
+                  device: str | None = None, progress: bool = True, guided_channels: int | str | None = None,
+                  origin: str = "auto") -> Path:
     """``repa sample``: N samples of a checkpoint into ``out_dir`` (shards, then ``samples.npz``, grid, settings).
 
     Launch with ``torchrun --nproc_per_node G`` to shard the work; a rerun resumes. Arguments as in
-    ``generate_images``; ``which`` picks ``ema`` (default) or ``model`` weights; ``vae`` defaults to sd-vae-ft-ema.
+    ``generate_images``; ``which`` picks ``ema`` (default) or ``model`` weights; ``vae`` defaults to sd-vae-ft-ema;
+    ``origin`` is ``repa.load_model``'s (which network a checkpoint without this project's config holds).
     Returns the path of ``samples.npz``.
     """
     from tqdm.auto import tqdm
@@ -214,6 +217,8 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "which": which, "num": num, "seed": seed,
                 "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
                 "guidance_interval": [float(v) for v in guidance_interval], "labels": labels, "vae": vae}
+    if guided_channels is not None or origin != "auto":       # absent when default: older settings files still match
+        settings.update(guided_channels=guided_channels, origin=origin)
     settings_path = out / SETTINGS_FILE
     if settings_path.is_file():
         previous = json.loads(settings_path.read_text()).get("settings", {})
@@ -228,7 +233,7 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
 
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     process = distributed.init(device)
-    loaded = load_model(checkpoint, which=which, device=process.device)
+    loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
     _check_model(loaded.config, cfg_scale, labels)
     vae_model = _resolve_vae(loaded, vae)
     if process.is_main:
@@ -247,7 +252,8 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
         indices = np.arange(start, end)
         batch_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
         images = _generate_batch(loaded, indices, batch_labels, seed=seed, sampler=sampler, steps=steps,
-                                 cfg_scale=cfg_scale, guidance_interval=guidance_interval, vae=vae_model)
+                                 cfg_scale=cfg_scale, guidance_interval=guidance_interval, vae=vae_model,
+                                 guided_channels=guided_channels)
         atomic_write(_shard_file(out, start, end),
                       lambda f: np.savez(f, images=images, labels=batch_labels, indices=indices))
     distributed.barrier()

@@ -9,6 +9,7 @@ import dataclasses
 
 from repa.config import ConfigError, ModelConfig, validate_model
 from repa.models.dit import DiT
+from repa.models.released import ReleasedSiT
 from repa.models.sit import FeaturesView, ModelOutput, SiT
 
 # Sizes of the SiT/DiT papers: (depth, hidden size, heads).
@@ -16,6 +17,8 @@ SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 
 PATCHES = {"SiT": (1, 2, 4, 8), "DiT": (2, 4, 8)}
 
 FAMILIES = {"SiT": SiT, "DiT": DiT}
+# Networks whose own time convention is not repa's, converted at every call (repa.models.released).
+CONVERTED = {"noise_at_0": ReleasedSiT}
 # DiT as released: epsilon and the variance interpolation (2C channels), trained with the improved-DDPM objective.
 FAMILY_DEFAULTS = {"SiT": {}, "DiT": {"learn_sigma": True, "prediction": "epsilon"}}
 
@@ -57,12 +60,15 @@ def model_config(name: str, **overrides) -> ModelConfig:
 
 
 def build_model(cfg: ModelConfig):
-    """Construct the network described by ``cfg`` (validated first)."""
+    """Construct the network described by ``cfg`` (validated first); a ``noise_at_0`` SiT (willisma/SiT's
+    weights) is built as ``ReleasedSiT``, which answers in repa's convention."""
     validate_model(cfg)
     if cfg.family not in FAMILIES:
         raise ConfigError(f"model.name: no model family {cfg.family!r}; known: {sorted(FAMILIES)}")
+    if cfg.time_convention in CONVERTED:
+        return CONVERTED[cfg.time_convention](cfg)
     return FAMILIES[cfg.family](cfg)
 
 
-__all__ = ["MODELS", "SIZES", "SiT", "DiT", "FeaturesView", "ModelOutput", "model_config", "build_model",
-           "register_family", "size_of", "heads_of"]
+__all__ = ["MODELS", "SIZES", "SiT", "DiT", "ReleasedSiT", "FeaturesView", "ModelOutput", "model_config",
+           "build_model", "register_family", "size_of", "heads_of"]
