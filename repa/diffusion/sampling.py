@@ -50,7 +50,8 @@ def ddpm(model, noise: torch.Tensor, labels: torch.Tensor, *, steps: int = DEFAU
                          "heun or sde")
     channels = noise.shape[1]
     guided = GuidedModel(model, labels, cfg_scale=cfg_scale, interval=tuple(guidance_interval), null_class=null_class,
-                         dtype=dtype, time_dtype=torch.float64, guided_channels=guided_channels_of(model, guided_channels, channels))
+                         dtype=dtype, time_dtype=torch.float64,
+                         guided_channels=guided_channels_of(model, guided_channels, channels))
     base = diffusion or base_diffusion()
     process = base.respace(space_timesteps(base.num_timesteps, int(steps)))
     x = noise.double()

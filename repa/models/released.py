@@ -109,7 +109,8 @@ def resolve_origin(cfg: ModelConfig, origin: str = "auto", *, path: str | os.Pat
         origin = detect_origin(cfg, path=path, args=args)
     fields = dict(_ORIGIN_FIELDS[origin])
     if origin == "sit":
-        path_type, prediction = str((args or {}).get("path_type", "Linear")), str((args or {}).get("prediction", "velocity"))
+        args = args or {}
+        path_type, prediction = str(args.get("path_type", "Linear")), str(args.get("prediction", "velocity"))
         if path_type.lower() != "linear" or prediction not in ("velocity", "v"):
             raise ConfigError(f"{path}: a willisma/SiT checkpoint trained with path_type={path_type!r}, "
                               f"prediction={prediction!r}; only the Linear path with velocity prediction is "
