@@ -314,3 +314,33 @@ def test_haste_loss_reaches_the_aligned_blocks_and_stops_with_the_schedule(tmp_p
     records = _records(tmp_path / "run")
     assert all(np.isfinite(r["loss"]) for r in records)
     assert records[0]["align_loss"] != 0 and records[-1]["align_loss"] == 0 and records[-1]["lam"] == 0
+
+
+# ---- the default job's setting: latent-space tiny SiT, CNN teacher tokens from the token cache ----------------------
+
+@pytest.mark.parametrize("variant", ["irepa", "sra"])
+def test_variants_train_in_latent_space_from_a_cnn_token_cache(tmp_path, variant):
+    """iREPA reads EfficientNet-Lite tokens (B, N, E) from the cache like REPA; SRA needs no tokens at all."""
+    from repa.data.memory import ArrayDataset
+    rng = np.random.default_rng(0)
+    n = 16
+    key = "tokens:efficientnet-lite0@32/4"
+    dataset = ArrayDataset(rng.integers(0, 255, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 3, n),
+                           num_classes=3, latent_mean=rng.standard_normal((n, 4, 8, 8), dtype=np.float32),
+                           latent_std=np.full((n, 4, 8, 8), 0.1, np.float32),
+                           **{key: rng.standard_normal((n, 16, 112)).astype(np.float16)})
+    cfg = tiny_train_config(tmp_path / "run", encoders=("efficientnet-lite0",), max_steps=4, ckpt_every=4,
+                            model=tiny_model_config(in_channels=4, space="latent", encoder_dims=(112,)))
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=32))
+    if variant == "irepa":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, projector="conv"),
+                                  objective=dataclasses.replace(cfg.objective, target_norm="spatial"))
+    else:
+        cfg = dataclasses.replace(cfg, encoders=(), model=dataclasses.replace(cfg.model, encoder_dims=(32,)),
+                                  objective=_sra_objective())
+
+    class Refuse(torch.nn.Module):
+        def forward(self, images):
+            raise AssertionError("no teacher may run: the token cache (iREPA) or the EMA (SRA) gives the targets")
+    result = train(cfg, dataset=dataset, encoders=[Refuse()] if variant == "irepa" else [], progress=False)
+    assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] < 0
