@@ -42,6 +42,8 @@ class ModelConfig:
     encoder_depth: int = 8            # 1-based block whose output the projectors read
     encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
     projector_dim: int = 2048
+    projector: str = "mlp"            # "mlp" (REPA) or "conv" (iREPA: a k x k convolution on the token grid)
+    projector_kernel: int = 3         # kernel side of the conv projector (odd)
     mlp_ratio: float = 4.0
     qk_norm: bool = False
     learn_sigma: bool = False         # DiT with the improved-DDPM objective predicts 2C channels
@@ -81,6 +83,16 @@ class ObjectiveConfig:
     proj_coeff: float = 0.5           # lambda; 0 gives the vanilla model
     align_stop_step: int = 0          # > 0: the alignment term is off from this step on (HASTE-style)
     align_decay_steps: int = 0        # > 0: lambda decays linearly to 0 over this many steps before the stop
+    # What the projected tokens are aligned with: "encoders" (the frozen teachers: REPA, iREPA, HASTE) or "self"
+    # (SRA: a later block of the model's own EMA at lower noise; no teacher, ``encoders`` empty).
+    target: str = "encoders"
+    target_norm: str = "none"         # "none" or "spatial" (iREPA: (y - gamma * mean_tokens y) / std_tokens y)
+    target_norm_gamma: float = 0.6    # gamma of the spatial normalisation (iREPA's SiT code: 0.6; JiT: 0.8)
+    attn_coeff: float = 0.0           # HASTE: weight of the attention-map alignment (0: off)
+    attn_layers: tuple[int, ...] = ()          # HASTE: 1-based model blocks whose attention maps are aligned...
+    attn_teacher_layers: tuple[int, ...] = ()  # ...with these 1-based teacher blocks (pairwise)
+    self_depth: int = 0               # SRA: 1-based EMA block giving the targets (> model.encoder_depth)
+    self_time_gap: float = 0.2        # SRA: the EMA sees t - gap * U(0, 1), clamped to [0, 1]
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,9 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 PATHS = tuple(INTERPOLANTS)
+PROJECTORS = ("mlp", "conv")
+ALIGN_TARGETS = ("encoders", "self")
+TARGET_NORMS = ("none", "spatial")
 TIME_SAMPLINGS = ("uniform", "lognormal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What a network trained with each objective (repa.objectives.OBJECTIVES) predicts.
@@ -174,6 +189,9 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.time_convention == "data_at_0" or (m.family == "SiT" and m.prediction == "velocity"),
              "model.time_convention", f"{m.time_convention!r} is willisma/SiT's convention: a SiT velocity network "
              f"(got {m.name}, prediction {m.prediction!r})")
+    _require(m.projector in PROJECTORS, "model.projector", f"must be one of {PROJECTORS}, got {m.projector!r}")
+    _require(m.projector_kernel >= 1 and m.projector_kernel % 2 == 1, "model.projector_kernel",
+             f"must be an odd positive integer (the conv keeps the token grid), got {m.projector_kernel}")
 
 
 def validate_objective(o: ObjectiveConfig) -> None:
@@ -189,6 +207,30 @@ def validate_objective(o: ObjectiveConfig) -> None:
              "align_stop_step and align_decay_steps must be >= 0")
     _require(o.align_decay_steps == 0 or o.align_stop_step > 0, "objective.align_decay_steps",
              "a decay needs objective.align_stop_step > 0 (the step where lambda reaches 0)")
+    _require(o.target in ALIGN_TARGETS, "objective.target", f"must be one of {ALIGN_TARGETS}, got {o.target!r}")
+    _require(o.target_norm in TARGET_NORMS, "objective.target_norm",
+             f"must be one of {TARGET_NORMS}, got {o.target_norm!r}")
+    _require(0.0 <= o.target_norm_gamma <= 1.0, "objective.target_norm_gamma",
+             f"must be in [0, 1] (the share of the token mean removed), got {o.target_norm_gamma}")
+    _require(o.attn_coeff >= 0, "objective.attn_coeff", f"must be >= 0, got {o.attn_coeff}")
+    if o.attn_coeff > 0:
+        _require(o.kind == "interpolant", "objective.attn_coeff",
+                 f"attention alignment (HASTE) runs on the interpolant objective; got objective.kind={o.kind!r}")
+        _require(o.target == "encoders", "objective.attn_coeff",
+                 "attention alignment (HASTE) needs a teacher encoder; it cannot run with objective.target='self'")
+        _require(len(o.attn_layers) >= 1 and len(o.attn_layers) == len(o.attn_teacher_layers),
+                 "objective.attn_layers", "HASTE needs as many model blocks (objective.attn_layers) as teacher "
+                 f"blocks (objective.attn_teacher_layers), at least one; got {o.attn_layers} and "
+                 f"{o.attn_teacher_layers} (the reference: 5,6,7,8 with 9,10,11,12)")
+        _require(all(i >= 1 for i in o.attn_layers + o.attn_teacher_layers), "objective.attn_layers",
+                 "block indices are 1-based; got 0 or a negative index")
+    if o.target == "self":
+        _require(o.kind == "interpolant", "objective.target",
+                 f"self-alignment (SRA) runs on the interpolant objective; got objective.kind={o.kind!r}")
+        _require(o.proj_coeff > 0, "objective.proj_coeff", "self-alignment (objective.target='self') needs "
+                 "objective.proj_coeff > 0 (the SRA weight; the reference uses 0.5)")
+        _require(0.0 <= o.self_time_gap <= 1.0, "objective.self_time_gap",
+                 f"must be in [0, 1], got {o.self_time_gap}")
 
 
 def validate_train(c: TrainConfig) -> None:
@@ -211,10 +253,25 @@ def validate_train(c: TrainConfig) -> None:
     _require(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
     _require(c.log_every >= 1 and c.ckpt_every >= 1, "log_every", "log_every and ckpt_every must be >= 1")
     _require(c.keep_last >= 1, "keep_last", f"must be >= 1, got {c.keep_last}")
-    if c.objective.proj_coeff > 0:
+    o, m = c.objective, c.model
+    if o.target == "self":
+        _require(not c.encoders, "encoders", f"self-alignment (objective.target='self', SRA) uses no teacher; set "
+                 f"encoders to an empty list (got {list(c.encoders)})")
+        _require(m.encoder_dims == (m.hidden_size,), "model.encoder_dims",
+                 f"self-alignment projects to the model's own width: set model.encoder_dims={m.hidden_size} "
+                 f"(got {m.encoder_dims})")
+        _require(m.encoder_depth < o.self_depth <= m.depth, "objective.self_depth",
+                 f"the EMA block that gives the targets must be deeper than model.encoder_depth={m.encoder_depth} "
+                 f"and at most model.depth={m.depth}; got {o.self_depth} (the reference: 8 -> 20 for SiT-XL/2)")
+    elif o.proj_coeff > 0 or o.attn_coeff > 0:
         _require(len(c.encoders) >= 1, "encoders", "REPA (objective.proj_coeff > 0) needs at least one encoder")
-        _require(len(c.encoders) == len(c.model.encoder_dims), "model.encoder_dims",
-                 f"has {len(c.model.encoder_dims)} entries but {len(c.encoders)} encoders are configured")
+        _require(len(c.encoders) == len(m.encoder_dims), "model.encoder_dims",
+                 f"has {len(m.encoder_dims)} entries but {len(c.encoders)} encoders are configured")
+    if o.attn_coeff > 0:
+        _require(max(o.attn_layers) <= m.depth, "objective.attn_layers",
+                 f"model blocks {o.attn_layers} outside 1..{m.depth} (the model depth)")
+        _require(len(c.encoders) == 1, "encoders", "attention alignment (HASTE) reads one teacher's attention "
+                 f"maps; configure exactly one encoder (got {list(c.encoders)})")
     _require(not c.encoder_weights or len(c.encoder_weights) == len(c.encoders), "encoder_weights",
              "give one path per encoder, or none")
 

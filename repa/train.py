@@ -79,25 +79,47 @@ def _clean_inputs(batch: dict, space: str, eps: torch.Tensor | None, device) -> 
     return from_uint8(batch["image"].to(device, non_blocking=True))
 
 
-def _teacher_tokens(batch: dict, encoders: list, cache_keys: list, precision: str, device) -> list[torch.Tensor]:
-    """Frozen-encoder tokens of the clean images: from the token cache when valid, else computed now."""
-    tokens = []
+def _teacher_tokens(batch: dict, encoders: list, cache_keys: list, precision: str, device,
+                    attention_layers: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Frozen-encoder tokens of the clean images (from the token cache when valid, else computed now) and, for
+    HASTE (``attention_layers``), the teacher's attention maps of those blocks (always computed now)."""
+    tokens, attention = [], None
     for encoder, key in zip(encoders, cache_keys):
         if key is not None:
             tokens.append(batch[key].to(device, non_blocking=True).float())
-        else:
-            with torch.no_grad(), autocast_context(precision, device):
-                tokens.append(encoder(batch["image"].to(device, non_blocking=True)).float())
-    return tokens
+            continue
+        with torch.no_grad(), autocast_context(precision, device):
+            images = batch["image"].to(device, non_blocking=True)
+            if attention_layers:
+                got, attention = encoder.tokens_and_attention(images, attention_layers)
+                tokens.append(got)
+            else:
+                tokens.append(encoder(images).float())
+    return tokens, attention
+
+
+def _micro_batch(inputs: dict, part: slice) -> dict:
+    """``inputs`` with its per-sample entries (tensors, lists of tensors) sliced to the micro-batch ``part``."""
+    return {k: v[part] if isinstance(v, torch.Tensor) else [m[part] for m in v] if isinstance(v, list) else v
+            for k, v in inputs.items()}
+
+
+def _gap_uniforms(cfg: TrainConfig, step: int, device: torch.device) -> torch.Tensor:
+    """SRA's per-sample time-gap uniforms (G,) of step ``step``: a function of (seed, step) only, from a generator
+    of their own so that the other draws of the step are those of every other objective."""
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 13_131_313)
+    return torch.rand(cfg.global_batch_size, generator=gen, device=device)
 
 
 def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list, list]:
     """Encoders and token-cache keys (None where the cache is not valid) for each configured encoder."""
-    if cfg.objective.proj_coeff == 0 and not cfg.objective.align_stop_step:
+    o = cfg.objective
+    if o.target == "self" or (o.proj_coeff == 0 and o.attn_coeff == 0 and not o.align_stop_step):
         return [], []
     grid = cfg.model.grid_size
+    live = o.attn_coeff > 0                        # HASTE's attention maps are not cached: the teacher runs live
     keys = [dataset.token_cache_key(name, dataset.resolution, grid)
-            if cfg.data.use_token_cache and hasattr(dataset, "token_cache_key") else None
+            if cfg.data.use_token_cache and hasattr(dataset, "token_cache_key") and not live else None
             for name in cfg.encoders]
     if encoders is None:
         check_train_encoders(cfg)
@@ -215,6 +237,7 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
     skipped = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = distributed.local_tensors(ema.parameters()), distributed.local_tensors(net.parameters())
+    ema_features = FeaturesView(ema)               # SRA's targets come from the EMA network
     while state.step < end:
         step = state.step
         # -- data and this step's randomness (global batch, then this rank's slice) ------------------------------
@@ -225,7 +248,16 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         labels = drop_labels(labels, uniforms[mine], cfg.model.class_dropout, cfg.model.null_class)
         x0 = _clean_inputs(batch, cfg.model.space, None if eps_all is None else eps_all[mine], dev)
         lam = lambda_at(cfg.objective, step)
-        tokens = _teacher_tokens(batch, encoders, cache_keys, cfg.precision, dev) if lam > 0 else None
+        # the variants' inputs (docs/VARIANTS.md): HASTE's attention weight and maps, SRA's EMA and time gaps
+        attn_lam = lambda_at(cfg.objective, step, coeff=cfg.objective.attn_coeff)
+        tokens, attention = (_teacher_tokens(batch, encoders, cache_keys, cfg.precision, dev,
+                                             cfg.objective.attn_teacher_layers if attn_lam > 0 else ())
+                             if lam > 0 or attn_lam > 0 else (None, None))
+        variant = {}
+        if cfg.objective.attn_coeff > 0:
+            variant.update(attn_coeff=attn_lam, teacher_attention=attention)
+        if cfg.objective.target == "self":
+            variant.update(ema_features=ema_features, gap_uniforms=_gap_uniforms(cfg, step, dev)[mine])
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg.optim, step)
 
@@ -242,7 +274,8 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
             with ctx, autocast_context(cfg.precision, dev):
                 out = objective.loss(features, x0[part], labels[part],
                                      [tok[part] for tok in tokens] if tokens else None, cfg.objective,
-                                     proj_coeff=lam, t=t_all[mine][part], noise=noise_all[mine][part])
+                                     proj_coeff=lam, t=t_all[mine][part], noise=noise_all[mine][part],
+                                     **_micro_batch(variant, part))
                 loss = out.total / cfg.grad_accum_steps
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += out.total.detach() / cfg.grad_accum_steps

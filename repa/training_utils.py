@@ -20,9 +20,11 @@ class NonFiniteError(RuntimeError):
         self.step, self.reason, self.checkpoint = step, reason, checkpoint
 
 
-def lambda_at(objective: ObjectiveConfig, step: int) -> float:
-    """The REPA coefficient at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step``."""
-    lam, stop, decay = objective.proj_coeff, objective.align_stop_step, objective.align_decay_steps
+def lambda_at(objective: ObjectiveConfig, step: int, coeff: float | None = None) -> float:
+    """The REPA coefficient at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step``.
+    ``coeff`` (default ``objective.proj_coeff``) is the weight scheduled, e.g. HASTE's ``attn_coeff``."""
+    lam = objective.proj_coeff if coeff is None else coeff
+    stop, decay = objective.align_stop_step, objective.align_decay_steps
     if stop <= 0:
         return lam
     if step >= stop:

@@ -11,7 +11,7 @@ import torch
 
 from repa.config import ObjectiveConfig
 from repa.diffusion.gaussian import NUM_TIMESTEPS, GaussianDiffusion
-from repa.losses import LossOutput, with_alignment
+from repa.losses import LossOutput, spatial_normalize, with_alignment
 
 VLB_WEIGHT = 1.0   # weight of the per-timestep bound term L_t (DiT's value; IDDPM's lambda = 0.001 on T * L_t)
 
@@ -60,4 +60,6 @@ def iddpm_repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_to
     with torch.autocast(device_type=x0.device.type, enabled=False):   # the bound needs float32 logs and exps
         terms = diffusion.training_losses(prediction.float(), x0.float(), x_t.float(), timesteps, noise.float(),
                                           vlb_weight=vlb_weight)
+    if lam > 0 and cfg.target_norm == "spatial":             # iREPA's target normalisation (repa.losses)
+        encoder_tokens = [spatial_normalize(y, cfg.target_norm_gamma) for y in encoder_tokens or []]
     return with_alignment(terms["loss"].mean(), out, encoder_tokens, lam)
