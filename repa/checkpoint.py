@@ -194,13 +194,16 @@ class TrainingState:
 # ---- architecture inference for reference checkpoints ----------------------------------------------------------------
 
 def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None) -> ModelConfig:
-    """Rebuild the ModelConfig of a reference SiT/REPA state dict from its shapes (and its args when given)."""
+    """Rebuild the ModelConfig of a reference SiT/REPA (or REG) state dict from its shapes (and its args when
+    given)."""
     args = args or {}
     required = ("pos_embed", "x_embedder.proj.weight", "y_embedder.embedding_table.weight", "final_layer.linear.weight")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"not a SiT/REPA state dict: missing {missing}")
     num_tokens, width = state["pos_embed"].shape[1:]
+    class_token = "cls_projectors2.weight" in state      # Martinser/REG: one extra token, first in pos_embed
+    num_tokens -= int(class_token)
     patch_weight = state["x_embedder.proj.weight"]          # (D, C, p, p)
     in_channels, patch = patch_weight.shape[1], patch_weight.shape[2]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -226,7 +229,7 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
         class_dropout=class_dropout if rows == num_classes + 1 else 0.0,
         encoder_depth=encoder_depth, encoder_dims=tuple(encoder_dims), projector_dim=projector_dim,
         qk_norm="blocks.0.attn.q_norm.weight" in state, learn_sigma=out_channels == 2 * in_channels,
-        space="latent",
+        space="latent", class_token=class_token,
     )
 
 

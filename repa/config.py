@@ -52,6 +52,14 @@ class ModelConfig:
     # The network's own time: "data_at_0" (REPA: t = 0 data, t = 1 noise; a DiT reads t = timestep / 1000) or
     # "noise_at_0" (released willisma/SiT weights; repa.models.released converts them to data_at_0 at every call).
     time_convention: str = "data_at_0"
+    # REG (Wu et al. 2025): one extra token, the teacher's class token, denoised jointly with the image tokens.
+    # Its width is that of the (single) encoder, encoder_dims[0], as in the reference code.
+    class_token: bool = False
+
+    @property
+    def class_token_dim(self) -> int:
+        """Width E of REG's extra token (0 without one)."""
+        return self.encoder_dims[0] if self.class_token and self.encoder_dims else 0
 
     @property
     def family(self) -> str:
@@ -93,6 +101,7 @@ class ObjectiveConfig:
     attn_teacher_layers: tuple[int, ...] = ()  # ...with these 1-based teacher blocks (pairwise)
     self_depth: int = 0               # SRA: 1-based EMA block giving the targets (> model.encoder_depth)
     self_time_gap: float = 0.2        # SRA: the EMA sees t - gap * U(0, 1), clamped to [0, 1]
+    class_token_coeff: float = 0.03   # REG (model.class_token): weight of the class token's velocity loss
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,14 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.projector in PROJECTORS, "model.projector", f"must be one of {PROJECTORS}, got {m.projector!r}")
     _require(m.projector_kernel >= 1 and m.projector_kernel % 2 == 1, "model.projector_kernel",
              f"must be an odd positive integer (the conv keeps the token grid), got {m.projector_kernel}")
+    if m.class_token:
+        _require(m.family == "SiT" and m.prediction == "velocity" and m.time_convention == "data_at_0",
+                 "model.class_token", f"REG's class token is a SiT velocity-network option (got {m.name}, "
+                 f"prediction {m.prediction!r}, time_convention {m.time_convention!r})")
+        _require(len(m.encoder_dims) == 1, "model.class_token", "REG's class token comes from one teacher: give "
+                 f"exactly one model.encoder_dims entry (its width), got {m.encoder_dims}")
+        _require(m.projector == "mlp", "model.class_token", "REG projects the class token with the image tokens, "
+                 "token by token: use model.projector=mlp (the conv projector needs a square token grid)")
 
 
 def validate_objective(o: ObjectiveConfig) -> None:
@@ -231,6 +248,7 @@ def validate_objective(o: ObjectiveConfig) -> None:
                  "objective.proj_coeff > 0 (the SRA weight; the reference uses 0.5)")
         _require(0.0 <= o.self_time_gap <= 1.0, "objective.self_time_gap",
                  f"must be in [0, 1], got {o.self_time_gap}")
+    _require(o.class_token_coeff >= 0, "objective.class_token_coeff", f"must be >= 0, got {o.class_token_coeff}")
 
 
 def validate_train(c: TrainConfig) -> None:
@@ -272,6 +290,15 @@ def validate_train(c: TrainConfig) -> None:
                  f"model blocks {o.attn_layers} outside 1..{m.depth} (the model depth)")
         _require(len(c.encoders) == 1, "encoders", "attention alignment (HASTE) reads one teacher's attention "
                  f"maps; configure exactly one encoder (got {list(c.encoders)})")
+    if m.class_token:
+        _require(o.target == "encoders", "model.class_token", "REG's extra token is a teacher's class token; "
+                 "self-alignment (objective.target='self') has no teacher")
+        _require(len(c.encoders) == 1, "encoders", "REG (model.class_token) takes the class token of exactly one "
+                 f"teacher; configure one encoder (got {list(c.encoders)})")
+        _require(o.attn_coeff == 0, "objective.attn_coeff", "HASTE's attention maps are not defined for REG's "
+                 "extra token; set objective.attn_coeff=0 or model.class_token=false")
+        _require(o.target_norm == "none", "objective.target_norm", "iREPA's spatial normalisation is not defined "
+                 "for REG's class token; set objective.target_norm=none or model.class_token=false")
     _require(not c.encoder_weights or len(c.encoder_weights) == len(c.encoders), "encoder_weights",
              "give one path per encoder, or none")
 

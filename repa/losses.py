@@ -90,11 +90,13 @@ def attention_alignment_loss(student_logits: list[torch.Tensor], teacher_probs: 
 
 @dataclass
 class LossOutput:
-    """Scalar losses of one batch: ``total`` = ``denoise`` + lambda * ``align`` (+ attn_coeff * ``attn``)."""
+    """Scalar losses of one batch: ``total`` = ``denoise`` + lambda * ``align`` (+ attn_coeff * ``attn``)
+    (+ class_token_coeff * ``cls``, REG's class-token velocity loss)."""
     total: torch.Tensor
     denoise: torch.Tensor
     align: torch.Tensor
     attn: torch.Tensor | None = None
+    cls: torch.Tensor | None = None
 
 
 def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list[torch.Tensor] | None,

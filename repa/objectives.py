@@ -18,7 +18,11 @@ The alignment term's successors are options of the same objective (docs/VARIANTS
   (``ema_features``) and the uniforms u (``gap_uniforms``);
 - HASTE (Wang et al. 2025): ``objective.attn_coeff > 0``: the attention logits of blocks ``objective.attn_layers``
   are aligned with the teacher's attention maps (``teacher_attention``, from ``Encoder.tokens_and_attention``);
-  both terms stop at ``objective.align_stop_step``.
+  both terms stop at ``objective.align_stop_step``;
+- REG (Wu et al. 2025): ``model.class_token``: the teacher's class token (``class_tokens``) is noised with the
+  image at the same t (its own noise ``class_noise``), denoised by the network as one more token, and its velocity
+  error is added with weight ``objective.class_token_coeff``; the alignment targets gain the class token as token 0
+  (``class_token_terms``).
 """
 from __future__ import annotations
 
@@ -72,11 +76,22 @@ def self_alignment_targets(ema_features, x0: torch.Tensor, noise: torch.Tensor, 
     return [out.hidden[cfg.self_depth].detach()]
 
 
+def class_token_terms(class_tokens: torch.Tensor, class_noise: torch.Tensor | None, t: torch.Tensor,
+                      cfg: ObjectiveConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """REG (Wu et al. 2025, Martinser/REG ``loss.py``): the noisy class token and its target velocity, both (B, E),
+    on the interpolant of the image: c_t = alpha(t) c + sigma(t) eps_c, v_c = alpha'(t) c + sigma'(t) eps_c."""
+    if class_noise is None:
+        raise ValueError("REG (model.class_token) needs the class token's noise (class_noise) of the batch")
+    path = get_path(cfg.path)
+    return path.interpolate(class_tokens, class_noise, t), path.velocity(class_tokens, class_noise, t)
+
+
 def interpolant_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
                      cfg: ObjectiveConfig, *, t: torch.Tensor, noise: torch.Tensor,
                      proj_coeff: float | None = None, attn_coeff: float | None = None,
                      teacher_attention: list[torch.Tensor] | None = None, ema_features=None,
-                     gap_uniforms: torch.Tensor | None = None) -> LossOutput:
+                     gap_uniforms: torch.Tensor | None = None, class_tokens: torch.Tensor | None = None,
+                     class_noise: torch.Tensor | None = None) -> LossOutput:
     """REPA on the interpolant objective for clean inputs x0 (B, C, H, W): velocity MSE + lambda * alignment.
 
     Args:
@@ -89,6 +104,8 @@ def interpolant_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_t
         attn_coeff: HASTE's attention weight for this step (defaults to ``cfg.attn_coeff``).
         teacher_attention: HASTE: one (B, H_t, N, N) teacher attention distribution per ``cfg.attn_layers`` entry.
         ema_features, gap_uniforms: SRA (``cfg.target == "self"``): see ``self_alignment_targets``.
+        class_tokens, class_noise: REG (a network with ``config.class_token``): the teacher's class tokens (B, E)
+            of the clean images and their standard normal noise (B, E).
     """
     lam = cfg.proj_coeff if proj_coeff is None else proj_coeff
     attn_lam = cfg.attn_coeff if attn_coeff is None else attn_coeff
@@ -100,11 +117,19 @@ def interpolant_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_t
     else:
         tokens = alignment_targets(encoder_tokens, cfg) if lam > 0 else None
     extra = {"attention": tuple(cfg.attn_layers)} if attn_lam > 0 else {}
+    if class_tokens is not None:
+        extra["class_token"], class_target = class_token_terms(class_tokens, class_noise, t, cfg)
+        if tokens:          # the class token (token 0 of the projected tokens) is aligned too, as the reference
+            tokens = [torch.cat([class_tokens[:, None].to(y), y], dim=1) for y in tokens]      # (B, 1 + N, E)
     out = features(x_t, t, labels, project=lam > 0, **extra)
     prediction = out.prediction[:, : x0.shape[1]]       # learned-sigma nets: the first C channels
     student_attention = [out.attention[i] for i in cfg.attn_layers] if attn_lam > 0 else None
-    return with_alignment(denoising_loss(prediction, target).mean(), out, tokens, lam, attn_coeff=attn_lam,
+    loss = with_alignment(denoising_loss(prediction, target).mean(), out, tokens, lam, attn_coeff=attn_lam,
                           student_attention=student_attention, teacher_attention=teacher_attention)
+    if class_tokens is not None:
+        cls = denoising_loss(out.class_token, class_target).mean()
+        loss.total, loss.cls = loss.total + cfg.class_token_coeff * cls, cls.detach()
+    return loss
 
 
 @dataclass(frozen=True)
@@ -141,5 +166,5 @@ def repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: 
                                         proj_coeff=proj_coeff, **alignment)
 
 
-__all__ = ["OBJECTIVES", "Objective", "alignment_targets", "get_objective", "interpolant_loss", "repa_loss",
-           "sample_time", "self_alignment_targets"]
+__all__ = ["OBJECTIVES", "Objective", "alignment_targets", "class_token_terms", "get_objective", "interpolant_loss",
+           "repa_loss", "sample_time", "self_alignment_targets"]

@@ -6,7 +6,8 @@ with the offline EfficientNet-Lite0 teacher.
 
 The successors of REPA (docs/VARIANTS.md) change only what their reference code changes from that run:
 ``-iREPA-`` (conv projector, spatially normalised targets), ``-SRA-`` (no teacher: the model's EMA),
-``-HASTE-`` (attention-map alignment, both terms stopped at 250K steps).
+``-HASTE-`` (attention-map alignment, both terms stopped at 250K steps), ``-REG-`` (the teacher's class token
+denoised with the image, weight 0.03).
 """
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def haste(model: str, resolution: int = 256, stop_step: int = 250_000) -> TrainC
         run_dir=base.run_dir.replace("-repa-", "-haste-"))
 
 
+def reg(model: str, encoder_depth: int, resolution: int = 256) -> TrainConfig:
+    """REG (Martinser/REG, ``train.sh``): REPA's run with DINOv2-B's class token as one extra token, denoised with
+    the image, its velocity loss weighted 0.03 (``--cls``); encoder depth 8 for SiT-L/XL, 4 for SiT-B."""
+    base = _imagenet(model, encoder_depth, resolution, 0.5)
+    return dataclasses.replace(
+        base, model=dataclasses.replace(base.model, class_token=True),
+        objective=dataclasses.replace(base.objective, class_token_coeff=0.03),
+        run_dir=base.run_dir.replace("-repa-", "-reg-"))
+
+
 def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainConfig:
     """Small pixel-space SiT on Fashion-MNIST 28x28 (patch 2: 14x14 tokens), EfficientNet-Lite0 teacher."""
     teachers = ("efficientnet-lite0",)
@@ -93,6 +104,8 @@ PRESETS = {
     "SiT-B/2-SRA-256": lambda: sra("SiT-B/2", 4, 8),
     "SiT-XL/2-SRA-256": lambda: sra("SiT-XL/2", 8, 20),
     "SiT-XL/2-HASTE-256": lambda: haste("SiT-XL/2"),
+    "SiT-B/2-REG-256": lambda: reg("SiT-B/2", 4),
+    "SiT-XL/2-REG-256": lambda: reg("SiT-XL/2", 8),
     "fmnist-REPA": lambda: fmnist(0.5),
     "fmnist-vanilla": lambda: fmnist(0.0),
 }

@@ -4,8 +4,14 @@ Every sampler takes ``(model, noise, labels, *, steps, cfg_scale, guidance_inter
 is ``repa.guidance.GuidedModel`` (written once); the time grids are functions of their own; the projector is
 never evaluated. The state is integrated in float64 on the reference time grids (SiT's ``ode`` / ``sde``
 samplers as REPA uses them); the model runs in its own dtype.
+
+REG networks (``config.class_token``) generate the image and the teacher's class token together: ``sample``
+integrates them as one flat state (B, C*H*W + E) through ``JointModel``, so every sampler and the guidance rule run
+unchanged on it (the same step, the same guidance scale and, for the SDE, the same noise schedule for both parts).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -94,6 +100,40 @@ def euler_maruyama(model, noise, labels, *, steps=250, cfg_scale=1.0, guidance_i
     return x.to(noise.dtype)
 
 
+# ---- REG: the image and the class token as one state -----------------------------------------------------------------
+
+def pack_state(x: torch.Tensor, class_token: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) image and (B, E) class token -> the flat joint state (B, C*H*W + E)."""
+    return torch.cat([x.flatten(1), class_token.to(x.dtype)], dim=1)
+
+
+def unpack_state(state: torch.Tensor, image_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat joint state (B, C*H*W + E) -> image (B, *image_shape) and class token (B, E)."""
+    size = math.prod(image_shape)
+    return state[:, :size].reshape(state.shape[0], *image_shape), state[:, size:]
+
+
+class JointModel(torch.nn.Module):
+    """A REG network as a velocity model of the flat joint state: ``model(state, t, y) -> (B, C*H*W + E)``.
+
+    ``config`` is the network's, so guidance finds the null class and the family's guided channels (all).
+    """
+
+    def __init__(self, net: torch.nn.Module, image_shape: tuple[int, ...]):
+        super().__init__()
+        self.net, self.config, self.image_shape = net, net.config, tuple(image_shape)
+
+    def forward(self, state: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, class_token = unpack_state(state, self.image_shape)
+        out = self.net.forward_features(x, t, y, class_token=class_token)
+        return pack_state(out.prediction[:, : self.image_shape[0]], out.class_token)
+
+
+def has_class_token(model) -> bool:
+    """Whether ``model`` (a network or a LoadedModel) denoises a class token with the image (REG)."""
+    return bool(getattr(getattr(model, "config", None), "class_token", False))
+
+
 SAMPLERS = {"euler": euler, "heun": heun, "sde": euler_maruyama, "ddpm": ddpm}
 PREDICTIONS = {"euler": "velocity", "heun": "velocity", "sde": "velocity", "ddpm": "epsilon"}
 
@@ -102,7 +142,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
            cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
            generator: torch.Generator | list[torch.Generator] | None = None, path: str | None = None,
            null_class: int | None = None, dtype: torch.dtype | None = None,
-           guided_channels: int | str | None = None) -> torch.Tensor:
+           guided_channels: int | str | None = None, class_token_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate from pure noise (t = 1) to data (t = 0) and return the final sample.
 
     Args:
@@ -123,7 +163,27 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
         guided_channels: ``"all"`` or k: guide only the first k data channels, the others come from the
             conditional half. Default: the family's reference (``repa.guidance.default_guided_channels``: 3 for
             DiT and willisma/SiT's released SiT, as their ``forward_with_cfg``; all for REPA's SiT).
+        class_token_noise: REG networks only: the class token's start noise (B, E); default drawn from
+            ``generator`` (one row per generator when a list), before any step noise, else from torch's RNG.
+            The class token is integrated and guided with the image (see ``sample_with_class_token``).
     """
+    return _sample(model, noise, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                   guidance_interval=guidance_interval, generator=generator, path=path, null_class=null_class,
+                   dtype=dtype, guided_channels=guided_channels, class_token_noise=class_token_noise)[0]
+
+
+def sample_with_class_token(model, noise: torch.Tensor, labels: torch.Tensor, **kwargs
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``sample`` (same arguments) for a REG network (``config.class_token``); returns the image
+    (B, C, H, W) and the generated class token (B, E)."""
+    if not has_class_token(model.model if isinstance(model, LoadedModel) else model):
+        raise ValueError("sample_with_class_token needs a network with a class token (model.class_token, REG)")
+    return _sample(model, noise, labels, **kwargs)
+
+
+def _sample(model, noise, labels, *, sampler="euler", steps=50, cfg_scale=1.0, guidance_interval=(0.0, 1.0),
+            generator=None, path=None, null_class=None, dtype=None, guided_channels=None, class_token_noise=None):
+    """``sample``'s body: returns the image and the class token (None for a network without one)."""
     if isinstance(model, LoadedModel):        # its training interpolant is the default path
         path = path or model.interpolant
         model = model.model
@@ -141,4 +201,19 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
                   null_class=null_class, dtype=dtype, guided_channels=guided_channels)
     if sampler == "sde":
         kwargs["path"] = path
-    return SAMPLERS[sampler](model, noise, labels, **kwargs)
+    if not has_class_token(model):
+        if class_token_noise is not None:
+            raise ValueError("class_token_noise is for networks with a class token (model.class_token, REG)")
+        return SAMPLERS[sampler](model, noise, labels, **kwargs), None
+    # REG: image and class token as one flat state, guided together (the reference's eval uses one scale for both)
+    if guided_channels not in (None, "all"):
+        raise ValueError("a REG network's image and class token are guided together: guided_channels must be "
+                         f"'all' (or left out), got {guided_channels!r}")
+    batch, dim = noise.shape[0], model.config.class_token_dim
+    if class_token_noise is None:             # drawn before any step noise of the same generators
+        class_token_noise = per_sample_noise((batch, dim), generator, noise.device)
+    if tuple(class_token_noise.shape) != (batch, dim):
+        raise ValueError(f"class_token_noise must be (B, E) = ({batch}, {dim}), got {tuple(class_token_noise.shape)}")
+    state = SAMPLERS[sampler](JointModel(model, noise.shape[1:]), pack_state(noise, class_token_noise.to(noise)),
+                              labels, **{**kwargs, "guided_channels": None})
+    return unpack_state(state, noise.shape[1:])

@@ -19,7 +19,7 @@ from repa.autoencoder import sample_latents
 from repa.checkpoint import TrainingState
 from repa.config import ConfigError, TrainConfig, diff, to_json, train_config_from_dict, validate_train
 from repa.data.loader import BatchLoader
-from repa.encoders import check_train_encoders, load_encoder
+from repa.encoders import check_train_encoders, load_encoder, pool_tokens, pooled_class_token
 from repa.losses import drop_labels
 from repa.models import FeaturesView, build_model
 from repa.objectives import get_objective
@@ -80,22 +80,29 @@ def _clean_inputs(batch: dict, space: str, eps: torch.Tensor | None, device) -> 
 
 
 def _teacher_tokens(batch: dict, encoders: list, cache_keys: list, precision: str, device,
-                    attention_layers: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Frozen-encoder tokens of the clean images (from the token cache when valid, else computed now) and, for
-    HASTE (``attention_layers``), the teacher's attention maps of those blocks (always computed now)."""
-    tokens, attention = [], None
+                    attention_layers: tuple[int, ...] = (), class_token: bool = False):
+    """Frozen-encoder tokens of the clean images (from the token cache when valid, else computed now); for
+    HASTE (``attention_layers``) the teacher's attention maps of those blocks (always computed now); for REG
+    (``class_token``) the teacher's class tokens (B, E) (pooled from cached tokens, else computed now)."""
+    tokens, attention, classes = [], None, None
     for encoder, key in zip(encoders, cache_keys):
         if key is not None:
             tokens.append(batch[key].to(device, non_blocking=True).float())
+            if class_token:                        # cached only for teachers whose class token is the pooled one
+                classes = pool_tokens(tokens[-1])
             continue
         with torch.no_grad(), autocast_context(precision, device):
             images = batch["image"].to(device, non_blocking=True)
             if attention_layers:
                 got, attention = encoder.tokens_and_attention(images, attention_layers)
                 tokens.append(got)
+            elif class_token:
+                got, classes = encoder.tokens_and_class_token(images)
+                tokens.append(got.float())
+                classes = classes.float()
             else:
                 tokens.append(encoder(images).float())
-    return tokens, attention
+    return tokens, attention, classes
 
 
 def _micro_batch(inputs: dict, part: slice) -> dict:
@@ -111,16 +118,25 @@ def _gap_uniforms(cfg: TrainConfig, step: int, device: torch.device) -> torch.Te
     return torch.rand(cfg.global_batch_size, generator=gen, device=device)
 
 
+def _class_token_noise(cfg: TrainConfig, step: int, device: torch.device) -> torch.Tensor:
+    """REG's class-token noise (G, E) of step ``step``: a function of (seed, step) only, from a generator of its
+    own so that the other draws of the step are those of every other objective."""
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 17_171_717)
+    return torch.randn(cfg.global_batch_size, cfg.model.class_token_dim, generator=gen, device=device)
+
+
 def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list, list]:
     """Encoders and token-cache keys (None where the cache is not valid) for each configured encoder."""
     o = cfg.objective
-    if o.target == "self" or (o.proj_coeff == 0 and o.attn_coeff == 0 and not o.align_stop_step):
+    if o.target == "self" or (o.proj_coeff == 0 and o.attn_coeff == 0 and not o.align_stop_step
+                              and not cfg.model.class_token):
         return [], []
     grid = cfg.model.grid_size
-    live = o.attn_coeff > 0                        # HASTE's attention maps are not cached: the teacher runs live
+    # HASTE's attention maps and a ViT's class token (REG) are not cached: the teacher runs live
+    live = [o.attn_coeff > 0 or (cfg.model.class_token and not pooled_class_token(name)) for name in cfg.encoders]
     keys = [dataset.token_cache_key(name, dataset.resolution, grid)
-            if cfg.data.use_token_cache and hasattr(dataset, "token_cache_key") and not live else None
-            for name in cfg.encoders]
+            if cfg.data.use_token_cache and hasattr(dataset, "token_cache_key") and not run_live else None
+            for name, run_live in zip(cfg.encoders, live)]
     if encoders is None:
         check_train_encoders(cfg)
         weights = cfg.encoder_weights or (None,) * len(cfg.encoders)
@@ -248,12 +264,16 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         labels = drop_labels(labels, uniforms[mine], cfg.model.class_dropout, cfg.model.null_class)
         x0 = _clean_inputs(batch, cfg.model.space, None if eps_all is None else eps_all[mine], dev)
         lam = lambda_at(cfg.objective, step)
-        # the variants' inputs (docs/VARIANTS.md): HASTE's attention weight and maps, SRA's EMA and time gaps
+        # the variants' inputs (docs/VARIANTS.md): HASTE's attention weight and maps, SRA's EMA and time gaps,
+        # REG's class tokens and their noise
         attn_lam = lambda_at(cfg.objective, step, coeff=cfg.objective.attn_coeff)
-        tokens, attention = (_teacher_tokens(batch, encoders, cache_keys, cfg.precision, dev,
-                                             cfg.objective.attn_teacher_layers if attn_lam > 0 else ())
-                             if lam > 0 or attn_lam > 0 else (None, None))
+        reg = cfg.model.class_token                # REG: the teacher's class token is denoised at every step
+        tokens, attention, classes = (_teacher_tokens(batch, encoders, cache_keys, cfg.precision, dev,
+                                                      cfg.objective.attn_teacher_layers if attn_lam > 0 else (), reg)
+                                      if lam > 0 or attn_lam > 0 or reg else (None, None, None))
         variant = {}
+        if reg:
+            variant.update(class_tokens=classes, class_noise=_class_token_noise(cfg, step, dev)[mine])
         if cfg.objective.attn_coeff > 0:
             variant.update(attn_coeff=attn_lam, teacher_attention=attention)
         if cfg.objective.target == "self":

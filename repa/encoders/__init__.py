@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from repa.config import ConfigError
-from repa.encoders.base import Encoder, EncoderSpec, EncoderWeightsError, plan_grid
+from repa.encoders.base import Encoder, EncoderSpec, EncoderWeightsError, plan_grid, pool_tokens
 from repa.encoders.registry import DEFAULT_OFFLINE_ENCODER, ENCODERS
 
 
@@ -56,11 +56,13 @@ def check_train_encoders(cfg) -> None:
     other than ``model.encoder_dims``, or no way to give the model's token grid from ``data.resolution`` px.
 
     Runs with ``validate_train`` before any weights load (``repa train --dry-run`` included). Only needed when the
-    alignment term is on at some step (``objective.proj_coeff > 0``).
+    alignment term is on at some step (``objective.proj_coeff > 0``) or the model denoises a class token (REG).
     """
     if cfg.objective.attn_coeff > 0:
         check_attention_teachers(cfg)
-    if cfg.objective.proj_coeff == 0:
+    if cfg.model.class_token:
+        check_class_token_teachers(cfg)
+    if cfg.objective.proj_coeff == 0 and not cfg.model.class_token:
         return
     for i, name in enumerate(cfg.encoders):
         width = encoder_dim(name)
@@ -95,6 +97,26 @@ def check_attention_teachers(cfg) -> None:
             raise ConfigError(f"model.num_heads: {cfg.model.num_heads} heads cannot be matched to the "
                               f"{spec.attention_heads} heads of {name} (HASTE aligns the first heads one to one); "
                               "use a model with at least as many heads")
+
+
+def class_token_teachers() -> list[str]:
+    """The encoders that give REG a class token: the ViTs (their class token) and EfficientNet-Lite (its pooled
+    feature); I-JEPA and SigLIP have no class token."""
+    return [name for name, spec in ENCODERS.items() if spec.class_token]
+
+
+def pooled_class_token(name: str) -> bool:
+    """Whether REG's class token of encoder ``name`` is the mean of its tokens (then the token cache gives it)."""
+    spec = ENCODERS.get(name)
+    return spec is not None and spec.class_token == "pooled"
+
+
+def check_class_token_teachers(cfg) -> None:
+    """Raise ConfigError when REG (``model.class_token``) is asked of a teacher without a class token."""
+    for name in cfg.encoders:
+        if not get_spec(name).class_token:
+            raise ConfigError(f"model.class_token: REG denoises the teacher's class token, and encoder {name!r} has "
+                              f"none; use one of {', '.join(class_token_teachers())} or set model.class_token=false")
 
 
 def load_encoder(name: str, *, resolution: int, token_grid: int, weights: str | None = None,
@@ -183,4 +205,5 @@ def describe(names: str | Sequence[str] | None = None, *, resolution: int | None
 
 __all__ = ["ENCODERS", "DEFAULT_OFFLINE_ENCODER", "Encoder", "EncoderSpec", "EncoderWeightsError", "check_encoder",
            "describe", "encoder_dim", "encoder_dims", "check_train_encoders", "get_spec", "load_encoder",
-           "load_encoders", "attention_teachers", "check_attention_teachers"]
+           "load_encoders", "attention_teachers", "check_attention_teachers", "class_token_teachers",
+           "check_class_token_teachers", "pool_tokens", "pooled_class_token"]

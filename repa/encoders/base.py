@@ -72,6 +72,10 @@ class EncoderSpec:
     # Attention maps on the token grid (HASTE): heads and blocks of the released weights; 0 = it cannot give them
     attention_heads: int = 0
     depth: int = 0
+    # The image-level token REG (model.class_token) denoises with the image: "cls" (the ViT's class token, from
+    # the same layer and norm as the patch tokens), "pooled" (a CNN's global average of its tokens: what its
+    # classifier reads for the -head variants; computed from cached tokens too), or "" (none: refused for REG)
+    class_token: str = ""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,6 +116,11 @@ def resample_tokens(tokens: torch.Tensor, grid: int, token_grid: int) -> torch.T
     else:
         fmap = F.interpolate(fmap, size=(token_grid, token_grid), mode="bilinear", align_corners=False)
     return fmap.flatten(2).transpose(1, 2)                                     # (B, N, E)
+
+
+def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, N, E) -> (B, E): the global average of a CNN teacher's tokens, its class token for REG."""
+    return tokens.float().mean(dim=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,6 +218,26 @@ class Encoder(nn.Module):
             tokens, maps = self.backbone.attention_maps(x, layers)
         return tokens.float(), [m.float() for m in maps]
 
+    @torch.no_grad()
+    def tokens_and_class_token(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens of ``forward`` (B, N, E) and the image's class token (B, E), float32 (REG).
+
+        ``spec.class_token == "cls"``: the ViT's class token, taken where the patch tokens are taken (DINOv2: after
+        the final norm, REG's ``x_norm_clstoken``); ``"pooled"``: the mean of the tokens (``pool_tokens``).
+        """
+        if self.spec.class_token == "pooled":
+            tokens = self(images)
+            return tokens, pool_tokens(tokens)
+        if self.spec.class_token != "cls" or not hasattr(self.backbone, "tokens_and_class_token"):
+            raise ConfigError(f"model.class_token: encoder {self.name} has no class token for REG; use a ViT "
+                              "teacher such as dinov2-vit-b, or efficientnet-lite0 (its pooled feature)")
+        x = self.preprocess(images)
+        context = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+                   if self.autocast_dtype is not None else contextlib.nullcontext())
+        with context:
+            tokens, cls = self.backbone.tokens_and_class_token(x)
+        return resample_tokens(tokens.float(), self.native_grid, self.token_grid), cls.float()
+
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, embed_dim={self.embed_dim}, resolution={self.resolution}, "
                 f"input_size={self.input_size}, token_grid={self.token_grid}")
@@ -236,5 +265,5 @@ def missing_file_error(spec: EncoderSpec, path: str, how: str) -> EncoderWeights
     return EncoderWeightsError(f"encoder {spec.name}: weights not found at {os.path.abspath(path)!r}. {how}")
 
 
-__all__ = ["Encoder", "EncoderSpec", "EncoderWeightsError", "plan_grid", "resample_tokens", "IMAGENET_MEAN",
-           "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "SIGLIP_MEAN", "SIGLIP_STD"]
+__all__ = ["Encoder", "EncoderSpec", "EncoderWeightsError", "plan_grid", "pool_tokens", "resample_tokens",
+           "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "SIGLIP_MEAN", "SIGLIP_STD"]

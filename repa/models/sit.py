@@ -148,17 +148,26 @@ class SiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """LayerNorm, adaLN (shift, scale), Linear to p*p*C_out per token."""
+    """LayerNorm, adaLN (shift, scale), Linear to p*p*C_out per token; with ``class_token_dim`` > 0 (REG) also
+    ``linear_cls``, the Linear that reads the class token's velocity (E,) off token 0."""
 
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
+    def __init__(self, dim: int, patch_size: int, out_channels: int, class_token_dim: int = 0):
         super().__init__()
         self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim, bias=True))
+        if class_token_dim:
+            self.linear_cls = nn.Linear(dim, class_token_dim, bias=True)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
+
+    def forward_with_class_token(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1 + N, D) tokens, class token first -> (B, N, p*p*C_out) patches and (B, E) class token."""
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        x = modulate(self.norm_final(x), shift, scale)
+        return self.linear(x[:, 1:]), self.linear_cls(x[:, 0])
 
 
 def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int, kind: str = "mlp",
@@ -206,11 +215,16 @@ class ModelOutput:
         projected: one (B, N, E) projector output per encoder (empty unless ``project``).
         hidden: {1-based block index: (B, N, D)} output tokens of the requested blocks.
         attention: {1-based block index: (B, H, N, N)} attention logits of the requested blocks (HASTE).
+        class_token: (B, E) the velocity of REG's class token (None for a network without one).
+
+    With a class token (REG) ``projected`` covers 1 + N tokens, the class token first (the reference aligns it
+    with the teacher's class token); ``hidden`` keeps the N image tokens, on the grid like every other network's.
     """
     prediction: torch.Tensor
     projected: list[torch.Tensor] = field(default_factory=list)
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    class_token: torch.Tensor | None = None
 
 
 class SiT(nn.Module):
@@ -219,6 +233,13 @@ class SiT(nn.Module):
     ``model(x, t, y)`` returns the prediction (B, C_out, H, W); ``model.forward_features(x, t, y, project=...,
     layers=...)`` returns a ``ModelOutput`` with the projector outputs (training) and hidden tokens (analysis).
     The projectors run only when asked (never during sampling).
+
+    With ``config.class_token`` (REG, Wu et al. 2025, "Representation Entanglement for Generation") the noisy
+    teacher class token (B, E) is embedded (Linear E -> D, then a LayerNorm with affine weights), put before the
+    image tokens with a zero position embedding, carried through every block, and read back by
+    ``final_layer.linear_cls`` as its velocity; the parameter names are those of Martinser/REG's released model.
+    Such a network is called with ``forward_features(..., class_token=...)``; ``repa.samplers`` integrates the
+    image and the class token jointly.
     """
 
     def __init__(self, config: ModelConfig):
@@ -228,12 +249,17 @@ class SiT(nn.Module):
         self.x_embedder = PatchEmbed(c.in_channels, c.hidden_size, c.patch_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, with_null_class=c.class_dropout > 0)
-        self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).unsqueeze(0), persistent=True)
+        pos_embed = sincos_2d(c.hidden_size, c.grid_size)                          # (N, D)
+        if c.class_token:                       # the class token's position embedding is zero (the reference)
+            pos_embed = torch.cat([torch.zeros(1, c.hidden_size), pos_embed])       # (1 + N, D)
+            self.cls_projectors2 = nn.Linear(c.class_token_dim, c.hidden_size)      # the reference's names
+            self.wg_norm = nn.LayerNorm(c.hidden_size, eps=1e-6)
+        self.register_buffer("pos_embed", pos_embed.unsqueeze(0), persistent=True)
         self.blocks = nn.ModuleList([SiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm)
                                      for _ in range(c.depth)])
         self.projectors = nn.ModuleList([build_projector(c.hidden_size, c.projector_dim, e, c.projector,
                                                          c.projector_kernel) for e in c.encoder_dims])
-        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels, c.class_token_dim)
         self.gradient_checkpointing = False
         self.initialize_weights()
 
@@ -253,7 +279,10 @@ class SiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        outputs = [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        if self.config.class_token:
+            outputs.append(self.final_layer.linear_cls)
+        for layer in outputs:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -272,8 +301,18 @@ class SiT(nn.Module):
         """The prediction (B, C_out, H, W) for x_t (B, C, H, W) at times t (B,) with labels y (B,)."""
         return self.forward_features(x, t, y).prediction
 
+    def embed_class_token(self, class_token: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """REG: the noisy class token (B, E) -> its input token (B, 1, D)."""
+        if class_token is None or class_token.shape != (batch, self.config.class_token_dim):
+            got = None if class_token is None else tuple(class_token.shape)
+            raise ValueError(f"this network denoises a class token with the image (model.class_token, REG): pass "
+                             f"class_token=(B, {self.config.class_token_dim}) to forward_features, got {got}; "
+                             "repa.samplers.sample integrates both")
+        return self.wg_norm(self.cls_projectors2(class_token.to(self.cls_projectors2.weight.dtype))).unsqueeze(1)
+
     def forward_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
-                         layers: tuple[int, ...] | range = (), attention: tuple[int, ...] = ()) -> ModelOutput:
+                         layers: tuple[int, ...] | range = (), attention: tuple[int, ...] = (),
+                         class_token: torch.Tensor | None = None) -> ModelOutput:
         """The prediction with the REPA projector outputs, hidden tokens and attention logits.
 
         Args:
@@ -282,6 +321,8 @@ class SiT(nn.Module):
             layers: 1-based block indices whose output tokens (B, N, D) are returned in ``hidden``.
             attention: 1-based block indices whose attention logits (B, H, N, N) are returned in ``attention``
                 (those blocks compute attention explicitly instead of with the fused kernel).
+            class_token: REG (``config.class_token``): the noisy class token (B, E) at the same t as x; its
+                velocity is returned in ``class_token``.
         """
         if x.shape[-1] != self.config.input_size or x.shape[-2] != self.config.input_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])} but the model was built for "
@@ -293,7 +334,13 @@ class SiT(nn.Module):
                              "(the model depth)")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        h = self.x_embedder(x) + self.pos_embed                     # (B, N, D)
+        h = self.x_embedder(x)                                      # (B, N, D)
+        reg = self.config.class_token
+        if class_token is not None and not reg:
+            raise ValueError("class_token given to a network without one (model.class_token=false)")
+        if reg:
+            h = torch.cat([self.embed_class_token(class_token, x.shape[0]), h], dim=1)     # (B, 1 + N, D)
+        h = h + self.pos_embed
         c = self.embed_time(t) + self.y_embedder(y)                 # (B, D)
         projected: list[torch.Tensor] = []
         hidden: dict[int, torch.Tensor] = {}
@@ -306,9 +353,12 @@ class SiT(nn.Module):
             else:
                 h = run(h, c)
             if index in wanted:
-                hidden[index] = h
+                hidden[index] = h[:, 1:] if reg else h
             if project and index == self.config.encoder_depth:
-                projected = [proj(h) for proj in self.projectors]  # each (B, N, E)
+                projected = [proj(h) for proj in self.projectors]  # each (B, N, E), (B, 1 + N, E) with REG
+        if reg:
+            patches, class_velocity = self.final_layer.forward_with_class_token(h, c)
+            return ModelOutput(self.unpatchify(patches), projected, hidden, maps, class_velocity)
         out = self.unpatchify(self.final_layer(h, c))               # (B, C_out, H, W)
         return ModelOutput(out, projected, hidden, maps)
 
