@@ -306,7 +306,8 @@ def test_reg_reference_layout_state_dict_loads(tmp_path):
     """A checkpoint in Martinser/REG's layout (``{"ema": ..., "args": ...}``, with ``cls_projectors2``,
     ``wg_norm``, ``final_layer.linear_cls`` and a (1, 1 + N, D) ``pos_embed``) is recognised as a REG network."""
     model = _reg_model()
-    torch.save({"ema": model.state_dict(), "args": {"encoder_depth": 2, "num_classes": 3, "num_heads": 2}}, tmp_path / "reg.pt")
+    args = {"encoder_depth": 2, "num_classes": 3, "num_heads": 2}       # heads: not visible in the shapes
+    torch.save({"ema": model.state_dict(), "args": args}, tmp_path / "reg.pt")
     loaded = repa.load_model(tmp_path / "reg.pt")
     assert loaded.config.class_token and loaded.config.num_tokens == 16 and loaded.config.class_token_dim == 16
     x, t, y, cls = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([0, 1]), torch.randn(2, 16)
@@ -333,3 +334,12 @@ def test_reg_trains_from_a_cnn_token_cache_without_running_the_teacher(tmp_path)
             raise AssertionError("no teacher may run: the token cache gives the tokens and the pooled class token")
     result = train(cfg, dataset=dataset, encoders=[Refuse()], progress=False)
     assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] < 0
+    # the class-token noise depends on (seed, step) only: a run interrupted at step 2 ends with the same weights
+    from repa.checkpoint import load_checkpoint
+    cfg2 = dataclasses.replace(cfg, run_dir=str(tmp_path / "resumed"))
+    train(cfg2, dataset=dataset, encoders=[Refuse()], progress=False, stop_at_step=2)
+    resumed = train(cfg2, dataset=dataset, encoders=[Refuse()], progress=False)
+    a, b = load_checkpoint(result.checkpoint), load_checkpoint(resumed.checkpoint)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
