@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from repa.config import ModelConfig, TrainConfig, from_dict
+from repa.integrity import add_state_digest, check_finite, checkpoint_write_error, verify_state_digest
 
 FORMAT = "repa-checkpoint"
 FORMAT_VERSION = 1
@@ -46,20 +47,27 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:    # the content digest travels inside the file too
+        obj = add_state_digest(obj)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sidecar_tmp = path.with_name(f".{path.name}.sha256.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         digest = sha256_file(tmp)
-        sidecar_tmp = path.with_name(f".{path.name}.sha256.tmp-{os.getpid()}")
         sidecar_tmp.write_text(digest + "\n")
         os.replace(sidecar_tmp, path.with_name(path.name + ".sha256"))
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:      # torch.save reports a failed write as a RuntimeError
+        error = checkpoint_write_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+        sidecar_tmp.unlink(missing_ok=True)
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -109,16 +117,27 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
                               f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+    if verify:
+        try:
+            verify_state_digest(obj, path)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     return obj
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, Path] | None:
     """The newest checkpoint of a run that loads and verifies; broken newer ones are reported and skipped."""
-    for step, path in reversed(list_checkpoints(run_dir)):
+    found = list_checkpoints(run_dir)
+    for step, path in reversed(found):
         try:
             return load_checkpoint(path), path
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint: {exc}")
+    if found:       # never start again from step 0 silently over a run's broken checkpoints
+        names = ", ".join(p.name for _, p in found)
+        raise CheckpointError(f"every checkpoint of {run_dir} is corrupt or unreadable ({names}); "
+                              f"restore them from a copy, or move the folder {Path(run_dir) / 'checkpoints'} away to "
+                              f"start the run again from step 0")
     return None
 
 
@@ -210,6 +229,10 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     if train_config is None:         # released DiT and SiT state dicts share one layout: settle the family
         from repa.models.dit import resolve_released_family
         model_cfg = resolve_released_family(model_cfg, path=path, args=args)
+    try:
+        check_finite(state, path, f"{which} weights")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     model = build_model(model_cfg)
     missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
     if missing or unexpected:

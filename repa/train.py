@@ -19,8 +19,11 @@ import torch
 
 from repa import distributed as D
 from repa.checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, checkpoint_path, latest_checkpoint,
-                             prune_checkpoints)
+                             list_checkpoints, prune_checkpoints)
 from repa.config import ConfigError, TrainConfig, diff, from_dict, to_dict, to_json, validate_train
+from repa.interrupt import GracefulStop, Interrupted
+from repa.preflight import check_dataset_for_model, check_output_dir
+from repa.runlock import claim_folder, clean_stale_temp_files
 from repa.losses import drop_labels, repa_loss, sample_time
 from repa.models import build_model
 from repa.training_utils import (MetricsLog, NonFiniteError, autocast_context, environment_versions,
@@ -44,7 +47,7 @@ class TrainResult:
 def _check_run_dir(cfg: TrainConfig, allow_config_change: bool, is_main: bool) -> None:
     """Refuse to reuse a run directory whose saved config differs (beyond resume-safe fields)."""
     saved = Path(cfg.run_dir) / "config.json"
-    if saved.exists():
+    if saved.exists() and list_checkpoints(cfg.run_dir):   # a config without any checkpoint claims nothing
         old = from_dict(TrainConfig, json.loads(saved.read_text()))
         changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS}
         if changed and not allow_config_change:
@@ -113,6 +116,7 @@ def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list
                     for name, key, w in zip(cfg.encoders, keys, weights)]
     if len(encoders) != len(cfg.encoders):
         raise ConfigError(f"{len(encoders)} encoder objects given for {len(cfg.encoders)} configured encoders")
+    encoders = [e.to(device) if isinstance(e, torch.nn.Module) else e for e in encoders]
     if cfg.compile:
         encoders = [torch.compile(e) if e is not None else None for e in encoders]
     return list(encoders), keys
@@ -145,6 +149,19 @@ def _open_dataset(cfg: TrainConfig, dataset):
 
 def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change: bool = False,
           device: str | None = None, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg`` while holding its run directory's lock (see ``_train``).
+
+    One writer per run: a second process on the same ``run_dir`` is refused with the holder's pid; a first start
+    that fails before its first checkpoint leaves no run directory behind.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    with claim_folder(cfg.run_dir, "run", enabled=rank == 0):
+        return _train(cfg, dataset=dataset, encoders=encoders, allow_config_change=allow_config_change,
+                      device=device, progress=progress, stop_at_step=stop_at_step)
+
+
+def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change: bool = False,
+           device: str | None = None, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns when ``max_steps`` (or ``stop_at_step``) is reached.
 
     Args:
@@ -164,12 +181,15 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    _check_run_dir(cfg, allow_config_change, dist.is_main)
     dataset = _open_dataset(cfg, dataset)
-    if dataset.num_classes > cfg.model.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset has {dataset.num_classes} "
-                          "classes")
+    check_dataset_for_model(cfg, dataset)          # against the manifest, before anything is built or written
     encoders, cache_keys = _resolve_encoders(cfg, dataset, encoders, dev)
+    if dist.is_main:
+        check_output_dir(cfg.run_dir, "run_dir")
+    _check_run_dir(cfg, allow_config_change, dist.is_main)
+    if dist.is_main:                               # half-written files of a killed writer of this run
+        clean_stale_temp_files(cfg.run_dir)
+        clean_stale_temp_files(Path(cfg.run_dir) / "checkpoints")
 
     # -- model, EMA, optimiser (identical init on every rank: seeded before building) --------------------------
     torch.manual_seed(cfg.seed)
@@ -214,6 +234,8 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
         rng = state.get("rng") or []
         if len(rng) == dist.world_size:
             torch.set_rng_state(rng[dist.rank])
+        if dist.is_main:
+            print(f"resumed from step {step} (checkpoint {last_ckpt})", flush=True)
     model = net
     if dist.world_size > 1 and not fsdp:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -227,6 +249,7 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     skipped = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = D.local_tensors(ema.parameters()), D.local_tensors(net.parameters())
+    stop = GracefulStop().__enter__()              # Ctrl-C / SIGTERM: checkpoint at the end of the current step
     try:
         while step < end:
             # -- data and this step's randomness (global batch, then this rank's slice) --------------------------
@@ -289,7 +312,8 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
 
             # -- logging, checkpoints, previews (host syncs happen only here) ------------------------------------
             log.accumulate(loss_sum, denoise_sum, align_sum, grad_norm)
-            at_ckpt = step % cfg.ckpt_every == 0 or step == end
+            stop_signal = stop.check(step, cfg.log_every, dist.world_size, dev)
+            at_ckpt = step % cfg.ckpt_every == 0 or step == end or bool(stop_signal)
             if step % cfg.log_every == 0 or at_ckpt:
                 if int(first_bad) >= 0:
                     raise NonFiniteError(int(first_bad), "loss or gradient norm is not finite")
@@ -301,14 +325,22 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
                     atomic_torch_save(state, last_ckpt)
                     prune_checkpoints(cfg.run_dir, cfg.keep_last, cfg.milestone_every)
                 D.barrier()
+            if stop_signal:
+                raise Interrupted(stop_signal, step, last_ckpt)
             if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main:
                 sample_preview(ema, cfg, step)
+    except Interrupted:
+        log.close()
+        loader.close()
+        raise
     except NonFiniteError as exc:
         log.close()
         loader.close()
         raise NonFiniteError(exc.step, f"{exc.reason}; the last good checkpoint is {last_ckpt}. Likely causes: a "
                              "learning rate too high for this batch size, fp16 overflow (try precision=bf16), or "
                              "corrupt input data") from None
+    finally:
+        stop.__exit__(None, None, None)
     log.close()
     loader.close()
     return TrainResult(step, last_ckpt, log.last)

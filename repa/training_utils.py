@@ -56,6 +56,26 @@ def environment_versions() -> dict:
             "python": platform.python_version()}
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records of ``metrics.jsonl`` up to ``step`` (the step a run resumes from), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):   # a line cut by a kill: drop it
+            continue
+        if record_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        import os
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
 class MetricsLog:
     """Accumulates losses on the device; writes metrics.jsonl, TensorBoard (and W&B) every ``log_every`` steps.
 
@@ -72,6 +92,7 @@ class MetricsLog:
         if not enabled:
             return
         self.path = Path(cfg.run_dir) / "metrics.jsonl"
+        truncate_metrics(self.path, start_step)    # lines logged after the checkpoint we resume from go
         if progress:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -79,7 +100,7 @@ class MetricsLog:
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+                self.tb = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 warnings.warn("tensorboard is not installed; TensorBoard logging is off")
         if cfg.wandb:

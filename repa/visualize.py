@@ -40,8 +40,11 @@ def save_png(grid: np.ndarray, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     array = grid[..., 0] if grid.shape[-1] == 1 else grid
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(array).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)     # after a failure (or an interruption): no temporary file stays behind
 
 
 @torch.no_grad()
