@@ -271,8 +271,10 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
         return 1, str(exc)
     if isinstance(exc, pickle.UnpicklingError):
         return 2, f"a file is not a weights-only torch file; nothing in it was executed ({_one_line(exc)[:200]})"
-    if isinstance(exc, (ConfigError, ValueError, FileNotFoundError)):
-        return 2, str(exc) if not isinstance(exc, OSError) else _os_error_message(exc)
+    if isinstance(exc, (ConfigError, ValueError)):
+        return 2, str(exc)
+    if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+        return 2, _os_error_message(exc)        # a path given wrongly
     if isinstance(exc, OSError):
         return 1, _os_error_message(exc)
     return None

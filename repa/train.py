@@ -329,10 +329,6 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
                 raise Interrupted(stop_signal, step, last_ckpt)
             if cfg.sample_every and step % cfg.sample_every == 0 and dist.is_main:
                 sample_preview(ema, cfg, step)
-    except Interrupted:
-        log.close()
-        loader.close()
-        raise
     except NonFiniteError as exc:
         log.close()
         loader.close()
@@ -341,6 +337,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
                              "corrupt input data") from None
     finally:
         stop.__exit__(None, None, None)
+        log.close()                                # before any error message: the progress bar ends its line
+        loader.close()
     log.close()
     loader.close()
     return TrainResult(step, last_ckpt, log.last)

@@ -142,12 +142,14 @@ class MetricsLog:
             self.wandb.log(record, step=step)
 
     def close(self) -> None:
+        """Close the progress bar and the writers (idempotent)."""
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+        self.bar = self.tb = self.wandb = None
 
 
 _preview_warned = False
