@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from repa.config import ModelConfig, TrainConfig, from_dict
-from repa.integrity import add_state_digest, check_finite, checkpoint_write_error, verify_state_digest
+from repa.integrity import (add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
+                            verify_state_digest)
 
 FORMAT = "repa-checkpoint"
 FORMAT_VERSION = 1
@@ -113,8 +114,7 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with disallowed globals, not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, corrupt, or not a torch "
-                              f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {describe_load_failure(exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
     if verify:

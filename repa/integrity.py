@@ -72,6 +72,18 @@ def check_finite(state: dict, path, what: str = "weights") -> None:
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
+def describe_load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in a few words (no torch boilerplate)."""
+    if isinstance(exc, pickle.UnpicklingError):
+        found = _GLOBAL.search(str(exc))
+        if found:
+            return (f"it is not a weights-only file: it refers to the Python object {found.group(1)}, which was "
+                    f"blocked; nothing in it was executed")
+        return "it is not a torch file (or it is damaged)"
+    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return f"it is truncated, damaged or not a torch file ({type(exc).__name__}: {first})"
+
+
 def load_weights_file(path: str | os.PathLike, what: str = "weights"):
     """``torch.load(path, weights_only=True)`` with one-line errors for files that are not plain weight files.
 

@@ -76,8 +76,9 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
     target = Path(path)
     existing = _nearest_existing(target)
     if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{flag} {target}: {existing} is a file, not a folder; give a "
-                                                f"folder path", str(existing))
+        where = f"{flag} {target}" + ("" if existing == target.absolute() else f": {existing}")
+        raise NotADirectoryError(errno.ENOTDIR, f"{where} is a file, not a folder; give a folder path",
+                                 str(existing))
     _probe_writable(existing, target, flag)
 
 

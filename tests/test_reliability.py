@@ -126,6 +126,8 @@ def _user_error_cases():
          ["is a file"]),
         ("sample-bad-checkpoint", lambda c: ["sample", c.file, "--num", "2", "--out", c.tmp / "s1"], 2,
          ["cannot read checkpoint"]),
+        ("sample-evil-checkpoint", lambda c: ["sample", c.evil, "--num", "2", "--out", c.tmp / "s2"], 2,
+         ["not a weights-only file", "system", "nothing in it was executed"]),
         ("sample-grid-num", lambda c: ["sample-grid", c.ckpt, "--num", "0", "--out", c.tmp / "g.png"], 2,
          ["--num"]),
         ("sample-grid-out-is-dir", lambda c: ["sample-grid", c.ckpt, "--out", c.tmp, "--steps", "2"], 2,
@@ -412,3 +414,34 @@ def test_a_signal_checkpoints_the_current_step_and_exits_cleanly(tmp_path, datas
         a, b = load_checkpoint(run / f"checkpoints/{end:08d}.pt"), load_checkpoint(
             tmp_path / f"full/checkpoints/{end:08d}.pt")
         assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_eval_checks_an_unwritable_output_folder_before_any_network_runs(ctx):
+    # a file-size limit of 1 KB stands in for a full (or read-only) file system: the output check fails first,
+    # although the Inception file named after it does not exist either
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000)); from repa.cli import main; "
+            f"sys.exit(main(['eval', {str(ctx.samples)!r}, '--ref', {str(ctx.data)!r}, '--out', "
+            f"{str(ctx.tmp / 'out' / 'm.json')!r}, '--inception', {str(ctx.tmp / 'missing.pt')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    _assert_one_line_error(done.returncode, done.stderr, "eval", "cannot write into", "File too large",
+                           expect_code=1)
+    assert not (ctx.tmp / "out").exists() and not [p for p in ctx.tmp.rglob("*") if "write-test" in p.name]
+
+
+# ---- encoder objects follow the training device --------------------------------------------------------------------------
+
+def test_encoder_objects_given_to_train_move_to_the_training_device(tmp_path, tiny_dataset, teacher):
+    from repa.train import _resolve_encoders
+    cfg = tiny_train_config(tmp_path / "run")
+    encoders, keys = _resolve_encoders(cfg, tiny_dataset, [teacher], torch.device("meta"))
+    assert encoders[0].weight.device.type == "meta" and keys == [None]
+
+
+@pytest.mark.gpu
+def test_a_cpu_built_teacher_trains_on_cuda(tmp_path, tiny_dataset, teacher):
+    from repa.train import train
+    result = train(tiny_train_config(tmp_path / "run", max_steps=2, ckpt_every=2), dataset=tiny_dataset,
+                   encoders=[teacher], device="cuda", progress=False)
+    assert result.step == 2
