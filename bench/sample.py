@@ -30,7 +30,7 @@ class ProjectingBaseline(torch.nn.Module):
         self.model, self.config = model, model.config
 
     def forward(self, x, t, y):
-        return self.model(x, t, y, project=True).velocity
+        return self.model.forward_features(x, t, y, project=True).prediction
 
 
 def timed(fn, warmup_fn=None, repeats: int = 1):

@@ -115,8 +115,14 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     try:
+        encoders = None                                   # the loop loads the configured teacher
+        if tiny_teacher and use_teacher:                  # narrower than the name's registry width: pass it in
+            from repa.encoders import load_encoder
+            encoders = [None if teacher == "cache" else
+                        load_encoder(enc_name, resolution=resolution, token_grid=mcfg.grid_size, weights=weights[0],
+                                     device=device)]
         with contextlib.nullcontext() if write_checkpoint else final_checkpoint_skipped():
-            train(cfg, dataset=dataset, device=str(device), progress=False)
+            train(cfg, dataset=dataset, encoders=encoders, device=str(device), progress=False)
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
     finally:                                              # the run's final checkpoint is GBs for the big models

@@ -140,8 +140,8 @@ def compare_sampling(repo: str, args) -> list[tuple[str, float, float | None]]:
                 "args": argparse.Namespace(model=args.model, encoder_depth=encoder_depth(args.model),
                                            num_classes=1000, cfg_prob=0.1, enc_type="dinov2-vit-b",
                                            resolution=256, qk_norm=False, fused_attn=True)}, path)
-    ours = repa.load_model(path, device=device)   # the released-checkpoint path
-    fast = repa.load_model(path, device=device).to(torch.bfloat16)
+    ours = repa.load_model(path, device=device).model   # the released-checkpoint path
+    fast = repa.load_model(path, device=device).model.to(torch.bfloat16)
     shutil.rmtree(os.path.dirname(path))
     if args.compile:
         compiled = torch.compile(fast)

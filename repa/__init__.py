@@ -2,8 +2,10 @@
 
 Public API (imported lazily; importing ``repa`` itself loads nothing heavy):
 
-- ``repa.load_model(path)``: the EMA network from this project's or the reference REPA checkpoints.
-- ``repa.sample(model, noise, labels, sampler=..., steps=..., cfg_scale=..., guidance_interval=...)``.
+- ``repa.load_model(path)``: a ``LoadedModel`` (``.model``, ``.config``, ``.train_config``, ``.step``) with the EMA
+  network from this project's or the reference REPA checkpoints.
+- ``repa.sample(model, noise, labels, sampler=..., steps=..., cfg_scale=..., guidance_interval=...)``; ``model`` is
+  a network or a ``LoadedModel``.
 - ``repa.build_model(cfg)``, ``repa.model_config(name, **overrides)``, ``repa.MODELS``.
 - ``repa.train(cfg)`` with ``repa.TrainConfig``.
 """
@@ -11,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load_model": "repa.checkpoint",
+    "LoadedModel": "repa.checkpoint",
     "sample": "repa.samplers",
     "build_model": "repa.models",
     "model_config": "repa.models",

@@ -1,6 +1,6 @@
 """The SD-VAE (diffusers ``AutoencoderKL``) and its latent scale: the only place they live.
 
-The reference recipe stores the VAE posterior of every training image once (mean and std, REFERENCE section 2),
+The reference recipe stores the VAE posterior of every training image once (mean and std, as the REPA code's preprocessing does),
 draws a fresh sample ``mean + std * eps`` at every step and multiplies it by ``LATENT_SCALE``; generated latents are
 divided by it again before decoding. Images enter the VAE in [-1, 1].
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from repa.utils import from_uint8, to_uint8
 
 LATENT_SCALE = 0.18215                          # SD-VAE scaling factor (sd-vae-ft-mse / -ema); no shift
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"       # training latents; the paper decodes samples with sd-vae-ft-ema
@@ -84,7 +86,7 @@ def encode_moments(vae, images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch
         raise ValueError(f"encode_moments needs uint8 RGB images (B, 3, H, W), got {images.dtype} "
                          f"{tuple(images.shape)}; greyscale data is trained in pixel space or prepared with 3 channels")
     device, dtype = _vae_device_dtype(vae)
-    x = images.to(device).to(dtype) / 127.5 - 1.0                        # (B, 3, H, W) in [-1, 1]
+    x = from_uint8(images.to(device)).to(dtype)                         # (B, 3, H, W) in [-1, 1]
     posterior = vae.encode(x).latent_dist
     return posterior.mean.float(), posterior.std.float()
 
@@ -115,5 +117,4 @@ def decode(vae, latents_scaled: torch.Tensor) -> torch.Tensor:
         uint8 (B, 3, H, W) on the VAE's device, ``clamp(127.5 (x + 1), 0, 255)`` truncated like the reference.
     """
     device, dtype = _vae_device_dtype(vae)
-    x = vae.decode(latents_scaled.to(device, dtype) / LATENT_SCALE).sample.float()
-    return torch.clamp(127.5 * (x + 1.0), 0, 255).to(torch.uint8)
+    return to_uint8(vae.decode(latents_scaled.to(device, dtype) / LATENT_SCALE).sample)

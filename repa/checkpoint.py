@@ -1,5 +1,8 @@
 """Checkpoints: atomic, verifiable, loadable without unpickling arbitrary objects.
 
+``TrainingState`` is the one place that saves and restores a run (model, EMA, optimizer, loss scaler, loader
+position, RNG states, step; FSDP shards gathered), symmetrically as EDM2's checkpoint I/O does.
+
 This project's checkpoint is a ``torch.save`` dict of tensors and plain values only (``weights_only=True`` loads
 it); the resolved TrainConfig is embedded as JSON. ``load_model`` also reads the reference REPA checkpoints
 (``model``/``ema``/``opt``/``args``/``steps``, ``args`` an argparse Namespace, allow-listed) and bare state dicts,
@@ -8,18 +11,22 @@ inferring the architecture from the stored args or from the state-dict shapes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from repa.config import ModelConfig, TrainConfig, from_dict
+from repa import distributed
+from repa.config import ModelConfig, TrainConfig, to_json, train_config_from_dict
 from repa.integrity import (add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
                             verify_state_digest)
+from repa.models import build_model, heads_of, size_of
+from repa.models.released import ORIGINS, resolve_origin
+from repa.utils import atomic_write, atomic_write_text, library_versions, sha256_file
 
 FORMAT = "repa-checkpoint"
 FORMAT_VERSION = 1
@@ -32,14 +39,6 @@ class CheckpointError(ValueError):
 
 # ---- writing -------------------------------------------------------------------------------------------------------
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """Write ``obj`` to ``path`` through a temporary file and a rename, with a ``.sha256`` sidecar.
 
@@ -47,19 +46,12 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     write leaves only a ``.tmp`` file that nothing reads.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:    # the content digest travels inside the file too
         obj = add_state_digest(obj)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    sidecar_tmp = path.with_name(f".{path.name}.sha256.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = sha256_file(tmp)
-        sidecar_tmp.write_text(digest + "\n")
-        os.replace(sidecar_tmp, path.with_name(path.name + ".sha256"))
+        atomic_write(tmp, lambda f: torch.save(obj, f))
+        atomic_write_text(path.with_name(path.name + ".sha256"), sha256_file(tmp) + "\n")
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:      # torch.save reports a failed write as a RuntimeError
         error = checkpoint_write_error(path, exc)
@@ -68,7 +60,6 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         raise error from None
     finally:
         tmp.unlink(missing_ok=True)
-        sidecar_tmp.unlink(missing_ok=True)
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -141,11 +132,84 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, Path] | None:
     return None
 
 
+# ---- the training state -------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingState:
+    """Everything a run resumes from; ``state_dict`` and ``load_state_dict`` are inverses.
+
+    With ``sharded`` (FSDP) the model, EMA and optimizer shards are gathered into full state dicts on save and
+    scattered back on load; both are then collectives that every rank calls. RNG states are kept per rank.
+    """
+    cfg: TrainConfig
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    loader: object                  # repa.data.loader.BatchLoader: state_dict() / load_state_dict()
+    sharded: bool = False
+    step: int = 0
+    images_seen: int = 0
+
+    def state_dict(self) -> dict:
+        """The checkpoint dict (tensors and plain values only; a collective under FSDP)."""
+        if self.sharded:
+            weights = {"model": distributed.full_model_state(self.net), "ema": distributed.full_model_state(self.ema),
+                       "opt": distributed.full_optimizer_state(self.net, self.opt)}
+        else:
+            weights = {"model": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict()}
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": to_json(self.cfg), **weights,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "steps": self.step, "images_seen": self.images_seen, "data": self.loader.state_dict(),
+            "rng": distributed.all_gather_object(torch.get_rng_state()),
+            "cuda_rng": distributed.all_gather_object(torch.cuda.get_rng_state() if cuda else None),
+            "versions": library_versions("repa", "torch", "numpy"),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a checkpoint dict written by ``state_dict`` (a collective under FSDP)."""
+        if self.sharded:
+            distributed.load_full_model_state(self.net, state["model"])
+            distributed.load_full_model_state(self.ema, state["ema"])
+            distributed.load_full_optimizer_state(self.net, self.opt, state["opt"])
+        else:
+            self.net.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.loader.load_state_dict(state["data"])
+        self.step, self.images_seen = int(state["steps"]), int(state["images_seen"])
+        rank, world_size = distributed.rank(), distributed.world_size()
+        rng, cuda_rng = state.get("rng") or [], state.get("cuda_rng") or []
+        if len(rng) == world_size:          # a run resumed on another number of ranks keeps fresh RNG states
+            torch.set_rng_state(rng[rank])
+        if len(cuda_rng) == world_size and cuda_rng[rank] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda_rng[rank])
+
+    def save(self, run_dir: str | os.PathLike, keep_last: int, milestone_every: int = 0) -> Path:
+        """Write ``run_dir/checkpoints/STEP.pt`` (rank 0) and prune old ones; every rank calls it."""
+        state = self.state_dict()
+        path = checkpoint_path(run_dir, self.step)
+        if distributed.rank() == 0:
+            atomic_torch_save(state, path)
+            prune_checkpoints(run_dir, keep_last, milestone_every)
+        distributed.barrier()
+        return path
+
+    def resume(self, run_dir: str | os.PathLike) -> Path | None:
+        """Load the newest complete checkpoint of ``run_dir``, if any; returns its path."""
+        found = latest_checkpoint(run_dir)
+        if found is None:
+            return None
+        state, path = found
+        self.load_state_dict(state)
+        return path
+
+
 # ---- architecture inference for reference checkpoints ----------------------------------------------------------------
-
-HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1152: 16}
-SIZE_BY_SHAPE = {(12, 384): "S", (12, 768): "B", (24, 1024): "L", (28, 1152): "XL"}
-
 
 def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None) -> ModelConfig:
     """Rebuild the ModelConfig of a reference SiT/REPA state dict from its shapes (and its args when given)."""
@@ -169,10 +233,10 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
         i += 1
     num_classes = int(args.get("num_classes", rows - 1 if rows % 10 == 1 else rows))
     class_dropout = float(args.get("cfg_prob", 0.1 if rows == num_classes + 1 else 0.0))
-    size = SIZE_BY_SHAPE.get((depth, width))
+    size = size_of(int(depth), int(width))
     name = f"SiT-{size}/{patch}" if size else str(args.get("model", f"SiT-custom/{patch}"))
     # Heads are not visible in shapes: the paper's widths have fixed head counts, others use 64-d heads.
-    heads = int(args.get("num_heads", HEADS_BY_WIDTH.get(int(width), max(1, int(width) // 64))))
+    heads = int(args.get("num_heads", heads_of(int(width))))
     encoder_depth = int(args.get("encoder_depth", min(8, depth)))
     return ModelConfig(
         name=name, depth=depth, hidden_size=int(width), num_heads=heads, patch_size=int(patch),
@@ -195,23 +259,59 @@ def _strip_prefixes(state: dict) -> dict:
     return out
 
 
-def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | torch.device = "cpu"):
+@dataclass
+class LoadedModel:
+    """A network loaded from a checkpoint, with what the checkpoint says about it.
+
+    Attributes:
+        model: the network in eval mode, gradients off; ``model.config`` is its ``ModelConfig``.
+        train_config: the run's ``TrainConfig`` (None for reference and released checkpoints).
+        step: the training step the weights are from (0 when the file does not say).
+        path: the checkpoint file.
+    """
+    model: torch.nn.Module
+    train_config: TrainConfig | None = None
+    step: int = 0
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def interpolant(self) -> str:
+        """The interpolant path the network was trained on (``linear`` when the checkpoint does not say)."""
+        return self.train_config.objective.path if self.train_config is not None else "linear"
+
+
+def as_loaded(model: torch.nn.Module | LoadedModel) -> LoadedModel:
+    """``model`` when it is a ``LoadedModel``; a bare network wrapped as one (no training config, step 0)."""
+    return model if isinstance(model, LoadedModel) else LoadedModel(model)
+
+
+def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | torch.device = "cpu",
+               origin: str = "auto") -> LoadedModel:
     """Load a network in eval mode from a checkpoint of this project, a reference REPA checkpoint or a state dict.
 
     Args:
         path: the checkpoint file.
         which: ``ema`` (default, what the papers evaluate) or ``model`` (the live weights).
         device: where to put the model.
+        origin: for a checkpoint without this project's config, whose network it holds: ``auto`` (the rule of
+            ``repa.models.released.detect_origin``: the family from ``args.model`` or the file name, then
+            learned-sigma outputs without a projector are willisma/SiT's), ``repa`` (REPA's SiT), ``sit``
+            (willisma/SiT's, converted to repa's time convention) or ``dit`` (facebookresearch/DiT's).
     Returns:
-        The network, with ``.config`` (ModelConfig), ``.train_config`` (TrainConfig or None) and ``.step``.
+        A ``LoadedModel``: the network (``.model``, with ``.config``), the training config (or None) and the step.
     """
-    from repa.models import build_model
     if which not in ("ema", "model"):
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
     ckpt = load_checkpoint(path)
     train_config, args = None, {}
     if ckpt.get("format") == FORMAT:
-        train_config = from_dict(TrainConfig, json.loads(ckpt["config"]))
+        train_config = train_config_from_dict(json.loads(ckpt["config"]))
         model_cfg = train_config.model
         state = ckpt[which]
     elif which in ckpt or "model" in ckpt or "ema" in ckpt:
@@ -226,9 +326,11 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     else:
         raise CheckpointError(f"{path} is not a REPA/SiT checkpoint: expected keys 'ema'/'model' (with 'args', "
                               f"'steps') or a SiT state dict; found {sorted(ckpt)[:10]}")
-    if train_config is None:         # released DiT and SiT state dicts share one layout: settle the family
-        from repa.models.dit import resolve_released_family
-        model_cfg = resolve_released_family(model_cfg, path=path, args=args)
+    if train_config is None:         # REPA, willisma/SiT and DiT checkpoints share one layout: settle which
+        model_cfg = resolve_origin(model_cfg, origin, path=path, args=args)
+    elif origin != "auto":
+        raise ValueError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
+                         "checkpoints")
     try:
         check_finite(state, path, f"{which} weights")
     except ValueError as exc:
@@ -238,6 +340,5 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match {model_cfg.name}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    model.train_config = train_config
-    model.step = int(ckpt.get("steps", 0))
-    return model.to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    return LoadedModel(model, train_config, int(ckpt.get("steps", 0)), Path(path))

@@ -155,6 +155,12 @@ def _add_sample(sub) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.8, help="classifier-free guidance scale (1 = none)")
     p.add_argument("--guidance-low", type=float, default=0.0, help="guidance only for t in [low, high]")
     p.add_argument("--guidance-high", type=float, default=0.7)
+    p.add_argument("--guided-channels", type=_guided_channels, default=None, metavar="all|K",
+                   help="guide all data channels or the first K (default: the family's reference: 3 for DiT and "
+                        "released SiT checkpoints, all for REPA's SiT)")
+    p.add_argument("--origin", choices=("auto", "repa", "sit", "dit"), default="auto",
+                   help="network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's release "
+                        "(converted to repa's time) or facebookresearch/DiT's (default: auto, see docs/DIT.md)")
     p.add_argument("--labels", choices=("random", "balanced"), default="random")
     p.add_argument("--batch-size", type=int, default=64, help="per process; does not change the samples")
     p.add_argument("--seed", type=int, default=0)
@@ -168,8 +174,18 @@ def _add_sample(sub) -> None:
         sample_to_npz(args.checkpoint, args.out, num=args.num, seed=args.seed, sampler=args.sampler,
                       steps=args.steps, cfg_scale=args.cfg_scale,
                       guidance_interval=(args.guidance_low, args.guidance_high), labels=args.labels,
-                      batch_size=args.batch_size, vae=args.vae, which=args.which, device=args.device)
+                      batch_size=args.batch_size, vae=args.vae, which=args.which, device=args.device,
+                      guided_channels=args.guided_channels, origin=args.origin)
     p.set_defaults(func=run)
+
+
+def _guided_channels(value: str):
+    """``--guided-channels``: ``all`` or a positive integer."""
+    if value == "all":
+        return value
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {value!r}")
 
 
 def _add_eval(sub) -> None:

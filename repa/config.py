@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from repa.paths import PATHS as INTERPOLANTS
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the allowed values."""
@@ -40,10 +42,16 @@ class ModelConfig:
     encoder_depth: int = 8            # 1-based block whose output the projectors read
     encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
     projector_dim: int = 2048
+    projector: str = "mlp"            # "mlp" (REPA) or "conv" (iREPA: a k x k convolution on the token grid)
+    projector_kernel: int = 3         # kernel side of the conv projector (odd)
     mlp_ratio: float = 4.0
     qk_norm: bool = False
     learn_sigma: bool = False         # DiT with the improved-DDPM objective predicts 2C channels
     space: str = "latent"             # "latent" (SD-VAE latents, decoded for viewing) or "pixel" (in [-1, 1])
+    prediction: str = "velocity"      # what forward returns: "velocity" (interpolant) or "epsilon" (DDPM noise)
+    # The network's own time: "data_at_0" (REPA: t = 0 data, t = 1 noise; a DiT reads t = timestep / 1000) or
+    # "noise_at_0" (released willisma/SiT weights; repa.models.released converts them to data_at_0 at every call).
+    time_convention: str = "data_at_0"
 
     @property
     def family(self) -> str:
@@ -68,14 +76,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Denoising objective and the REPA term (REFERENCE section 1)."""
+    """Denoising objective (``repa.objectives``) and the REPA term (Yu et al. 2025, Eq. 8)."""
     kind: str = "interpolant"         # "interpolant" (SiT, velocity) or "iddpm" (DiT, epsilon + learned sigma)
     path: str = "linear"              # linear | cosine
-    prediction: str = "velocity"
     time_sampling: str = "uniform"    # uniform | lognormal
     proj_coeff: float = 0.5           # lambda; 0 gives the vanilla model
     align_stop_step: int = 0          # > 0: the alignment term is off from this step on (HASTE-style)
     align_decay_steps: int = 0        # > 0: lambda decays linearly to 0 over this many steps before the stop
+    # What the projected tokens are aligned with: "encoders" (the frozen teachers: REPA, iREPA, HASTE) or "self"
+    # (SRA: a later block of the model's own EMA at lower noise; no teacher, ``encoders`` empty).
+    target: str = "encoders"
+    target_norm: str = "none"         # "none" or "spatial" (iREPA: (y - gamma * mean_tokens y) / std_tokens y)
+    target_norm_gamma: float = 0.6    # gamma of the spatial normalisation (iREPA's SiT code: 0.6; JiT: 0.8)
+    attn_coeff: float = 0.0           # HASTE: weight of the attention-map alignment (0: off)
+    attn_layers: tuple[int, ...] = ()          # HASTE: 1-based model blocks whose attention maps are aligned...
+    attn_teacher_layers: tuple[int, ...] = ()  # ...with these 1-based teacher blocks (pairwise)
+    self_depth: int = 0               # SRA: 1-based EMA block giving the targets (> model.encoder_depth)
+    self_time_gap: float = 0.2        # SRA: the EMA sees t - gap * U(0, 1), clamped to [0, 1]
 
 
 @dataclass(frozen=True)
@@ -134,10 +151,16 @@ class TrainConfig:
 # Validation
 # ----------------------------------------------------------------------------------------------------------------
 
-PATHS = ("linear", "cosine")
+PATHS = tuple(INTERPOLANTS)
+PROJECTORS = ("mlp", "conv")
+ALIGN_TARGETS = ("encoders", "self")
+TARGET_NORMS = ("none", "spatial")
 TIME_SAMPLINGS = ("uniform", "lognormal")
 PRECISIONS = ("fp32", "bf16", "fp16")
-OBJECTIVES = ("interpolant", "iddpm")
+# What a network trained with each objective (repa.objectives.OBJECTIVES) predicts.
+OBJECTIVE_PREDICTIONS = {"interpolant": "velocity", "iddpm": "epsilon"}
+PREDICTIONS = ("velocity", "epsilon")
+TIME_CONVENTIONS = ("data_at_0", "noise_at_0")
 
 
 def _require(ok: bool, field_name: str, message: str) -> None:
@@ -160,14 +183,21 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.num_classes >= 1, "model.num_classes", f"must be >= 1, got {m.num_classes}")
     _require(m.space in ("latent", "pixel"), "model.space", f"must be 'latent' or 'pixel', got {m.space!r}")
     _require(all(e >= 1 for e in m.encoder_dims), "model.encoder_dims", f"must be positive, got {m.encoder_dims}")
+    _require(m.prediction in PREDICTIONS, "model.prediction", f"must be one of {PREDICTIONS}, got {m.prediction!r}")
+    _require(m.time_convention in TIME_CONVENTIONS, "model.time_convention",
+             f"must be one of {TIME_CONVENTIONS}, got {m.time_convention!r}")
+    _require(m.time_convention == "data_at_0" or (m.family == "SiT" and m.prediction == "velocity"),
+             "model.time_convention", f"{m.time_convention!r} is willisma/SiT's convention: a SiT velocity network "
+             f"(got {m.name}, prediction {m.prediction!r})")
+    _require(m.projector in PROJECTORS, "model.projector", f"must be one of {PROJECTORS}, got {m.projector!r}")
+    _require(m.projector_kernel >= 1 and m.projector_kernel % 2 == 1, "model.projector_kernel",
+             f"must be an odd positive integer (the conv keeps the token grid), got {m.projector_kernel}")
 
 
 def validate_objective(o: ObjectiveConfig) -> None:
-    _require(o.kind in OBJECTIVES, "objective.kind", f"must be one of {OBJECTIVES}, got {o.kind!r}")
+    kinds = tuple(OBJECTIVE_PREDICTIONS)
+    _require(o.kind in kinds, "objective.kind", f"must be one of {kinds}, got {o.kind!r}")
     _require(o.path in PATHS, "objective.path", f"must be one of {PATHS}, got {o.path!r}")
-    wanted = "epsilon" if o.kind == "iddpm" else "velocity"
-    _require(o.prediction == wanted, "objective.prediction", f"must be {wanted!r} for objective.kind={o.kind!r}, "
-             f"got {o.prediction!r}")
     _require(o.kind != "iddpm" or o.time_sampling == "uniform", "objective.time_sampling",
              "the iddpm objective samples timesteps uniformly; use 'uniform'")
     _require(o.time_sampling in TIME_SAMPLINGS, "objective.time_sampling",
@@ -177,12 +207,40 @@ def validate_objective(o: ObjectiveConfig) -> None:
              "align_stop_step and align_decay_steps must be >= 0")
     _require(o.align_decay_steps == 0 or o.align_stop_step > 0, "objective.align_decay_steps",
              "a decay needs objective.align_stop_step > 0 (the step where lambda reaches 0)")
+    _require(o.target in ALIGN_TARGETS, "objective.target", f"must be one of {ALIGN_TARGETS}, got {o.target!r}")
+    _require(o.target_norm in TARGET_NORMS, "objective.target_norm",
+             f"must be one of {TARGET_NORMS}, got {o.target_norm!r}")
+    _require(0.0 <= o.target_norm_gamma <= 1.0, "objective.target_norm_gamma",
+             f"must be in [0, 1] (the share of the token mean removed), got {o.target_norm_gamma}")
+    _require(o.attn_coeff >= 0, "objective.attn_coeff", f"must be >= 0, got {o.attn_coeff}")
+    if o.attn_coeff > 0:
+        _require(o.kind == "interpolant", "objective.attn_coeff",
+                 f"attention alignment (HASTE) runs on the interpolant objective; got objective.kind={o.kind!r}")
+        _require(o.target == "encoders", "objective.attn_coeff",
+                 "attention alignment (HASTE) needs a teacher encoder; it cannot run with objective.target='self'")
+        _require(len(o.attn_layers) >= 1 and len(o.attn_layers) == len(o.attn_teacher_layers),
+                 "objective.attn_layers", "HASTE needs as many model blocks (objective.attn_layers) as teacher "
+                 f"blocks (objective.attn_teacher_layers), at least one; got {o.attn_layers} and "
+                 f"{o.attn_teacher_layers} (the reference: 5,6,7,8 with 9,10,11,12)")
+        _require(all(i >= 1 for i in o.attn_layers + o.attn_teacher_layers), "objective.attn_layers",
+                 "block indices are 1-based; got 0 or a negative index")
+    if o.target == "self":
+        _require(o.kind == "interpolant", "objective.target",
+                 f"self-alignment (SRA) runs on the interpolant objective; got objective.kind={o.kind!r}")
+        _require(o.proj_coeff > 0, "objective.proj_coeff", "self-alignment (objective.target='self') needs "
+                 "objective.proj_coeff > 0 (the SRA weight; the reference uses 0.5)")
+        _require(0.0 <= o.self_time_gap <= 1.0, "objective.self_time_gap",
+                 f"must be in [0, 1], got {o.self_time_gap}")
 
 
 def validate_train(c: TrainConfig) -> None:
     """Validate every section of a training config; raises ConfigError naming the field."""
     validate_model(c.model)
     validate_objective(c.objective)
+    wanted = OBJECTIVE_PREDICTIONS[c.objective.kind]
+    _require(c.model.prediction == wanted, "model.prediction",
+             f"objective.kind={c.objective.kind!r} trains a {wanted} network; set model.prediction={wanted} "
+             f"(got {c.model.prediction!r})")
     _require(c.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {c.precision!r}")
     _require(c.parallel in ("ddp", "fsdp"), "parallel", f"must be 'ddp' or 'fsdp', got {c.parallel!r}")
     _require(c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}")
@@ -195,10 +253,25 @@ def validate_train(c: TrainConfig) -> None:
     _require(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
     _require(c.log_every >= 1 and c.ckpt_every >= 1, "log_every", "log_every and ckpt_every must be >= 1")
     _require(c.keep_last >= 1, "keep_last", f"must be >= 1, got {c.keep_last}")
-    if c.objective.proj_coeff > 0:
+    o, m = c.objective, c.model
+    if o.target == "self":
+        _require(not c.encoders, "encoders", f"self-alignment (objective.target='self', SRA) uses no teacher; set "
+                 f"encoders to an empty list (got {list(c.encoders)})")
+        _require(m.encoder_dims == (m.hidden_size,), "model.encoder_dims",
+                 f"self-alignment projects to the model's own width: set model.encoder_dims={m.hidden_size} "
+                 f"(got {m.encoder_dims})")
+        _require(m.encoder_depth < o.self_depth <= m.depth, "objective.self_depth",
+                 f"the EMA block that gives the targets must be deeper than model.encoder_depth={m.encoder_depth} "
+                 f"and at most model.depth={m.depth}; got {o.self_depth} (the reference: 8 -> 20 for SiT-XL/2)")
+    elif o.proj_coeff > 0 or o.attn_coeff > 0:
         _require(len(c.encoders) >= 1, "encoders", "REPA (objective.proj_coeff > 0) needs at least one encoder")
-        _require(len(c.encoders) == len(c.model.encoder_dims), "model.encoder_dims",
-                 f"has {len(c.model.encoder_dims)} entries but {len(c.encoders)} encoders are configured")
+        _require(len(c.encoders) == len(m.encoder_dims), "model.encoder_dims",
+                 f"has {len(m.encoder_dims)} entries but {len(c.encoders)} encoders are configured")
+    if o.attn_coeff > 0:
+        _require(max(o.attn_layers) <= m.depth, "objective.attn_layers",
+                 f"model blocks {o.attn_layers} outside 1..{m.depth} (the model depth)")
+        _require(len(c.encoders) == 1, "encoders", "attention alignment (HASTE) reads one teacher's attention "
+                 f"maps; configure exactly one encoder (got {list(c.encoders)})")
     _require(not c.encoder_weights or len(c.encoder_weights) == len(c.encoders), "encoder_weights",
              "give one path per encoder, or none")
 
@@ -261,6 +334,18 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
                           f"{sorted(prefix + n for n in names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """A TrainConfig from its JSON dict (``config.json``, a checkpoint), including configs written before the
+    prediction moved from ``objective.prediction`` to ``model.prediction``."""
+    data = json.loads(json.dumps(data))
+    objective, model = data.get("objective", {}), data.get("model", {})
+    if isinstance(objective, dict) and "prediction" in objective:
+        prediction = objective.pop("prediction")
+        if isinstance(model, dict):
+            model.setdefault("prediction", prediction)
+    return from_dict(TrainConfig, data)
 
 
 def parse_value(text: str, tp: Any, name: str) -> Any:

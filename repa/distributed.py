@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from repa.models.sit import FeaturesView
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -39,6 +41,16 @@ def init(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, dev)
 
 
+def rank() -> int:
+    """This process's rank (0 in a single process)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 in a single process)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -50,12 +62,14 @@ def barrier() -> None:
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare network inside DistributedDataParallel and/or torch.compile wrappers."""
+    """The bare network inside DistributedDataParallel, torch.compile and ``FeaturesView`` wrappers."""
     while True:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
+        elif isinstance(model, FeaturesView):
+            model = model.net
         else:
             return model
 
@@ -89,11 +103,17 @@ def broadcast_object(obj, src: int = 0):
 # ---- FSDP (fully sharded data parallel, torch's fully_shard) ---------------------------------------------------
 
 def shard(net: torch.nn.Module) -> torch.nn.Module:
-    """Shard ``net`` across ranks with FSDP2: each transformer block, then the root (embeddings, final layer)."""
-    from torch.distributed.fsdp import fully_shard
+    """Shard ``net`` across ranks with FSDP2: each transformer block, then the root (embeddings, final layer).
+
+    ``forward_features`` (the training entry point) is registered as a forward method, so the root's parameters
+    are gathered for it as for ``forward``.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
     for block in net.blocks:
         fully_shard(block)
     fully_shard(net)
+    if hasattr(net, "forward_features"):
+        register_fsdp_forward_method(net, "forward_features")
     return net
 
 

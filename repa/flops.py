@@ -7,6 +7,7 @@ One MAC = 2 FLOPs; a training step costs 3x the forward pass (forward + backward
 from __future__ import annotations
 
 from repa.config import ModelConfig
+from repa.encoders import get_spec
 
 
 def transformer_block_macs(tokens: int, width: int, mlp_ratio: float = 4.0) -> int:
@@ -33,13 +34,18 @@ def vit_forward_macs(tokens: int, width: int, depth: int, patch: int, channels: 
     return int(tokens * patch * patch * channels * width + depth * transformer_block_macs(tokens, width))
 
 
-# Teachers of the benchmarks: (tokens incl. CLS at 224 px, width, depth, patch)
-TEACHERS = {"dinov2-vit-b": (257, 768, 12, 14), "dinov2-vit-l": (257, 1024, 24, 14),
-            "dinov2-vit-s": (257, 384, 12, 14), "dinov2-vit-g": (257, 1536, 40, 14)}
+# Depth of the benchmarks' teachers; width and patch come from the encoder registry.
+TEACHER_DEPTHS = {"dinov2-vit-s": 12, "dinov2-vit-b": 12, "dinov2-vit-l": 24, "dinov2-vit-g": 40}
+
+
+def teacher_shape(name: str, resolution: int = 224) -> tuple[int, int, int, int]:
+    """(tokens incl. CLS, width, depth, patch) of teacher ``name`` on ``resolution`` px inputs."""
+    spec = get_spec(name)
+    return ((resolution // spec.patch_size) ** 2 + 1, spec.embed_dim, TEACHER_DEPTHS[name], spec.patch_size)
 
 
 def repa_train_step_flops(cfg: ModelConfig, batch: int, teacher: str | None, projector: bool = True) -> float:
     """FLOPs of one training step: 3x (SiT forward + projector) + 1x teacher forward (None: cached/vanilla)."""
     model = 3 * sit_forward_macs(cfg, with_projector=projector)
-    enc = vit_forward_macs(*TEACHERS[teacher]) if teacher else 0
+    enc = vit_forward_macs(*teacher_shape(teacher)) if teacher else 0
     return 2.0 * batch * (model + enc)

@@ -1,6 +1,8 @@
-"""The REPA objective (Yu et al. 2025, Eq. 8): denoising loss + lambda * token-wise alignment loss.
+"""The loss terms of REPA (Yu et al. 2025, Eq. 8): denoising, token-wise alignment, and their sum; and the terms
+its successors add: iREPA's spatial normalisation of the targets, HASTE's attention-map alignment.
 
-Time sampling, the velocity-matching loss and the alignment loss live here and nowhere else.
+Pure functions of tensors (and the model's ``ModelOutput``); the objectives that produce their inputs (the
+interpolant of SiT, DiT's improved DDPM) are in ``repa.objectives``.
 """
 from __future__ import annotations
 
@@ -9,19 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from repa.config import ObjectiveConfig
-from repa.paths import get_path
-
-
-def sample_time(batch_size: int, cfg: ObjectiveConfig, *, generator: torch.Generator | None = None,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """Draw t (B,) in [0, 1]: uniform, or lognormal (sigma = exp(N(0, 1)) mapped through the path)."""
-    if cfg.time_sampling == "uniform":
-        return torch.rand(batch_size, generator=generator, device=device)
-    if cfg.time_sampling == "lognormal":
-        ratio = torch.exp(torch.randn(batch_size, generator=generator, device=device))
-        return get_path(cfg.path).time_from_sigma_ratio(ratio)
-    raise ValueError(f"objective.time_sampling: unknown {cfg.time_sampling!r}; use 'uniform' or 'lognormal'")
+from repa.models.sit import ModelOutput
 
 
 def drop_labels(labels: torch.Tensor, uniforms: torch.Tensor, prob: float, null_class: int) -> torch.Tensor:
@@ -58,45 +48,76 @@ def alignment_loss(projected: list[torch.Tensor], targets: list[torch.Tensor]) -
     return torch.stack(per_encoder).mean(dim=0)
 
 
+def spatial_normalize(tokens: torch.Tensor, gamma: float, eps: float = 1e-6) -> torch.Tensor:
+    """iREPA's spatial normalisation of teacher tokens (B, N, E), over the token axis, per channel:
+
+        y' = (y - gamma * mean_n y) / (std_n y + eps)
+
+    with the unbiased standard deviation, as ``spatial_zscore`` of End2End-Diffusion/iREPA. Removing the part
+    of every token shared by the whole image (gamma = 1: all of it) leaves the contrast between positions, the
+    spatial structure that the paper finds predicts the gain. Computed in float32.
+    """
+    y = tokens.float()
+    return (y - gamma * y.mean(dim=1, keepdim=True)) / (y.std(dim=1, keepdim=True) + eps)
+
+
+def attention_alignment_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor]) -> torch.Tensor:
+    """HASTE's attention term (Wang et al. 2025): cross-entropy of the model's attention rows against the teacher's.
+
+    For each aligned pair of blocks, with the teacher's H_t heads matched to the model's first H_t heads:
+    ``-sum_j p_teacher[b, h, i, j] * log softmax_j(logits_model[b, h, i, :])``, averaged over samples, heads and
+    query tokens, then over the pairs.
+
+    Args:
+        student_logits: one (B, H_s, N, N) attention-logit tensor per aligned model block, H_s >= H_t.
+        teacher_probs: one (B, H_t, N, N) teacher attention distribution (rows sum to 1) per pair.
+    Returns:
+        (B,): the per-sample loss averaged over heads, queries and pairs.
+    """
+    if len(student_logits) != len(teacher_probs) or not student_logits:
+        raise ValueError(f"{len(student_logits)} model attention maps but {len(teacher_probs)} teacher maps")
+    per_pair = []
+    for s, p in zip(student_logits, teacher_probs):
+        heads = p.shape[1]
+        if s.shape[1] < heads or s.shape[2:] != p.shape[2:] or s.shape[0] != p.shape[0]:
+            raise ValueError(f"model attention {tuple(s.shape)} cannot be matched to teacher attention "
+                             f"{tuple(p.shape)}: the model needs at least as many heads and the same token grid")
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            log_q = torch.log_softmax(s[:, :heads].float(), dim=-1)              # (B, H_t, N, N)
+            per_pair.append(-(p.float() * log_q).sum(dim=-1).mean(dim=(1, 2)))    # (B,)
+    return torch.stack(per_pair).mean(dim=0)
+
+
 @dataclass
 class LossOutput:
-    """Scalar losses of one batch: ``total`` = ``denoise`` + lambda * ``align``."""
+    """Scalar losses of one batch: ``total`` = ``denoise`` + lambda * ``align`` (+ attn_coeff * ``attn``)."""
     total: torch.Tensor
     denoise: torch.Tensor
     align: torch.Tensor
+    attn: torch.Tensor | None = None
 
 
-def repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
-              cfg: ObjectiveConfig, *, t: torch.Tensor, noise: torch.Tensor,
-              proj_coeff: float | None = None) -> LossOutput:
-    """One evaluation of the REPA objective on clean inputs x0 (B, C, H, W).
-
-    Args:
-        model: a SiT (or the DDP wrapper of one) called as ``model(x_t, t, y, project=...)``.
-        encoder_tokens: frozen-encoder tokens of the clean images, one (B, N, E) per encoder; ignored when
-            the effective lambda is 0.
-        cfg: the objective section (path, lambda).
-        t: (B,) diffusion times (``sample_time``); noise: (B, C, H, W) standard normal.
-        proj_coeff: the lambda for this step (defaults to ``cfg.proj_coeff``; the trainer passes the scheduled one).
-    """
-    if cfg.kind == "iddpm":          # DiT's improved-DDPM objective: repa.diffusion
-        from repa.diffusion.objective import iddpm_repa_loss
-        return iddpm_repa_loss(model, x0, labels, encoder_tokens, cfg, t=t, noise=noise, proj_coeff=proj_coeff)
-    lam = cfg.proj_coeff if proj_coeff is None else proj_coeff
-    path = get_path(cfg.path)
-    x_t = path.interpolate(x0, noise, t)
-    target = path.velocity(x0, noise, t)
-    out = model(x_t, t, labels, project=lam > 0)
-    prediction = (out.velocity if lam > 0 else out)[:, : x0.shape[1]]   # learned-sigma nets: the first C channels
-    return with_alignment(denoising_loss(prediction, target).mean(), out, encoder_tokens, lam)
-
-
-def with_alignment(denoise: torch.Tensor, out, encoder_tokens: list[torch.Tensor] | None, lam: float) -> LossOutput:
-    """Eq. 8: total = denoising loss + lambda * alignment loss of the model output's projected tokens."""
+def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list[torch.Tensor] | None,
+                   lam: float, *, attn_coeff: float = 0.0, student_attention: list[torch.Tensor] | None = None,
+                   teacher_attention: list[torch.Tensor] | None = None) -> LossOutput:
+    """Eq. 8: total = denoising loss + lambda * alignment loss of the model output's projected tokens; with
+    ``attn_coeff`` > 0, plus HASTE's attention term of ``student_attention`` against ``teacher_attention``."""
     if lam > 0:
         if not encoder_tokens:
             raise ValueError("REPA (lambda > 0) needs encoder tokens for every batch")
         align = alignment_loss(out.projected, encoder_tokens).mean()
     else:
         align = torch.zeros((), device=denoise.device)
-    return LossOutput(denoise + lam * align, denoise.detach(), align.detach())
+    total = denoise + lam * align
+    attn = None
+    if attn_coeff > 0:
+        if not teacher_attention or not student_attention:
+            raise ValueError("attention alignment (attn_coeff > 0) needs the model's and the teacher's attention maps")
+        attn = attention_alignment_loss(student_attention, teacher_attention).mean()
+        total = total + attn_coeff * attn
+        attn = attn.detach()
+    return LossOutput(total, denoise.detach(), align.detach(), attn)
+
+
+__all__ = ["LossOutput", "alignment_loss", "attention_alignment_loss", "denoising_loss", "drop_labels",
+           "spatial_normalize", "with_alignment"]

@@ -1,6 +1,7 @@
 """Interpolants x_t = alpha(t) x0 + sigma(t) noise (t = 0 data, t = 1 noise) and the velocity/score conversions.
 
-The only place this math lives (REFERENCE section 1 and 4); training, sampling and analysis import it.
+The only place this math lives (SiT, Ma et al. 2024, Sec. 2 and its score-from-velocity relation); training,
+sampling and analysis import it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (like.ndim - 1))) if t.ndim else t
 
 
-class Path:
+class Interpolant:
     """An interpolant defined by alpha(t), sigma(t) and their derivatives."""
     name = ""
 
@@ -46,7 +47,7 @@ class Path:
         raise NotImplementedError
 
 
-class LinearPath(Path):
+class LinearPath(Interpolant):
     """alpha = 1 - t, sigma = t: the rectified-flow / SiT linear interpolant; v = noise - x0."""
     name = "linear"
 
@@ -57,7 +58,7 @@ class LinearPath(Path):
     def time_from_sigma_ratio(self, ratio): return ratio / (1 + ratio)
 
 
-class CosinePath(Path):
+class CosinePath(Interpolant):
     """alpha = cos(pi t / 2), sigma = sin(pi t / 2): the variance-preserving trigonometric interpolant."""
     name = "cosine"
 
@@ -68,10 +69,10 @@ class CosinePath(Path):
     def time_from_sigma_ratio(self, ratio): return 2 / math.pi * torch.atan(ratio)
 
 
-PATHS: dict[str, Path] = {"linear": LinearPath(), "cosine": CosinePath()}
+PATHS: dict[str, Interpolant] = {"linear": LinearPath(), "cosine": CosinePath()}
 
 
-def get_path(name: str) -> Path:
+def get_path(name: str) -> Interpolant:
     """The interpolant called ``name`` (``linear`` or ``cosine``)."""
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; known paths: {', '.join(PATHS)}")

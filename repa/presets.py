@@ -3,43 +3,76 @@
 ``SiT-XL/2-REPA-256`` is the paper's main run (DINOv2-B, encoder depth 8, lambda 0.5, ImageNet 256, batch 256);
 ``...-vanilla-...`` twins set lambda to 0. ``fmnist-*`` presets train small pixel-space models on Fashion-MNIST
 with the offline EfficientNet-Lite0 teacher.
+
+The successors of REPA (docs/VARIANTS.md) change only what their reference code changes from that run:
+``-iREPA-`` (conv projector, spatially normalised targets), ``-SRA-`` (no teacher: the model's EMA),
+``-HASTE-`` (attention-map alignment, both terms stopped at 250K steps).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from repa.config import DataConfig, ObjectiveConfig, TrainConfig
+from repa.config import ConfigError, DataConfig, ObjectiveConfig, TrainConfig
+from repa.encoders import encoder_dims
 from repa.models import model_config
-
-# Encoder width of the presets' teachers (kept here so presets need no encoder import).
-DINOV2_B_DIM = 768
-EFFNET_LITE0_STRIDE16_DIM = 112
 
 
 def _imagenet(model: str, encoder_depth: int, resolution: int, proj_coeff: float) -> TrainConfig:
     latent = resolution // 8
     tag = "repa" if proj_coeff > 0 else "vanilla"
+    teachers = ("dinov2-vit-b",)
     return TrainConfig(
         model=model_config(model, input_size=latent, in_channels=4, num_classes=1000, encoder_depth=encoder_depth,
-                           encoder_dims=(DINOV2_B_DIM,)),
+                           encoder_dims=encoder_dims(teachers)),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(resolution=resolution),
-        encoders=("dinov2-vit-b",),
+        encoders=teachers,
         run_dir=f"runs/{model.replace('/', '-').lower()}-{tag}-{resolution}",
         global_batch_size=256, max_steps=400_000, precision="fp16",
         ckpt_every=50_000, log_every=100,
     )
 
 
+def irepa(model: str, encoder_depth: int, resolution: int = 256) -> TrainConfig:
+    """iREPA (End2End-Diffusion/iREPA, ``ldm/configs/irepa.yaml``): 3x3 conv projector, spatial normalisation
+    with gamma 0.6 (the code's default for SiT), lambda 1.0; everything else as the REPA run."""
+    base = _imagenet(model, encoder_depth, resolution, 1.0)
+    return dataclasses.replace(
+        base, model=dataclasses.replace(base.model, projector="conv", projector_kernel=3),
+        objective=dataclasses.replace(base.objective, target_norm="spatial", target_norm_gamma=0.6),
+        run_dir=base.run_dir.replace("-repa-", "-irepa-"))
+
+
+def sra(model: str, student_block: int, ema_block: int, resolution: int = 256) -> TrainConfig:
+    """SRA (vvvvvjdy/SRA, SiT-SRA): no teacher; block ``student_block`` (through the projector) aligned with block
+    ``ema_block`` of the EMA at t - 0.2 u, weight 0.5 (the code's weight for its cosine loss)."""
+    base = _imagenet(model, student_block, resolution, 0.5)
+    return dataclasses.replace(
+        base, encoders=(), model=dataclasses.replace(base.model, encoder_dims=(base.model.hidden_size,)),
+        objective=dataclasses.replace(base.objective, target="self", self_depth=ema_block, self_time_gap=0.2),
+        run_dir=base.run_dir.replace("-repa-", "-sra-"))
+
+
+def haste(model: str, resolution: int = 256, stop_step: int = 250_000) -> TrainConfig:
+    """HASTE (NUS-HPC-AI-Lab/HASTE, README's SiT-XL/2 run): REPA at depth 8 plus attention alignment (weight 0.5)
+    of model blocks 5-8 with DINOv2-B blocks 9-12, both terms off from ``stop_step``."""
+    base = _imagenet(model, 8, resolution, 0.5)
+    return dataclasses.replace(
+        base, objective=dataclasses.replace(base.objective, attn_coeff=0.5, attn_layers=(5, 6, 7, 8),
+                                            attn_teacher_layers=(9, 10, 11, 12), align_stop_step=stop_step),
+        run_dir=base.run_dir.replace("-repa-", "-haste-"))
+
+
 def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainConfig:
     """Small pixel-space SiT on Fashion-MNIST 28x28 (patch 2: 14x14 tokens), EfficientNet-Lite0 teacher."""
+    teachers = ("efficientnet-lite0",)
     return TrainConfig(
         model=model_config("SiT-S/2", depth=depth, hidden_size=width, num_heads=4, input_size=28, in_channels=1,
-                           num_classes=10, encoder_depth=2, encoder_dims=(EFFNET_LITE0_STRIDE16_DIM,),
+                           num_classes=10, encoder_depth=2, encoder_dims=encoder_dims(teachers),
                            projector_dim=512, space="pixel"),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(path="runs/data/fashion-mnist", resolution=28, num_workers=0),
-        encoders=("efficientnet-lite0",),
+        encoders=teachers,
         run_dir=f"runs/fmnist-{'repa' if proj_coeff > 0 else 'vanilla'}",
         global_batch_size=64, max_steps=2000, ema_decay=0.999, optim=dataclasses.replace(
             TrainConfig().optim, lr=3e-4), precision="fp32", log_every=25, ckpt_every=500, sample_every=0,
@@ -55,6 +88,11 @@ PRESETS = {
     "SiT-XL/2-vanilla-256": lambda: _imagenet("SiT-XL/2", 8, 256, 0.0),
     "SiT-XL/2-REPA-512": lambda: _imagenet("SiT-XL/2", 8, 512, 0.5),
     "SiT-XL/2-vanilla-512": lambda: _imagenet("SiT-XL/2", 8, 512, 0.0),
+    "SiT-B/2-iREPA-256": lambda: irepa("SiT-B/2", 4),
+    "SiT-XL/2-iREPA-256": lambda: irepa("SiT-XL/2", 8),
+    "SiT-B/2-SRA-256": lambda: sra("SiT-B/2", 4, 8),
+    "SiT-XL/2-SRA-256": lambda: sra("SiT-XL/2", 8, 20),
+    "SiT-XL/2-HASTE-256": lambda: haste("SiT-XL/2"),
     "fmnist-REPA": lambda: fmnist(0.5),
     "fmnist-vanilla": lambda: fmnist(0.0),
 }
@@ -63,6 +101,5 @@ PRESETS = {
 def get_preset(name: str) -> TrainConfig:
     """The TrainConfig of preset ``name``; an unknown name lists the known ones."""
     if name not in PRESETS:
-        from repa.config import ConfigError
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -30,7 +30,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _read_config_file(path: str) -> TrainConfig:
     """A TrainConfig from a config.json; every problem names the file."""
-    from repa.config import ConfigError, from_dict
+    from repa.config import ConfigError, train_config_from_dict
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -44,14 +44,18 @@ def _read_config_file(path: str) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path} holds a JSON {type(data).__name__}, not a config object")
     try:
-        return from_dict(TrainConfig, data)
+        return train_config_from_dict(data)
     except (ConfigError, TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"--config {path}: {exc}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset (or --config file), then the given field overrides, then validation."""
+    """Preset (or --config file), then the given field overrides, then validation (encoders included).
+
+    ``model.encoder_dims`` follows ``--encoders`` unless it is given too: it is derived from the encoder registry.
+    """
     from repa.config import apply_overrides, parse_value, validate_train
+    from repa.encoders import check_train_encoders, encoder_dims
     from repa.presets import get_preset
     if args.config:
         cfg = _read_config_file(args.config)
@@ -63,7 +67,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {key[len("field:"):]: value for key, value in vars(args).items()
                  if key.startswith("field:") and value is not None}
     cfg = apply_overrides(cfg, {k: parse_value(v, types[k], k) for k, v in overrides.items()})
+    if "encoders" in overrides and "model.encoder_dims" not in overrides:
+        cfg = apply_overrides(cfg, {"model.encoder_dims": encoder_dims(cfg.encoders)})
     validate_train(cfg)
+    check_train_encoders(cfg)
     return cfg
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -14,16 +13,18 @@ from repa.config import ObjectiveConfig, OptimConfig, TrainConfig
 
 
 class NonFiniteError(RuntimeError):
-    """The loss or the gradient became NaN/inf; ``step`` is the first bad step."""
+    """The loss or the gradient became NaN/inf; ``step`` is the first bad step, ``checkpoint`` the last good one."""
 
-    def __init__(self, step: int, reason: str):
+    def __init__(self, step: int, reason: str, checkpoint=None):
         super().__init__(f"non-finite training at step {step}: {reason}")
-        self.step, self.reason = step, reason
+        self.step, self.reason, self.checkpoint = step, reason, checkpoint
 
 
-def lambda_at(objective: ObjectiveConfig, step: int) -> float:
-    """The REPA coefficient at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step``."""
-    lam, stop, decay = objective.proj_coeff, objective.align_stop_step, objective.align_decay_steps
+def lambda_at(objective: ObjectiveConfig, step: int, coeff: float | None = None) -> float:
+    """The REPA coefficient at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step``.
+    ``coeff`` (default ``objective.proj_coeff``) is the weight scheduled, e.g. HASTE's ``attn_coeff``."""
+    lam = objective.proj_coeff if coeff is None else coeff
+    stop, decay = objective.align_stop_step, objective.align_decay_steps
     if stop <= 0:
         return lam
     if step >= stop:
@@ -48,14 +49,6 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def environment_versions() -> dict:
-    """Library versions stored with every checkpoint."""
-    import numpy
-    from repa import __version__
-    return {"repa": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
-
-
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep only the records of ``metrics.jsonl`` up to ``step`` (the step a run resumes from), atomically."""
     if not path.is_file():
@@ -70,10 +63,8 @@ def truncate_metrics(path: Path, step: int) -> None:
         if record_step <= step:
             kept.append(line if line.endswith("\n") else line + "\n")
     if kept != lines:
-        import os
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        from repa.utils import atomic_write_text
+        atomic_write_text(path, "".join(kept))
 
 
 class MetricsLog:

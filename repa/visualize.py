@@ -1,22 +1,16 @@
 """Turning model-space samples into images: uint8 conversion, grids, PNG files."""
 from __future__ import annotations
 
+import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def from_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) -> pixel-space model inputs in [-1, 1] (the inverse of ``to_uint8``)."""
-    return images.float() / 127.5 - 1
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Pixel-space samples in [-1, 1] (B, C, H, W) -> uint8 via clamp(127.5 (x + 1), 0, 255)."""
-    return torch.clamp(127.5 * (x.float() + 1), 0, 255).to(torch.uint8)
+from repa.checkpoint import as_loaded
+from repa.samplers import sample
+from repa.utils import atomic_write, to_uint8
 
 
 def image_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -33,18 +27,15 @@ def image_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, pad: 
     return grid
 
 
-def save_png(grid: np.ndarray, path: str | os.PathLike) -> None:
+def save_png(grid: np.ndarray, path: str | Path) -> None:
     """Write an (H, W, C) uint8 array as PNG atomically (temporary file + rename)."""
     from PIL import Image
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = grid[..., 0] if grid.shape[-1] == 1 else grid
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)     # after a failure (or an interruption): no temporary file stays behind
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 @torch.no_grad()
@@ -52,19 +43,20 @@ def sample_images(model, num: int, *, steps: int = 50, cfg_scale: float = 1.0, s
                   sampler: str | None = None, labels: torch.Tensor | None = None, decode=None) -> torch.Tensor:
     """Draw ``num`` samples (labels cycling through the classes unless given) and return uint8 (B, C, H, W).
 
+    ``model`` is a ``LoadedModel`` (``repa.load_model``) or a network with ``.config``.
+
     ``decode`` maps model-space latents to uint8 images (the VAE); pixel models need none.
     """
-    from repa.diffusion.sampling import predicts_epsilon
-    from repa.samplers import sample
-    cfg = model.config
+    loaded = as_loaded(model)
+    cfg = loaded.config
     if sampler is None:
-        sampler = "ddpm" if predicts_epsilon(model) else "euler"
-    device = next(model.parameters()).device
+        sampler = "ddpm" if cfg.prediction == "epsilon" else "euler"
+    device = next(loaded.model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(num, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen).to(device)
     if labels is None:
         labels = torch.arange(num) % cfg.num_classes
-    x = sample(model, noise, labels.to(device), sampler=sampler, steps=steps, cfg_scale=cfg_scale)
+    x = sample(loaded, noise, labels.to(device), sampler=sampler, steps=steps, cfg_scale=cfg_scale)
     if cfg.space == "latent":
         if decode is None:
             raise ValueError("latent-space samples need a VAE decoder to become images")

@@ -29,9 +29,12 @@ class EchoModel(nn.Module):
         self.config = SimpleNamespace(depth=depth, name="echo")
         self.scale = nn.Parameter(torch.ones(()))
 
-    def forward(self, x, t, y, project=False, hidden_layers=()):
+    def forward(self, x, t, y):
+        return self.forward_features(x, t, y).prediction
+
+    def forward_features(self, x, t, y, project=False, layers=()):
         tokens = x.flatten(2).transpose(1, 2) * self.scale          # (B, H*W, C)
-        return ModelOutput(x, [tokens[..., :2]] if project else [], {k: k * tokens for k in hidden_layers})
+        return ModelOutput(x, [tokens[..., :2]] if project else [], {k: k * tokens for k in layers})
 
 
 def fake_encoder(images):

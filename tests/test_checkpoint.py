@@ -37,13 +37,14 @@ def test_reference_checkpoint_loads_and_gives_same_outputs(tmp_path):
     _reference_checkpoint(path, model, args)
     loaded = repa.load_model(path)
     assert loaded.config.depth == 3 and loaded.config.encoder_depth == 2 and loaded.config.encoder_dims == (24,)
-    assert loaded.step == 4000 and not loaded.training
+    assert loaded.step == 4000 and not loaded.model.training and loaded.train_config is None
+    assert loaded.config is loaded.model.config and loaded.interpolant == "linear"
     x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([3, 10])
     with torch.no_grad():
-        ref = model(x, t, y, project=True)
-        out = loaded(x, t, y, project=True)
-    assert torch.count_nonzero(ref.velocity) > 0
-    assert torch.equal(ref.velocity, out.velocity) and torch.equal(ref.projected[0], out.projected[0])
+        ref = model.forward_features(x, t, y, project=True)
+        out = loaded.model.forward_features(x, t, y, project=True)
+    assert torch.count_nonzero(ref.prediction) > 0
+    assert torch.equal(ref.prediction, out.prediction) and torch.equal(ref.projected[0], out.projected[0])
 
 
 def test_bare_state_dict_with_ddp_prefix_loads(tmp_path):
@@ -52,7 +53,7 @@ def test_bare_state_dict_with_ddp_prefix_loads(tmp_path):
     loaded = load_model(tmp_path / "sd.pt")
     x, t, y = torch.randn(1, 4, 8, 8), torch.rand(1), torch.tensor([1])
     with torch.no_grad():
-        assert torch.equal(model(x, t, y), loaded(x, t, y))
+        assert torch.equal(model(x, t, y), loaded.model(x, t, y))
 
 
 def test_loading_never_unpickles_arbitrary_objects(tmp_path):

@@ -13,8 +13,8 @@ import torch
 import repa
 from repa.checkpoint import load_checkpoint
 from repa.config import ObjectiveConfig
-from repa.losses import repa_loss
 from repa.models import build_model, model_config
+from repa.objectives import repa_loss
 from tests.conftest import tiny_train_config
 
 pytestmark = pytest.mark.gpu
@@ -41,8 +41,8 @@ def _model():
 
 def _features(model, x, t, y, layers):
     """(prediction, projector outputs, {block: tokens}): the one place this file reads the model's named outputs."""
-    out = model(x, t, y, project=True, hidden_layers=layers)
-    return out.velocity, out.projected, out.hidden
+    out = model.forward_features(x, t, y, project=True, layers=layers)
+    return out.prediction, out.projected, out.hidden
 
 
 def _inputs(batch=8):
@@ -79,8 +79,8 @@ def test_objective_and_gradients_on_cuda_match_cpu(strict_fp32):
     results = []
     for device in ("cpu", "cuda"):
         net = copy.deepcopy(model).to(device)
-        out = repa_loss(net, x0.to(device), labels.to(device), [tokens.to(device)], cfg, t=t.to(device),
-                        noise=noise.to(device))
+        out = repa_loss(net.forward_features, x0.to(device), labels.to(device), [tokens.to(device)], cfg,
+                        t=t.to(device), noise=noise.to(device))
         out.total.backward()
         results.append((out, {name: p.grad for name, p in net.named_parameters() if p.grad is not None}))
     (ref, ref_grads), (gpu, gpu_grads) = results

@@ -9,16 +9,17 @@ import torch
 
 import repa
 from repa.checkpoint import infer_model_config
-from repa.config import ConfigError, ObjectiveConfig, validate_objective
+from repa.config import ConfigError, ObjectiveConfig, validate_objective, validate_train
 from repa.diffusion import iddpm_repa_loss, timesteps_from_time
-from repa.losses import repa_loss
+from repa.objectives import repa_loss
 from repa.models import MODELS, build_model, model_config
-from repa.models.dit import DiT, resolve_released_family
+from repa.models.dit import DiT
+from repa.models.released import resolve_origin
 from repa.train import train
 from tests.conftest import tiny_train_config
 
 DIT_NAMES = [name for name in MODELS if name.startswith("DiT-")]
-IDDPM = ObjectiveConfig(kind="iddpm", prediction="epsilon", proj_coeff=0.5)
+IDDPM = ObjectiveConfig(kind="iddpm", proj_coeff=0.5)
 
 
 def _tiny_dit(**overrides):
@@ -70,9 +71,10 @@ def test_every_dit_builds_tiny_with_2c_outputs_and_projectors(name):
                        num_classes=5, encoder_depth=1, encoder_dims=(7,), projector_dim=16)
     model = build_model(cfg)
     assert isinstance(model, DiT)
-    out = model(torch.randn(2, 3, cfg.input_size, cfg.input_size), torch.tensor([0.0, 0.999]),
-                torch.tensor([0, 5]), project=True)
-    assert out.velocity.shape == (2, 6, cfg.input_size, cfg.input_size)
+    assert cfg.prediction == "epsilon" and cfg.learn_sigma
+    out = model.forward_features(torch.randn(2, 3, cfg.input_size, cfg.input_size), torch.tensor([0.0, 0.999]),
+                                 torch.tensor([0, 5]), project=True)
+    assert out.prediction.shape == (2, 6, cfg.input_size, cfg.input_size)
     assert out.projected[0].shape == (2, cfg.num_tokens, 7)
 
 
@@ -81,11 +83,12 @@ def test_dit_xl2_has_the_released_layout_and_is_inferred_from_it():
         model = build_model(model_config("DiT-XL/2", encoder_dims=()))
     state = model.state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == _released_dit_xl2_layout()
-    inferred = resolve_released_family(infer_model_config(state), path="weights/DiT-XL-2-256x256.pt")
+    inferred = resolve_origin(infer_model_config(state), path="weights/DiT-XL-2-256x256.pt")
     assert inferred == model_config("DiT-XL/2", encoder_dims=(), encoder_depth=8)
-    assert resolve_released_family(infer_model_config(state), path="SiT-XL-2-256x256.pt").name == "SiT-XL/2"
-    with pytest.warns(UserWarning, match="may be a DiT or a SiT"):
-        assert resolve_released_family(infer_model_config(state), path="weights.pt").name == "SiT-XL/2"
+    assert resolve_origin(infer_model_config(state), path="SiT-XL-2-256x256.pt").name == "SiT-XL/2"
+    with pytest.warns(UserWarning, match="may be a released DiT or a released SiT"):
+        assert resolve_origin(infer_model_config(state), path="weights.pt").name == "SiT-XL/2"
+    assert resolve_origin(infer_model_config(state), "dit", path="weights.pt") == inferred
 
 
 def test_dit_conditions_on_the_timestep_index():
@@ -107,23 +110,27 @@ def test_released_dit_state_dict_loads_and_gives_same_outputs(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded = repa.load_model(path)
-    assert isinstance(loaded, DiT) and loaded.config.learn_sigma and loaded.config.num_classes == 10
-    assert loaded.train_config is None and not loaded.training
+    assert isinstance(loaded.model, DiT) and loaded.config.learn_sigma and loaded.config.num_classes == 10
+    assert loaded.config.prediction == "epsilon"
+    assert loaded.train_config is None and not loaded.model.training
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([0.1, 0.7], dtype=torch.float64), torch.tensor([2, 10])
     with torch.no_grad():
         ref = model(x, t, y)
-        assert torch.count_nonzero(ref) > 0 and torch.equal(ref, loaded(x, t, y))
+        assert torch.count_nonzero(ref) > 0 and torch.equal(ref, loaded.model(x, t, y))
     # the training-script layout (model/ema/opt/args) with args.model = "DiT-..." loads as a DiT too
     args = argparse.Namespace(model="DiT-S/2", num_classes=10)
     torch.save({"model": model.state_dict(), "ema": model.state_dict(), "opt": {}, "args": args},
                tmp_path / "0010000.pt")
-    assert isinstance(repa.load_model(tmp_path / "0010000.pt"), DiT)
+    assert isinstance(repa.load_model(tmp_path / "0010000.pt").model, DiT)
 
 
-def test_iddpm_objective_needs_epsilon_and_uniform_timesteps():
+def test_iddpm_objective_needs_epsilon_and_uniform_timesteps(tmp_path):
     validate_objective(IDDPM)
-    with pytest.raises(ConfigError, match="objective.prediction"):
-        validate_objective(ObjectiveConfig(kind="iddpm"))
+    validate_train(tiny_train_config(tmp_path, model=_tiny_dit(), objective=IDDPM))
+    with pytest.raises(ConfigError, match="model.prediction"):    # a velocity network with the iddpm objective
+        validate_train(tiny_train_config(tmp_path, objective=IDDPM))
+    with pytest.raises(ConfigError, match="model.prediction"):
+        validate_train(tiny_train_config(tmp_path, model=_tiny_dit()))
     with pytest.raises(ConfigError, match="objective.time_sampling"):
         validate_objective(dataclasses.replace(IDDPM, time_sampling="lognormal"))
 
@@ -138,7 +145,7 @@ def test_iddpm_repa_loss_combines_terms_and_reaches_projector_and_variance():
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     t, noise = torch.tensor([0.0, 0.3, 0.6, 0.99]), torch.randn(4, 1, 8, 8)
     labels, tokens = torch.tensor([0, 1, 2, 3]), [torch.randn(4, 16, 16)]
-    out = iddpm_repa_loss(model, x0, labels, tokens, IDDPM, t=t, noise=noise)
+    out = iddpm_repa_loss(model.forward_features, x0, labels, tokens, IDDPM, t=t, noise=noise)
     assert torch.isfinite(out.total) and torch.allclose(out.total, out.denoise + 0.5 * out.align)
     out.total.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -147,11 +154,11 @@ def test_iddpm_repa_loss_combines_terms_and_reaches_projector_and_variance():
     variance_rows = model.final_layer.linear.weight.grad.view(p * p, 2 * C, -1)[:, C:]
     assert variance_rows.abs().sum() > 0                           # the bound term trains the variance output
     # the trainer's entry point dispatches on objective.kind and gives the same numbers
-    same = repa_loss(model, x0, labels, tokens, IDDPM, t=t, noise=noise)
-    direct = iddpm_repa_loss(model, x0, labels, tokens, IDDPM, timesteps=torch.tensor([0, 300, 600, 990]),
+    same = repa_loss(model.forward_features, x0, labels, tokens, IDDPM, t=t, noise=noise)
+    direct = iddpm_repa_loss(model.forward_features, x0, labels, tokens, IDDPM, timesteps=torch.tensor([0, 300, 600, 990]),
                              noise=noise)
     assert torch.equal(same.total, out.total) and torch.equal(direct.total, out.total)
-    vanilla = repa_loss(model, x0, labels, None, dataclasses.replace(IDDPM, proj_coeff=0.0), t=t, noise=noise)
+    vanilla = repa_loss(model.forward_features, x0, labels, None, dataclasses.replace(IDDPM, proj_coeff=0.0), t=t, noise=noise)
     assert torch.equal(vanilla.total, out.denoise) and vanilla.align == 0
 
 
@@ -162,8 +169,8 @@ def test_ten_step_iddpm_training_run_checkpoints_a_loadable_dit(tmp_path, tiny_d
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10]
     assert all(torch.isfinite(torch.tensor([r["loss"], r["denoise_loss"], r["align_loss"]])).all() for r in records)
-    model = repa.load_model(result.checkpoint)
-    assert isinstance(model, DiT) and model.train_config.objective.kind == "iddpm" and model.step == 10
-    x = repa.sample(model, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), sampler="ddpm", steps=5, cfg_scale=2.0,
+    loaded = repa.load_model(result.checkpoint)
+    assert isinstance(loaded.model, DiT) and loaded.train_config.objective.kind == "iddpm" and loaded.step == 10
+    x = repa.sample(loaded, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), sampler="ddpm", steps=5, cfg_scale=2.0,
                     generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()

@@ -230,7 +230,7 @@ def test_preprocessing_known_values():
 
 
 def test_dinov2_follows_the_reference_resize(tiny_weights):
-    """REFERENCE section 2: 256 px -> 224 px (16x16 patches of 14), 512 px -> 448 px (32x32)."""
+    """As the REPA code resizes for DINOv2: 256 px -> 224 px (16x16 patches of 14), 512 px -> 448 px (32x32)."""
     for res, grid, side in [(256, 16, 224), (512, 32, 448)]:
         enc = load_encoder("dinov2-vit-b", resolution=res, token_grid=grid, weights=tiny_weights("dinov2-vit-b"))
         assert enc.input_size == side and enc.native_grid == grid

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from repa.config import ObjectiveConfig
-from repa.losses import repa_loss
+from repa.objectives import repa_loss
 from repa.models import build_model, model_config
 from repa.training_utils import autocast_context
 from repa.train_cli import FAST_PATH
@@ -33,9 +33,9 @@ def _compare(device):
     labels = torch.randint(0, 1000, (8,), generator=gen).to(device)
     tokens = [torch.randn(8, 64, 32, generator=gen).to(device)]
     cfg = ObjectiveConfig(proj_coeff=0.5)
-    ref = repa_loss(model, x0, labels, tokens, cfg, t=t, noise=noise)
+    ref = repa_loss(model.forward_features, x0, labels, tokens, cfg, t=t, noise=noise)
     with autocast_context(FAST_PATH["precision"], torch.device(device)):
-        fast = repa_loss(model, x0, labels, tokens, cfg, t=t, noise=noise)
+        fast = repa_loss(model.forward_features, x0, labels, tokens, cfg, t=t, noise=noise)
     assert abs(fast.total.item() - ref.total.item()) <= LOSS_RTOL * abs(ref.total.item())
     assert abs(fast.align.item() - ref.align.item()) <= LOSS_RTOL * abs(ref.align.item())
     with torch.no_grad():

@@ -7,7 +7,7 @@ from repa.models import MODELS, build_model, model_config
 
 SIT_NAMES = [name for name in MODELS if name.startswith("SiT-")]
 
-# REFERENCE section 3: SiT-B/2 on 32x32x4 latents, one 768-d encoder.
+# The released REPA SiT-B/2 layout on 32x32x4 latents, one 768-d encoder.
 SIT_B2_LAYOUT = {
     "pos_embed": (1, 256, 768),
     "x_embedder.proj.weight": (768, 4, 2, 2), "x_embedder.proj.bias": (768,),
@@ -50,8 +50,8 @@ def test_every_model_builds_tiny_with_right_shapes(name):
                        num_classes=5, encoder_depth=1, encoder_dims=(7, 9), projector_dim=16)
     model = build_model(cfg)
     x = torch.randn(2, 3, cfg.input_size, cfg.input_size)
-    out = model(x, torch.rand(2), torch.tensor([0, 5]), project=True, hidden_layers=(1, 2))
-    assert out.velocity.shape == x.shape
+    out = model.forward_features(x, torch.rand(2), torch.tensor([0, 5]), project=True, layers=(1, 2))
+    assert out.prediction.shape == x.shape
     assert [p.shape for p in out.projected] == [(2, cfg.num_tokens, 7), (2, cfg.num_tokens, 9)]
     assert set(out.hidden) == {1, 2} and out.hidden[2].shape == (2, cfg.num_tokens, 32)
 
@@ -66,10 +66,13 @@ def test_plain_call_returns_tensor_and_skips_projector():
     model = build_model(model_config("SiT-S/2", depth=2, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1))
     calls = []
     model.projectors[0].register_forward_hook(lambda *a: calls.append(1))
-    out = model(torch.randn(1, 4, 8, 8), torch.rand(1), torch.tensor([0]))
+    x, t, y = torch.randn(1, 4, 8, 8), torch.rand(1), torch.tensor([0])
+    out = model(x, t, y)
     assert isinstance(out, torch.Tensor) and not calls
-    model(torch.randn(1, 4, 8, 8), torch.rand(1), torch.tensor([0]), project=True)
-    assert calls == [1]
+    features = model.forward_features(x, t, y)
+    assert not calls and features.projected == [] and features.hidden == {}
+    features = model.forward_features(x, t, y, project=True)
+    assert calls == [1] and torch.equal(features.prediction, out)
 
 
 def test_pos_embed_is_2d_sincos_and_not_trained():

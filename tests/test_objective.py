@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from repa.config import ObjectiveConfig
-from repa.losses import alignment_loss, denoising_loss, drop_labels, repa_loss, sample_time
+from repa.losses import alignment_loss, denoising_loss, drop_labels
+from repa.objectives import repa_loss, sample_time
 from repa.models import build_model
 from repa.paths import get_path
 from tests.conftest import tiny_model_config
@@ -100,8 +101,8 @@ def test_alignment_gradient_reaches_only_blocks_up_to_k_and_projector():
     x0 = torch.randn(2, 1, 8, 8)
     tokens = [torch.randn(2, 16, 16)]
     cfg = ObjectiveConfig(proj_coeff=1.0)
-    out = model(get_path("linear").interpolate(x0, torch.randn_like(x0), torch.rand(2)), torch.rand(2),
-                torch.tensor([0, 1]), project=True)
+    out = model.forward_features(get_path("linear").interpolate(x0, torch.randn_like(x0), torch.rand(2)),
+                                 torch.rand(2), torch.tensor([0, 1]), project=True)
     alignment_loss(out.projected, tokens).mean().backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     for i in range(4):
@@ -116,7 +117,9 @@ def test_repa_loss_total_combines_terms_with_lambda():
     x0 = torch.randn(4, 1, 8, 8)
     t, noise = torch.rand(4), torch.randn(4, 1, 8, 8)
     tokens = [torch.randn(4, 16, 16)]
-    out = repa_loss(model, x0, torch.tensor([0, 1, 2, 0]), tokens, ObjectiveConfig(proj_coeff=0.5), t=t, noise=noise)
+    out = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), tokens, ObjectiveConfig(proj_coeff=0.5),
+                    t=t, noise=noise)
     assert torch.allclose(out.total, out.denoise + 0.5 * out.align)
-    vanilla = repa_loss(model, x0, torch.tensor([0, 1, 2, 0]), None, ObjectiveConfig(proj_coeff=0.0), t=t, noise=noise)
+    vanilla = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), None, ObjectiveConfig(proj_coeff=0.0),
+                        t=t, noise=noise)
     assert torch.equal(vanilla.total, out.denoise) and vanilla.align == 0

@@ -15,7 +15,7 @@ import torch
 
 import repa
 from repa.config import ObjectiveConfig
-from repa.losses import repa_loss
+from repa.objectives import repa_loss
 
 REPO = os.environ.get("REPA_REFERENCE_REPO")
 pytestmark = pytest.mark.skipif(not REPO, reason="set REPA_REFERENCE_REPO to a checkout of sihyun-yu/REPA "
@@ -62,9 +62,9 @@ def test_reference_checkpoint_gives_identical_outputs(pair):
     x, t, y = _inputs()
     with torch.no_grad():
         v_ref, zs_ref = net(x, t, y)
-        out = ours(x, t, y, project=True)
-    assert out.velocity.abs().max() > 0
-    assert torch.allclose(out.velocity, v_ref, atol=1e-6, rtol=0)
+        out = ours.model.forward_features(x, t, y, project=True)
+    assert out.prediction.abs().max() > 0
+    assert torch.allclose(out.prediction, v_ref, atol=1e-6, rtol=0)
     assert torch.allclose(out.projected[0], zs_ref[0], atol=1e-6, rtol=0)
 
 
@@ -77,7 +77,7 @@ def test_repa_loss_equals_reference_siloss(ref, pair):
     torch.manual_seed(3)
     t = torch.rand(4, 1, 1, 1).flatten()
     noise = torch.randn_like(x0)
-    got = repa_loss(ours, x0, y, [tokens], ObjectiveConfig(path="linear", proj_coeff=0.5), t=t, noise=noise)
+    got = repa_loss(ours.model.forward_features, x0, y, [tokens], ObjectiveConfig(path="linear", proj_coeff=0.5), t=t, noise=noise)
     assert torch.allclose(got.denoise, denoise.mean(), rtol=1e-5, atol=0)
     assert torch.allclose(got.align, proj.mean(), rtol=1e-5, atol=0)
     assert torch.allclose(got.total, denoise.mean() + 0.5 * proj.mean(), rtol=1e-5, atol=0)

@@ -31,8 +31,8 @@ def test_twenty_steps_reduce_loss_and_checkpoint_loads(tmp_path, tiny_dataset, t
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20, 25, 30, 35, 40]
     assert records[-1]["loss"] < records[0]["loss"] and records[-1]["align_loss"] < records[0]["align_loss"]
-    model = repa.load_model(result.checkpoint)
-    assert model.config == cfg.model and model.train_config == cfg and model.step == 40
+    loaded = repa.load_model(result.checkpoint)
+    assert loaded.config == cfg.model and loaded.train_config == cfg and loaded.step == 40
     saved = from_dict(TrainConfig, json.loads((tmp_path / "run" / "config.json").read_text()))
     assert saved == cfg
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [20, 40]
@@ -187,7 +187,7 @@ def test_pruning_keeps_last_few_and_milestones(tmp_path):
 
 def test_activation_checkpointing_gives_the_same_gradients():
     from repa.config import ObjectiveConfig
-    from repa.losses import repa_loss
+    from repa.objectives import repa_loss
     from repa.models import build_model
     from tests.conftest import tiny_model_config
     grads = []
@@ -199,7 +199,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model.gradient_checkpointing = checkpointing
         gen = torch.Generator().manual_seed(0)
         x0 = torch.randn(4, 1, 8, 8, generator=gen)
-        out = repa_loss(model, x0, torch.tensor([0, 1, 2, 0]), [torch.randn(4, 16, 16, generator=gen)],
+        out = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), [torch.randn(4, 16, 16, generator=gen)],
                         ObjectiveConfig(), t=torch.rand(4, generator=gen), noise=torch.randn(4, 1, 8, 8, generator=gen))
         out.total.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})

@@ -6,8 +6,8 @@ collects per block the output tokens (B, N, D) and their global average (B, D); 
 the tokens of any frozen encoders on the clean images. Features go to the CPU in float32 as they are produced, so
 a model on a GPU only holds one batch.
 
-The model contract (docs/CONTRACTS.md): ``model(x_t, t, y, project=True, hidden_layers=(1, ..., depth))`` returns
-``ModelOutput(velocity, projected, hidden)``, ``hidden`` a dict {1-based block: (B, N, D)}.
+The model contract: ``model.forward_features(x_t, t, y, project=True, layers=(1, ..., depth))`` returns
+``ModelOutput(prediction, projected, hidden)``, ``hidden`` a dict {1-based block: (B, N, D)}.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: floa
             noise = sample_noise(x0.shape, position, seed).to(device)
             t_batch = torch.full((x0.shape[0],), t, device=device)
             x_t = interpolant.interpolate(x0, noise, t_batch)
-            out = model(x_t, t_batch, y, project=project, hidden_layers=layers)
+            out = model.forward_features(x_t, t_batch, y, project=project, layers=layers)
             for layer in layers:
                 h = out.hidden[layer].float()                                             # (B, N, D)
                 pooled[layer].append(h.mean(dim=1).cpu())

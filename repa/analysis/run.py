@@ -27,7 +27,8 @@ import torch
 from repa.analysis.features import FeatureSet, check_time, encoder_features, extract_features
 from repa.analysis.metrics import cka, cknna, l2_normalize, mutual_knn
 from repa.analysis.probe import linear_probe
-from repa.visualize import from_uint8
+from repa.checkpoint import LoadedModel, load_model
+from repa.utils import from_uint8
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def analyze_model(model: torch.nn.Module, make_batches: Callable[[], Iterable[di
     """Extract features of ``model`` on the batches of ``make_batches()`` and run ``analyze_features``.
 
     Args:
-        model: a network following the model contract (hidden_layers / project outputs).
+        model: a network with ``forward_features`` (the model contract, ``repa.analysis.features``).
         make_batches: returns a fresh iterable of batches (``"x0"``, ``"label"``), the same samples in the same order
             as those ``encoder_pooled`` was computed on.
         encoder_pooled: (N, E) pooled encoder features.
@@ -194,20 +195,20 @@ def _collect_labels(batches: Iterable[dict], into: list) -> Iterable[dict]:
         yield batch
 
 
-def _run_name(model, checkpoint: str) -> str:
+def _run_name(loaded: LoadedModel) -> str:
     """The run a checkpoint belongs to: its training run_dir, else the folder that holds its checkpoints folder."""
-    train_config = getattr(model, "train_config", None)
-    if train_config is not None and train_config.run_dir:
-        return str(train_config.run_dir)
-    parent = Path(checkpoint).resolve().parent
+    if loaded.train_config is not None and loaded.train_config.run_dir:
+        return str(loaded.train_config.run_dir)
+    parent = loaded.path.resolve().parent
     return str(parent.parent if parent.name == "checkpoints" else parent)
 
 
-def _pick_encoder(model, checkpoint: str, name: str | None, weights: str | None) -> tuple[str, str | None]:
+def _pick_encoder(loaded: LoadedModel, checkpoint: str, name: str | None,
+                  weights: str | None) -> tuple[str, str | None]:
     """The encoder to compare against: ``name`` if given, else the first encoder of the checkpoint's training."""
     if name:
         return name, weights
-    cfg = getattr(model, "train_config", None)
+    cfg = loaded.train_config
     if cfg is not None and cfg.encoders:
         return cfg.encoders[0], weights or (cfg.encoder_weights[0] if cfg.encoder_weights else None)
     raise ValueError(f"{checkpoint} has no training config naming an encoder (reference checkpoints do not): pass "
@@ -237,7 +238,6 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     Returns:
         The dict written to ``out/analysis.json`` (plus ``"plots"``, the PNG paths).
     """
-    from repa.checkpoint import load_model
     from repa.analysis.plots import write_plots
 
     opts.validate()
@@ -260,15 +260,13 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     labels: list[torch.Tensor] = []
     entries = []
     for path in checkpoints:
-        model = load_model(path, which=which, device=device)
-        cfg = model.config
-        train_config = getattr(model, "train_config", None)
-        if train_config is not None and train_config.objective.kind != "interpolant":
-            raise ValueError(f"{path}: trained with the {train_config.objective.kind!r} objective; the analysis "
-                             "noises inputs on an interpolant path and supports 'interpolant' checkpoints only")
-        interpolant = train_config.objective.path if train_config is not None else "linear"
+        loaded = load_model(path, which=which, device=device)
+        model, cfg, train_config = loaded.model, loaded.config, loaded.train_config
+        if cfg.prediction != "velocity":
+            raise ValueError(f"{path}: a {cfg.prediction} network (model.prediction); the analysis noises inputs on "
+                             "an interpolant path and supports velocity (interpolant) checkpoints only")
         if encoder_name is None:
-            encoder_name, encoder_weights = _pick_encoder(model, path, encoder, encoder_weights)
+            encoder_name, encoder_weights = _pick_encoder(loaded, path, encoder, encoder_weights)
 
         def make_batches(space=cfg.space):
             return dataset_batches(dataset, indices, opts.batch_size, space=space, seed=opts.seed)
@@ -287,20 +285,20 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
             encoder_cache[cfg.grid_size] = encoder_features(enc, _collect_labels(make_batches(), labels),
                                                             device=enc_device)[0]
             del enc
-        step = getattr(model, "step", None)
+        step = loaded.step
         log(f"{path}: {cfg.name}, step {step}, t={opts.t}, {len(indices)} samples")
         try:
-            result = analyze_model(model, make_batches, encoder_cache[cfg.grid_size], opts, path=interpolant)
+            result = analyze_model(model, make_batches, encoder_cache[cfg.grid_size], opts, path=loaded.interpolant)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
         entries.append({
-            "checkpoint": str(path), "run": _run_name(model, path), "step": step, "model": cfg.name,
+            "checkpoint": str(path), "run": _run_name(loaded), "step": step, "model": cfg.name,
             "alignment_depth": cfg.encoder_depth,
             "proj_coeff": train_config.objective.proj_coeff if train_config is not None else None,
             "training_encoders": list(train_config.encoders) if train_config is not None else None,
             **result,
         })
-        del model
+        del model, loaded
     report = {
         "settings": {**asdict(opts), "which": which},
         "data": {"path": data_name, "resolution": dataset.resolution, "num_classes": dataset.num_classes,

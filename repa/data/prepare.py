@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from repa.data.sources import SourceListing, list_source, open_item
 from repa.data.store import PROGRESS, DataError, shard_path, write_json, write_npy, write_text
 from repa.data.transforms import transform_image
 from repa.runlock import LOCK_FILE, claim_folder
+from repa.utils import library_versions
 
 log = logging.getLogger("repa.data")
 
@@ -169,18 +169,7 @@ def _default_device():
 # ---- finishing -----------------------------------------------------------------------------------------------------
 
 def _versions(with_torch: bool) -> dict:
-    from importlib import metadata
-
-    import PIL
-
-    out = {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__}
-    names = ["repa"] + (["torch", "diffusers"] if with_torch else [])
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "unknown"
-    return out
+    return library_versions("numpy", "pillow", "repa", *(("torch", "diffusers") if with_torch else ()))
 
 
 def _wait_for_markers(out: str, plan: dict, poll_s: float = 1.0) -> None:

@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from repa.utils import atomic_write
+
 log = logging.getLogger("repa.data")
 
 FORMAT = "repa-dataset"
@@ -60,17 +62,14 @@ def write_bytes_atomic(path: str, chunks) -> str:
     Raises:
         DataError: the disk is full (ENOSPC / EDQUOT).
     """
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
     digest = hashlib.sha256()
+
+    def write(f):
+        for chunk in chunks:
+            digest.update(chunk)
+            f.write(chunk)
     try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write, tmp=path + ".tmp")
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _disk_full(path, exc) from None
@@ -103,15 +102,6 @@ def write_text(path: str, text: str) -> str:
 def write_json(path: str, obj: dict) -> str:
     """Write a JSON document atomically (sorted keys, stable bytes); return its sha256."""
     return write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def sha256_file(path: str) -> str:
-    """sha256 hex digest of a file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_json(path: str) -> dict:

@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 from repa.data import store
-from repa.data.store import TOKENS, shard_path, sha256_file
+from repa.data.store import TOKENS, shard_path
+from repa.utils import sha256_file
 
 
 def _check_shard(root: str, field: str, k: int, count: int, dtype: str, item_shape, digest: str | None,

@@ -172,7 +172,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
             images = generate_images(model, num, seed=demo.seed, sampler=demo.sampler, steps=demo.sample_steps,
                                      batch_size=250)
             fid = fid_from_images(images, ref_stats, inception, progress=progress)
-            feats = extract_features(model, dataset_batches(test_ds, align_idx, 250, space="pixel", seed=demo.seed),
+            feats = extract_features(model.model, dataset_batches(test_ds, align_idx, 250, space="pixel", seed=demo.seed),
                                      t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=demo.seed)
             align = cknna(feats.pooled[demo.encoder_depth], teacher_pooled, topk=10)
             arm.evals[step] = {"fid": fid, "num_samples": num, "cknna": align,

@@ -1,7 +1,7 @@
 """REPA with the improved-DDPM objective (Yu et al. 2025, Sec. 4 on DiT): hybrid loss + lambda * alignment.
 
 The alignment term is ``repa.losses.with_alignment`` unchanged; only the denoising term differs from the
-interpolant objective. ``repa.losses.repa_loss`` dispatches here when ``objective.kind == "iddpm"``.
+interpolant objective. Registered as ``"iddpm"`` in ``repa.objectives.OBJECTIVES``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from repa.config import ObjectiveConfig
 from repa.diffusion.gaussian import NUM_TIMESTEPS, GaussianDiffusion
-from repa.losses import LossOutput, with_alignment
+from repa.losses import LossOutput, spatial_normalize, with_alignment
 
 VLB_WEIGHT = 1.0   # weight of the per-timestep bound term L_t (DiT's value; IDDPM's lambda = 0.001 on T * L_t)
 
@@ -27,15 +27,15 @@ def timesteps_from_time(t: torch.Tensor, num_timesteps: int = NUM_TIMESTEPS) -> 
     return torch.floor(t.to(torch.float64) * num_timesteps).long().clamp_(0, num_timesteps - 1)
 
 
-def iddpm_repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
+def iddpm_repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
                     cfg: ObjectiveConfig, *, noise: torch.Tensor, t: torch.Tensor | None = None,
                     timesteps: torch.Tensor | None = None, proj_coeff: float | None = None,
                     vlb_weight: float = VLB_WEIGHT, diffusion: GaussianDiffusion | None = None) -> LossOutput:
     """One evaluation of REPA on the improved-DDPM objective for clean inputs x0 (B, C, H, W).
 
     Args:
-        model: a DiT (or its DDP wrapper) called as ``model(x_t, t, y, project=...)`` with t = timestep / 1000,
-            predicting epsilon (C channels) or epsilon and the variance interpolation v (2C channels).
+        features: ``(x_t, t, y, *, project) -> ModelOutput`` (a DiT's ``forward_features``) with
+            t = timestep / 1000, predicting epsilon (C channels) or epsilon and the variance interpolation v (2C).
         encoder_tokens: frozen-encoder tokens of the clean images, one (B, N, E) per encoder; unused when lambda = 0.
         cfg: the objective section (lambda).
         noise: (B, C, H, W) standard normal.
@@ -55,9 +55,11 @@ def iddpm_repa_loss(model, x0: torch.Tensor, labels: torch.Tensor, encoder_token
         timesteps = timesteps_from_time(t, diffusion.num_timesteps)
     timesteps = timesteps.to(x0.device)
     x_t = diffusion.q_sample(x0, timesteps, noise)
-    out = model(x_t, diffusion.model_time(timesteps), labels, project=lam > 0)
-    prediction = out.velocity if lam > 0 else out           # DiT: epsilon (and v), whatever the field's name
+    out = features(x_t, diffusion.model_time(timesteps), labels, project=lam > 0)
+    prediction = out.prediction                             # (B, C or 2C, H, W): epsilon (and v)
     with torch.autocast(device_type=x0.device.type, enabled=False):   # the bound needs float32 logs and exps
         terms = diffusion.training_losses(prediction.float(), x0.float(), x_t.float(), timesteps, noise.float(),
                                           vlb_weight=vlb_weight)
+    if lam > 0 and cfg.target_norm == "spatial":             # iREPA's target normalisation (repa.losses)
+        encoder_tokens = [spatial_normalize(y, cfg.target_norm_gamma) for y in encoder_tokens or []]
     return with_alignment(terms["loss"].mean(), out, encoder_tokens, lam)

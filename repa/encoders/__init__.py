@@ -46,6 +46,57 @@ def check_encoder(name: str, resolution: int, token_grid: int) -> None:
         plan_grid(get_spec(n), resolution, token_grid)
 
 
+def encoder_dims(names: Sequence[str]) -> tuple[int, ...]:
+    """The token widths of ``names`` in order: the ``model.encoder_dims`` (projector outputs) they need."""
+    return tuple(encoder_dim(n) for n in names)
+
+
+def check_train_encoders(cfg) -> None:
+    """Raise ConfigError when a training config's encoders cannot feed its projectors: an unknown name, a width
+    other than ``model.encoder_dims``, or no way to give the model's token grid from ``data.resolution`` px.
+
+    Runs with ``validate_train`` before any weights load (``repa train --dry-run`` included). Only needed when the
+    alignment term is on at some step (``objective.proj_coeff > 0``).
+    """
+    if cfg.objective.attn_coeff > 0:
+        check_attention_teachers(cfg)
+    if cfg.objective.proj_coeff == 0:
+        return
+    for i, name in enumerate(cfg.encoders):
+        width = encoder_dim(name)
+        if i < len(cfg.model.encoder_dims) and cfg.model.encoder_dims[i] != width:
+            raise ConfigError(f"model.encoder_dims: entry {i} is {cfg.model.encoder_dims[i]} but encoder {name!r} "
+                              f"gives {width}-d tokens; set model.encoder_dims="
+                              f"{','.join(map(str, encoder_dims(cfg.encoders)))} (or leave it out: it is derived "
+                              "from the encoders)")
+        check_encoder(name, cfg.data.resolution, cfg.model.grid_size)
+
+
+def attention_teachers() -> list[str]:
+    """The encoders that can give attention maps on the token grid (HASTE): the DINOv2 family, through
+    transformers' eager attention. CNNs (EfficientNet-Lite) have none; the other ViTs are not wired up."""
+    return [name for name, spec in ENCODERS.items() if spec.attention_heads > 0]
+
+
+def check_attention_teachers(cfg) -> None:
+    """Raise ConfigError when HASTE (``objective.attn_coeff > 0``) is asked of a teacher without attention maps,
+    with teacher blocks it does not have, or of a model with fewer heads than the teacher."""
+    o = cfg.objective
+    for name in cfg.encoders:
+        spec = get_spec(name)
+        if spec.attention_heads <= 0:
+            raise ConfigError(f"objective.attn_coeff: HASTE aligns attention maps, and encoder {name!r} has none "
+                              f"that this library can read; use one of {', '.join(attention_teachers())} or set "
+                              f"objective.attn_coeff=0")
+        if max(o.attn_teacher_layers) > spec.depth:
+            raise ConfigError(f"objective.attn_teacher_layers: {o.attn_teacher_layers} outside 1..{spec.depth} "
+                              f"(the blocks of {name})")
+        if cfg.model.num_heads < spec.attention_heads:
+            raise ConfigError(f"model.num_heads: {cfg.model.num_heads} heads cannot be matched to the "
+                              f"{spec.attention_heads} heads of {name} (HASTE aligns the first heads one to one); "
+                              "use a model with at least as many heads")
+
+
 def load_encoder(name: str, *, resolution: int, token_grid: int, weights: str | None = None,
                  device: torch.device | str | None = None, autocast_dtype: torch.dtype | None = None) -> Encoder:
     """Load the frozen encoder ``name`` for ``resolution`` px images and a ``token_grid`` x ``token_grid`` SiT grid.
@@ -131,4 +182,5 @@ def describe(names: str | Sequence[str] | None = None, *, resolution: int | None
 
 
 __all__ = ["ENCODERS", "DEFAULT_OFFLINE_ENCODER", "Encoder", "EncoderSpec", "EncoderWeightsError", "check_encoder",
-           "describe", "encoder_dim", "get_spec", "load_encoder", "load_encoders"]
+           "describe", "encoder_dim", "encoder_dims", "check_train_encoders", "get_spec", "load_encoder",
+           "load_encoders", "attention_teachers", "check_attention_teachers"]

@@ -69,6 +69,9 @@ class EncoderSpec:
     build: Callable[["EncoderSpec", str | None, int], nn.Module] = field(repr=False, compare=False)
     hub_id: str | None = None         # default Hugging Face hub id (None: the weights are a file)
     default_file: str | None = None   # default local weights file when there is no hub id
+    # Attention maps on the token grid (HASTE): heads and blocks of the released weights; 0 = it cannot give them
+    attention_heads: int = 0
+    depth: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,6 +185,29 @@ class Encoder(nn.Module):
             raise RuntimeError(f"encoder {self.name}: backbone gave {tokens.shape[1]} tokens for a "
                                f"{self.input_size}px input, expected {self.native_grid}**2")
         return resample_tokens(tokens.float(), self.native_grid, self.token_grid)
+
+    @torch.no_grad()
+    def tokens_and_attention(self, images: torch.Tensor, layers: tuple[int, ...]
+                             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The tokens of ``forward`` and the attention distributions of 1-based blocks ``layers`` (HASTE).
+
+        Each map is (B, H, N, N) float32 over the patch tokens only: the rows of the backbone's attention
+        restricted to patch queries and patch keys and renormalised, which equals the softmax of the patch-to-patch
+        logits (what HASTE's modified DINOv2 returns). Only encoders with ``spec.attention_heads > 0`` whose
+        native grid is the token grid can give them.
+        """
+        if not self.spec.attention_heads or not hasattr(self.backbone, "attention_maps"):
+            raise ConfigError(f"encoder {self.name} cannot give attention maps (HASTE, objective.attn_coeff > 0); "
+                              f"use a DINOv2 encoder (dinov2-vit-b) or set objective.attn_coeff=0")
+        if self.native_grid != self.token_grid:
+            raise ConfigError(f"encoder {self.name} gives a {self.native_grid}x{self.native_grid} attention grid, "
+                              f"but the model's token grid is {self.token_grid}x{self.token_grid}")
+        x = self.preprocess(images)
+        context = (torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+                   if self.autocast_dtype is not None else contextlib.nullcontext())
+        with context:
+            tokens, maps = self.backbone.attention_maps(x, layers)
+        return tokens.float(), [m.float() for m in maps]
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, embed_dim={self.embed_dim}, resolution={self.resolution}, "

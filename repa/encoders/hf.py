@@ -99,6 +99,23 @@ class HFTokens(nn.Module):
         hidden = self.model(pixel_values=x, **kwargs).last_hidden_state    # (B, P + N, E)
         return hidden[:, self.num_prefix_tokens:]
 
+    def attention_maps(self, x: torch.Tensor, layers: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch tokens (B, N, E) and, for each 1-based block in ``layers``, its attention over patch tokens
+        (B, H, N, N): the prefix rows and columns dropped, the rows renormalised to sum to one.
+
+        Switches the model to transformers' eager attention (the fused kernels do not return the weights).
+        """
+        if getattr(self.model.config, "_attn_implementation", "eager") != "eager":
+            self.model.set_attn_implementation("eager")
+        out = self.model(pixel_values=x, output_attentions=True)
+        maps = out.attentions or ()
+        if any(not 1 <= i <= len(maps) for i in layers):
+            raise ValueError(f"teacher blocks {tuple(layers)} outside 1..{len(maps)} (objective.attn_teacher_layers)")
+        p = self.num_prefix_tokens
+        patch = [maps[i - 1][:, :, p:, p:] for i in layers]                # (B, H, N, N) each
+        patch = [m / m.sum(dim=-1, keepdim=True) for m in patch]
+        return out.last_hidden_state[:, p:], patch
+
 
 def from_pretrained(spec: EncoderSpec, weights: str | None, class_name: str, **kwargs) -> nn.Module:
     """``transformers.<class_name>.from_pretrained`` on a local folder or hub id, in float32 and eval mode.

@@ -15,16 +15,22 @@ HF_HUB = "Hugging Face hub"
 _PATCH_TOKENS = "final norm, patches (no CLS)"
 
 
+# (blocks, heads) of the DINOv2 sizes: their attention maps are what HASTE aligns with.
+_DINOV2_ATTENTION = {"s": (12, 6), "b": (12, 12), "l": (24, 16), "g": (40, 24)}
+
+
 def _dinov2(size: str, width: int, hub_size: str, registers: bool) -> EncoderSpec:
+    depth, heads = _DINOV2_ATTENTION[size]
     if registers:
         return EncoderSpec(
             name=f"dinov2-vit-{size}-reg", family="dinov2-reg", embed_dim=width, patch_size=14, native_resolution=224,
             mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens="final norm, patches (no CLS, registers)",
-            weights_origin=HF_HUB, build=hf.build_dinov2_registers, hub_id=f"facebook/dinov2-with-registers-{hub_size}")
+            weights_origin=HF_HUB, build=hf.build_dinov2_registers, hub_id=f"facebook/dinov2-with-registers-{hub_size}",
+            attention_heads=heads, depth=depth)
     return EncoderSpec(
         name=f"dinov2-vit-{size}", family="dinov2", embed_dim=width, patch_size=14, native_resolution=224,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, resize="grid", tokens=_PATCH_TOKENS, weights_origin=HF_HUB,
-        build=hf.build_dinov2, hub_id=f"facebook/dinov2-{hub_size}")
+        build=hf.build_dinov2, hub_id=f"facebook/dinov2-{hub_size}", attention_heads=heads, depth=depth)
 
 
 def _dinov3(size: str, width: int, hub_name: str) -> EncoderSpec:

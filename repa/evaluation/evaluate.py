@@ -25,6 +25,7 @@ from repa.evaluation.inception import InceptionV3, inception_score, load_incepti
 from repa.evaluation.npz import (NpzFormatError, SampleFile, check_resolution, check_value_range, open_reference,
                                  open_samples)
 from repa.evaluation.prdc import NEIGHBOURHOOD, precision_recall
+from repa.utils import atomic_write_text
 
 CACHE_DIR = "eval_stats"          # inside a prepared dataset (or next to an ADM reference batch)
 PR_REFERENCE_MAX = 10_000         # reference points kept for precision/recall (ADM's reference batches: 10,000)
@@ -310,13 +311,7 @@ def evaluate_samples(samples: str, reference: str, *, out: str | None = None, **
     out_path = Path(out) if out else Path(samples).with_suffix(".metrics.json")
     check_output_file(out_path, "--out")          # before the Inception pass, not after it
     metrics = compute_metrics(samples, reference, **kwargs)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(out_path, json.dumps(metrics, indent=2) + "\n")
     metrics["json"] = str(out_path)
     return metrics
 

@@ -120,12 +120,8 @@ class FeatureStats:
 
 def save_stats(path: str | os.PathLike, **arrays) -> None:
     """Write named arrays (``mu``, ``sigma``, ``mu_s``, ...; scalars and strings too) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
+    from repa.utils import atomic_write
+    atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:

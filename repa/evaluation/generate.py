@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repa.checkpoint import LoadedModel, as_loaded, load_model
+from repa.config import ModelConfig
+from repa.utils import atomic_write, to_uint8
+
 NOISE_STREAM, LABEL_STREAM, SDE_STREAM = 0, 1, 2
 STOCHASTIC_SAMPLERS = ("sde", "ddpm")      # samplers that draw noise at every step
 LABEL_MODES = ("random", "balanced")
@@ -58,7 +62,8 @@ def sample_labels(indices, seed: int, num_classes: int, mode: str = "random") ->
 def check_sampling_args(*, num: int, seed: int, sampler: str, steps: int, cfg_scale: float,
                         guidance_interval: tuple[float, float], labels, batch_size: int) -> None:
     """Raise ValueError for any invalid sampling argument, before a model is loaded."""
-    from repa.samplers import SAMPLERS, check_guidance
+    from repa.guidance import check_guidance
+    from repa.samplers import SAMPLERS
     check_guidance(cfg_scale, tuple(guidance_interval))
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
@@ -69,8 +74,7 @@ def check_sampling_args(*, num: int, seed: int, sampler: str, steps: int, cfg_sc
         raise ValueError(f"labels must be one of {LABEL_MODES} or an array of class indices, got {labels!r}")
 
 
-def _check_model(model, cfg_scale: float, labels) -> None:
-    cfg = model.config
+def _check_model(cfg: ModelConfig, cfg_scale: float, labels) -> None:
     if cfg_scale != 1.0 and cfg.class_dropout <= 0:
         raise ValueError(f"cfg_scale={cfg_scale} needs a null class, but {cfg.name} was built without class dropout "
                          f"(model.class_dropout=0); sample with cfg_scale 1")
@@ -83,21 +87,21 @@ def _check_model(model, cfg_scale: float, labels) -> None:
 # ---- one batch -------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def _generate_batch(model, indices: np.ndarray, labels: np.ndarray, *, seed: int, sampler: str, steps: int,
-                    cfg_scale: float, guidance_interval, vae=None) -> np.ndarray:
+def _generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray, *, seed: int, sampler: str, steps: int,
+                    cfg_scale: float, guidance_interval, vae=None, guided_channels=None) -> np.ndarray:
     """uint8 (B, C, H, W) images of samples ``indices`` with class ``labels``."""
     from repa.samplers import sample
-    from repa.visualize import to_uint8
-    cfg = model.config
-    device = next(model.parameters()).device
+    cfg = loaded.config
+    device = next(loaded.model.parameters()).device
     noise = sample_noise(indices, seed, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
-    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval))
+    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval),
+                  guided_channels=guided_channels)
     if sampler in STOCHASTIC_SAMPLERS:   # one generator per sample: its step noise is independent of the batch
         generators = [torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
-        x = sample(model, noise, y, generator=generators, **kwargs)
+        x = sample(loaded, noise, y, generator=generators, **kwargs)
     else:
-        x = sample(model, noise, y, **kwargs)
+        x = sample(loaded, noise, y, **kwargs)
     if cfg.space == "latent":
         from repa.autoencoder import decode
         if vae is None:
@@ -111,14 +115,15 @@ def _generate_batch(model, indices: np.ndarray, labels: np.ndarray, *, seed: int
 def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", steps: int = 50,
                     cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
                     labels="random", batch_size: int = 64, vae=None, start: int = 0,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, guided_channels: int | str | None = None) -> np.ndarray:
     """Generate images in-process (demo, training previews); same images as ``repa sample`` for the same seed.
 
     Args:
-        model: a network with ``.config`` (e.g. from ``repa.load_model``), in eval mode, on its device.
+        model: a ``LoadedModel`` (``repa.load_model``; its training interpolant is used) or a network with
+            ``.config``, in eval mode, on its device.
         num: number of images; they are samples ``start .. start + num - 1``.
         seed: base seed; sample i depends on (seed, i) only.
-        sampler, steps, cfg_scale, guidance_interval: passed to ``repa.sample``.
+        sampler, steps, cfg_scale, guidance_interval, guided_channels: passed to ``repa.sample``.
         labels: ``random``, ``balanced`` or an int array of ``num`` class indices.
         batch_size: samples per forward batch (does not change the result).
         vae: a loaded ``AutoencoderKL`` (``repa.autoencoder.load_vae``) or a hub id / folder; latent models only.
@@ -128,46 +133,38 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
     from tqdm.auto import tqdm
     check_sampling_args(num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                         guidance_interval=guidance_interval, labels=labels, batch_size=batch_size)
-    _check_model(model, cfg_scale, labels)
-    vae = _resolve_vae(model, vae)
+    loaded = as_loaded(model)
+    _check_model(loaded.config, cfg_scale, labels)
+    vae = _resolve_vae(loaded, vae)
     indices = np.arange(start, start + num)
     if isinstance(labels, str):
-        all_labels = sample_labels(indices, seed, model.config.num_classes, labels)
+        all_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
     else:
         all_labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(all_labels) != num:
             raise ValueError(f"got {len(all_labels)} labels for {num} images")
     out = []
     for b in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
-        out.append(_generate_batch(model, indices[b:b + batch_size], all_labels[b:b + batch_size], seed=seed,
+        out.append(_generate_batch(loaded, indices[b:b + batch_size], all_labels[b:b + batch_size], seed=seed,
                                    sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                   guidance_interval=guidance_interval, vae=vae))
+                                   guidance_interval=guidance_interval, vae=vae, guided_channels=guided_channels))
     return np.concatenate(out)
 
 
-def _resolve_vae(model, vae):
+def _resolve_vae(loaded: LoadedModel, vae):
     """None for pixel models; a loaded VAE for latent models (loading a hub id / folder, default sd-vae-ft-ema)."""
-    if model.config.space != "latent":
+    if loaded.config.space != "latent":
         if vae is not None:
-            raise ValueError(f"{model.config.name} is a pixel-space model: it needs no VAE, but vae={vae!r} was given")
+            raise ValueError(f"{loaded.config.name} is a pixel-space model: it needs no VAE, but vae={vae!r} was "
+                             "given")
         return None
     if vae is None or isinstance(vae, (str, os.PathLike)):
         from repa.autoencoder import DECODE_VAE, load_vae
-        return load_vae(vae or DECODE_VAE, device=next(model.parameters()).device)
+        return load_vae(vae or DECODE_VAE, device=next(loaded.model.parameters()).device)
     return vae
 
 
 # ---- files -----------------------------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def _shard_file(out: Path, start: int, end: int) -> Path:
     return out / SHARD_DIR / f"{start:08d}-{end:08d}.npz"
@@ -193,17 +190,19 @@ def _write_samples_npz(path: Path, shards: list[Path], num: int) -> None:
                     labels.append(labels_part)
             with zf.open("labels.npy", "w") as lab:
                 np.lib.format.write_array(lab, np.concatenate(labels).astype(np.int64))
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sampler: str = "sde", steps: int = 250,
                   cfg_scale: float = 1.8, guidance_interval: tuple[float, float] = (0.0, 0.7),
                   labels: str = "random", batch_size: int = 64, vae: str | None = None, which: str = "ema",
-                  device: str | None = None, progress: bool = True) -> Path:
+                  device: str | None = None, progress: bool = True, guided_channels: int | str | None = None,
+                  origin: str = "auto") -> Path:
     """``repa sample``: N samples of a checkpoint into ``out_dir`` (shards, then ``samples.npz``, grid, settings).
 
     Launch with ``torchrun --nproc_per_node G`` to shard the work; a rerun resumes. Arguments as in
-    ``generate_images``; ``which`` picks ``ema`` (default) or ``model`` weights; ``vae`` defaults to sd-vae-ft-ema.
+    ``generate_images``; ``which`` picks ``ema`` (default) or ``model`` weights; ``vae`` defaults to sd-vae-ft-ema;
+    ``origin`` is ``repa.load_model``'s (which network a checkpoint without this project's config holds).
     Returns the path of ``samples.npz``. One process (one ``torchrun`` job) writes a folder at a time.
     """
     check_sampling_args(num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
@@ -219,21 +218,23 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
     with claim_folder(out, "sample folder", enabled=is_main):    # one writer per sample folder
         return _sample_claimed(checkpoint, out, num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                guidance_interval=guidance_interval, labels=labels, batch_size=batch_size, vae=vae,
-                               which=which, device=device, progress=progress)
+                               which=which, device=device, progress=progress, guided_channels=guided_channels,
+                               origin=origin)
 
 
 def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_scale, guidance_interval, labels,
-                    batch_size, vae, which, device, progress) -> Path:
+                    batch_size, vae, which, device, progress, guided_channels, origin) -> Path:
     """The work of ``sample_to_npz`` once the arguments are checked and ``out`` is locked."""
     from tqdm.auto import tqdm
     from repa import distributed
-    from repa.checkpoint import load_model
     from repa.config import to_dict
     from repa.runlock import clean_stale_temp_files
     from repa.visualize import image_grid, save_png
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "which": which, "num": num, "seed": seed,
                 "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
                 "guidance_interval": [float(v) for v in guidance_interval], "labels": labels, "vae": vae}
+    if guided_channels is not None or origin != "auto":       # absent when default: older settings files still match
+        settings.update(guided_channels=guided_channels, origin=origin)
     settings_path = out / SETTINGS_FILE
     done_any = (out / SAMPLES_FILE).is_file() or any((out / SHARD_DIR).glob("*.npz"))
     if settings_path.is_file() and done_any:          # settings without any finished batch claim nothing
@@ -248,34 +249,35 @@ def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_sca
         return target
 
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dist = distributed.init(device)
-    model = load_model(checkpoint, which=which, device=dist.device)
-    _check_model(model, cfg_scale, labels)
-    vae_model = _resolve_vae(model, vae)
-    if dist.is_main:
+    process = distributed.init(device)
+    loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
+    _check_model(loaded.config, cfg_scale, labels)
+    vae_model = _resolve_vae(loaded, vae)
+    if process.is_main:
         clean_stale_temp_files(out)                # half-written files of a killed run
         clean_stale_temp_files(out / SHARD_DIR)
         (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        record = {"settings": settings, "model": to_dict(model.config), "batch_size": batch_size,
-                  "world_size": dist.world_size}
-        _atomic_write(settings_path, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
+        record = {"settings": settings, "model": to_dict(loaded.config), "batch_size": batch_size,
+                  "world_size": process.world_size}
+        atomic_write(settings_path, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
     distributed.barrier()
 
     batches = [(s, min(s + batch_size, num)) for s in range(0, num, batch_size)]
-    mine = [b for k, b in enumerate(batches) if k % dist.world_size == dist.rank]
+    mine = [b for k, b in enumerate(batches) if k % process.world_size == process.rank]
     todo = [b for b in mine if not _shard_file(out, *b).is_file()]
-    if dist.is_main and len(todo) < len(mine):
+    if process.is_main and len(todo) < len(mine):
         print(f"resuming: {len(mine) - len(todo)} of {len(mine)} batches of this rank are done")
-    for start, end in tqdm(todo, disable=not (progress and dist.is_main), desc="sampling", unit="batch"):
+    for start, end in tqdm(todo, disable=not (progress and process.is_main), desc="sampling", unit="batch"):
         indices = np.arange(start, end)
-        batch_labels = sample_labels(indices, seed, model.config.num_classes, labels)
-        images = _generate_batch(model, indices, batch_labels, seed=seed, sampler=sampler, steps=steps,
-                                 cfg_scale=cfg_scale, guidance_interval=guidance_interval, vae=vae_model)
-        _atomic_write(_shard_file(out, start, end),
+        batch_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
+        images = _generate_batch(loaded, indices, batch_labels, seed=seed, sampler=sampler, steps=steps,
+                                 cfg_scale=cfg_scale, guidance_interval=guidance_interval, vae=vae_model,
+                                 guided_channels=guided_channels)
+        atomic_write(_shard_file(out, start, end),
                       lambda f: np.savez(f, images=images, labels=batch_labels, indices=indices))
     distributed.barrier()
 
-    if dist.is_main:
+    if process.is_main:
         shards = [_shard_file(out, *b) for b in batches]
         missing = [s.name for s in shards if not s.is_file()]
         if missing:

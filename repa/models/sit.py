@@ -1,7 +1,7 @@
 """SiT (Ma et al. 2024) with the REPA projector (Yu et al. 2025, Sec. 3.2 / Eq. 8), in the released layout.
 
 Reads top to bottom like the papers: embeddings, the adaLN-Zero block, the final layer, the projector, then the
-network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (REFERENCE section 3), so a
+network. Parameter names and shapes equal those of the released SiT/REPA checkpoints (willisma/SiT, sihyun-yu/REPA), so a
 reference state dict loads without renaming.
 """
 from __future__ import annotations
@@ -98,13 +98,18 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_logits: bool = False):
+        """(B, N, D) -> (B, N, D); with ``return_logits`` also the attention logits q k^T / sqrt(hd) (B, H, N, N)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)                                   # each (B, H, N, hd)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v)               # (B, H, N, hd)
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        if not return_logits:
+            x = F.scaled_dot_product_attention(q, k, v)           # (B, H, N, hd)
+            return self.proj(x.transpose(1, 2).reshape(B, N, D))
+        logits = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)   # (B, H, N, N), HASTE aligns these
+        x = logits.softmax(dim=-1).to(v.dtype) @ v                   # the same output as the fused kernel
+        return self.proj(x.transpose(1, 2).reshape(B, N, D)), logits
 
 
 class Mlp(nn.Module):
@@ -131,11 +136,15 @@ class SiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, return_attention: bool = False):
+        """(B, N, D) tokens -> (B, N, D); with ``return_attention`` also the attention logits (B, H, N, N)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        attended = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), return_attention)
+        if return_attention:
+            attended, logits = attended
+        x = x + gate_msa.unsqueeze(1) * attended
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
+        return (x, logits) if return_attention else x
 
 
 class FinalLayer(nn.Module):
@@ -152,8 +161,16 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int) -> nn.Sequential:
-    """REPA projector h_phi: Linear(D, 2048) - SiLU - Linear(2048, 2048) - SiLU - Linear(2048, E)."""
+def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int, kind: str = "mlp",
+                    kernel: int = 3) -> nn.Module:
+    """The projector h_phi of one encoder, (B, N, D) -> (B, N, E).
+
+    ``mlp`` (REPA): Linear(D, 2048) - SiLU - Linear(2048, 2048) - SiLU - Linear(2048, E), token by token.
+    ``conv`` (iREPA, Singh et al. 2025): one ``kernel`` x ``kernel`` convolution D -> E on the token grid, so each
+    projected token also sees its neighbours.
+    """
+    if kind == "conv":
+        return ConvProjector(hidden_size, encoder_dim, kernel)
     return nn.Sequential(
         nn.Linear(hidden_size, projector_dim), nn.SiLU(),
         nn.Linear(projector_dim, projector_dim), nn.SiLU(),
@@ -161,21 +178,47 @@ def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int) -> n
     )
 
 
+class ConvProjector(nn.Module):
+    """iREPA's projector: (B, N, D) row-major tokens -> (B, D, h, w) -> Conv2d(k, padding k // 2) -> (B, N, E)."""
+
+    def __init__(self, hidden_size: int, encoder_dim: int, kernel: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(hidden_size, encoder_dim, kernel_size=kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        side = math.isqrt(N)
+        if side * side != N:
+            raise ValueError(f"the conv projector needs a square token grid, got {N} tokens")
+        grid = x.transpose(1, 2).reshape(B, D, side, side)         # (B, D, h, w)
+        return self.conv(grid).flatten(2).transpose(1, 2)           # (B, N, E)
+
+
 # ---- the network -------------------------------------------------------------------------------------------------
 
 @dataclass
 class ModelOutput:
-    """Named outputs; ``velocity`` first. ``projected``: one (B, N, E) per encoder; ``hidden``: {block: (B, N, D)}."""
-    velocity: torch.Tensor
+    """What ``forward_features`` returns.
+
+    Attributes:
+        prediction: (B, C_out, H, W) the network output: velocity for a SiT, epsilon (and the variance
+            interpolation v) for a DiT; ``config.prediction`` names it.
+        projected: one (B, N, E) projector output per encoder (empty unless ``project``).
+        hidden: {1-based block index: (B, N, D)} output tokens of the requested blocks.
+        attention: {1-based block index: (B, H, N, N)} attention logits of the requested blocks (HASTE).
+    """
+    prediction: torch.Tensor
     projected: list[torch.Tensor] = field(default_factory=list)
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+    attention: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class SiT(nn.Module):
     """Scalable interpolant transformer with REPA projectors reading the tokens after block ``encoder_depth``.
 
-    ``model(x, t, y)`` returns the prediction (B, C_out, H, W). With ``project=True`` or ``hidden_layers`` it
-    returns a ``ModelOutput``; the projectors run only when ``project=True`` (never during sampling).
+    ``model(x, t, y)`` returns the prediction (B, C_out, H, W); ``model.forward_features(x, t, y, project=...,
+    layers=...)`` returns a ``ModelOutput`` with the projector outputs (training) and hidden tokens (analysis).
+    The projectors run only when asked (never during sampling).
     """
 
     def __init__(self, config: ModelConfig):
@@ -188,13 +231,14 @@ class SiT(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(c.hidden_size, c.grid_size).unsqueeze(0), persistent=True)
         self.blocks = nn.ModuleList([SiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm)
                                      for _ in range(c.depth)])
-        self.projectors = nn.ModuleList([build_projector(c.hidden_size, c.projector_dim, e) for e in c.encoder_dims])
+        self.projectors = nn.ModuleList([build_projector(c.hidden_size, c.projector_dim, e, c.projector,
+                                                         c.projector_kernel) for e in c.encoder_dims])
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
         self.gradient_checkpointing = False
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """REFERENCE section 3: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
+        """As DiT/SiT initialise: xavier Linear, zero biases, N(0, .02) embeddings, zero adaLN and output layers."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -224,38 +268,58 @@ class SiT(nn.Module):
         """Time conditioning; SiT embeds the raw t in [0, 1] (DiT overrides this)."""
         return self.t_embedder(t)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
-                hidden_layers: tuple[int, ...] | range = ()) -> torch.Tensor | ModelOutput:
-        """Predict the velocity for x_t (B, C, H, W) at times t (B,) and labels y (B,).
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The prediction (B, C_out, H, W) for x_t (B, C, H, W) at times t (B,) with labels y (B,)."""
+        return self.forward_features(x, t, y).prediction
+
+    def forward_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
+                         layers: tuple[int, ...] | range = (), attention: tuple[int, ...] = ()) -> ModelOutput:
+        """The prediction with the REPA projector outputs, hidden tokens and attention logits.
 
         Args:
-            project: also return the projector outputs (one (B, N, E) per encoder) for the REPA loss.
-            hidden_layers: 1-based block indices whose output tokens (B, N, D) are returned (analysis).
-        Returns:
-            The prediction (B, C_out, H, W), or a ModelOutput when ``project`` or ``hidden_layers`` is set.
+            x, t, y: as for ``forward``.
+            project: also run the projectors on the tokens after block ``encoder_depth`` (one (B, N, E) each).
+            layers: 1-based block indices whose output tokens (B, N, D) are returned in ``hidden``.
+            attention: 1-based block indices whose attention logits (B, H, N, N) are returned in ``attention``
+                (those blocks compute attention explicitly instead of with the fused kernel).
         """
         if x.shape[-1] != self.config.input_size or x.shape[-2] != self.config.input_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])} but the model was built for "
                              f"{self.config.input_size}x{self.config.input_size} (model.input_size)")
-        wanted = set(hidden_layers)
-        if wanted and not wanted <= set(range(1, self.config.depth + 1)):
-            raise ValueError(f"hidden_layers {sorted(wanted)} outside 1..{self.config.depth} (the model depth)")
+        wanted, with_attention = set(layers), set(attention)
+        depths = set(range(1, self.config.depth + 1))
+        if not (wanted | with_attention) <= depths:
+            raise ValueError(f"layers {sorted((wanted | with_attention) - depths)} outside 1..{self.config.depth} "
+                             "(the model depth)")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         h = self.x_embedder(x) + self.pos_embed                     # (B, N, D)
         c = self.embed_time(t) + self.y_embedder(y)                 # (B, D)
         projected: list[torch.Tensor] = []
         hidden: dict[int, torch.Tensor] = {}
+        maps: dict[int, torch.Tensor] = {}
         for index, block in enumerate(self.blocks, start=1):
-            if self.gradient_checkpointing and self.training:
-                h = checkpoint(block, h, c, use_reentrant=False)
+            run = (lambda *a: checkpoint(block, *a, use_reentrant=False)) if (
+                self.gradient_checkpointing and self.training) else block
+            if index in with_attention:
+                h, maps[index] = run(h, c, True)
             else:
-                h = block(h, c)
+                h = run(h, c)
             if index in wanted:
                 hidden[index] = h
             if project and index == self.config.encoder_depth:
                 projected = [proj(h) for proj in self.projectors]  # each (B, N, E)
         out = self.unpatchify(self.final_layer(h, c))               # (B, C_out, H, W)
-        if project or wanted:
-            return ModelOutput(out, projected, hidden)
-        return out
+        return ModelOutput(out, projected, hidden, maps)
+
+
+class FeaturesView(nn.Module):
+    """``forward`` = ``net.forward_features``: the module DDP and torch.compile wrap in training, so that the
+    call that returns projector outputs goes through their hooks (they only hook ``forward``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, **kwargs) -> ModelOutput:
+        return self.net.forward_features(x, t, y, **kwargs)

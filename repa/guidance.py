@@ -1,0 +1,158 @@
+"""Classifier-free guidance with a guidance interval, written once for every sampler.
+
+``GuidedModel`` wraps a network ``model(x, t, y)`` as DiT's ``forward_with_cfg`` does (Ho & Salimans 2022,
+"Classifier-Free Diffusion Guidance"; the interval is Kynkaanniemi et al. 2024, "Applying Guidance in a Limited
+Interval"): inside the interval the batch is doubled with the null label and the output becomes
+u + w (c - u); outside it, or for w == 1, only the conditional half is evaluated. The velocity samplers
+(``repa.samplers``) and DDPM ancestral sampling (``repa.diffusion.sampling``) both call it; neither writes the rule.
+
+Which channels are guided is a per-family default (``guided_channels``): DiT's and willisma/SiT's
+``forward_with_cfg`` mix only the first 3 channels (their published FIDs were made so), REPA's samplers all of them.
+
+Also here: the per-sample noise that makes a sample independent of the batch it is drawn in.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Transform = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def check_guidance(cfg_scale: float, guidance_interval: tuple[float, float]) -> None:
+    """Raise ValueError for a guidance scale < 0 or an interval outside [0, 1] or reversed."""
+    low, high = guidance_interval
+    if not (0.0 <= low <= high <= 1.0):
+        raise ValueError(f"guidance interval ({low}, {high}) must satisfy 0 <= low <= high <= 1")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+
+
+def model_dtype(model, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype a network's inputs are cast to: that of its first parameter, else ``default``."""
+    parameters = model.parameters() if isinstance(model, torch.nn.Module) else iter(())
+    first = next(parameters, None)
+    return first.dtype if first is not None else default
+
+
+def null_class_of(model, null_class: int | None) -> int:
+    """The unconditional label: ``null_class`` when given, else the network's ``config.null_class``."""
+    if null_class is not None:
+        return int(null_class)
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "null_class", None) is None:
+        raise ValueError("guidance needs the null (unconditional) class: pass null_class=..., or use a network "
+                         "with a .config (repa.build_model, repa.load_model)")
+    return int(config.null_class)
+
+
+REFERENCE_GUIDED_CHANNELS = 3     # DiT's and willisma/SiT's forward_with_cfg: ``model_out[:, :3]``
+
+
+def default_guided_channels(model, channels: int) -> int:
+    """How many leading channels of the ``channels`` data channels the family's reference sampler guides.
+
+    DiT (facebookresearch/DiT) and willisma/SiT's released SiT (``config.time_convention == "noise_at_0"``) guide
+    the first 3 (of 4 latent channels); REPA's SiT, and a network without a ``.config``, guide all of them.
+    """
+    config = getattr(model, "config", None)
+    reference_three = config is not None and (getattr(config, "family", None) == "DiT"
+                                              or getattr(config, "time_convention", None) == "noise_at_0")
+    return min(REFERENCE_GUIDED_CHANNELS, channels) if reference_three else channels
+
+
+def guided_channels_of(model, guided_channels: int | str | None, channels: int) -> int:
+    """The number of leading data channels guidance mixes.
+
+    Args:
+        model: the network (its ``config`` gives the family default).
+        guided_channels: ``None`` (the family default, ``default_guided_channels``), ``"all"``, or k in 1..channels.
+        channels: the data channels C (a learned variance beyond them is never guided).
+    """
+    if guided_channels is None:
+        return default_guided_channels(model, channels)
+    if guided_channels == "all":
+        return channels
+    if isinstance(guided_channels, bool) or not isinstance(guided_channels, int) \
+            or not 1 <= guided_channels <= channels:
+        raise ValueError(f"guided_channels must be 'all' or an integer in 1..{channels} (the data channels), "
+                         f"got {guided_channels!r}")
+    return guided_channels
+
+
+def per_sample_noise(shape, generator, device) -> torch.Tensor:
+    """float64 standard normal noise of ``shape``; with a list of generators, row b comes from generator b alone,
+    so a sample does not depend on the batch it is drawn in."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float64)
+                            for g in generator]).to(device)
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
+
+
+class GuidedModel:
+    """A network with classifier-free guidance inside an interval; call it as ``guided(x, t)`` with a float t.
+
+    Args:
+        model: the network, ``model(x, t, y) -> (B, C_out, H, W)``.
+        labels: (B,) class labels of the batch being sampled.
+        cfg_scale: guidance scale w (1 = none).
+        interval: (low, high): guidance only where low <= the step's start time <= high.
+        null_class: the unconditional label (default: ``model.config.null_class``); only read when guiding.
+        dtype: the dtype the network's inputs are cast to (default: its parameters' dtype, else float32).
+        time_dtype: the dtype of the time input (default: ``dtype``; DDPM passes float64 so t = k / 1000 is exact).
+        channels: output channels kept (default: all); the velocity samplers keep C and drop a learned variance.
+        guided_channels: how many leading channels the guidance mixes (default: all kept channels); the others
+            come from the conditional half (DDPM: epsilon is guided, the learned variance is conditional).
+    """
+
+    def __init__(self, model, labels: torch.Tensor, *, cfg_scale: float = 1.0,
+                 interval: tuple[float, float] = (0.0, 1.0), null_class: int | None = None,
+                 dtype: torch.dtype | None = None, time_dtype: torch.dtype | None = None,
+                 channels: int | None = None, guided_channels: int | None = None):
+        check_guidance(cfg_scale, interval)
+        self.model, self.labels = model, labels
+        self.cfg_scale, self.interval = float(cfg_scale), (float(interval[0]), float(interval[1]))
+        self.dtype = dtype or model_dtype(model)
+        self.time_dtype = time_dtype or self.dtype
+        self.channels, self.guided_channels = channels, guided_channels
+        self.guides = self.cfg_scale != 1.0
+        self.null_labels = (torch.full_like(labels, null_class_of(model, null_class)) if self.guides else None)
+
+    def is_guided(self, t: float) -> bool:
+        """Whether a step starting at time ``t`` is guided."""
+        return self.guides and self.interval[0] <= t <= self.interval[1]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, t: float, *, step_start: float | None = None,
+                 transform: Transform | None = None) -> torch.Tensor:
+        """The (guided) output at (x, t) in float64, (B, channels, H, W).
+
+        Args:
+            x: (B, C, H, W) state (any float dtype; cast to ``dtype`` for the network).
+            t: the time the network is evaluated at.
+            step_start: the time the step starts at (default ``t``): it decides whether to guide, so both
+                evaluations of a Heun step are guided or neither, as in the reference sampler.
+            transform: ``transform(out, x, t)`` maps the network output to the quantity that is guided (the SDE
+                guides its whole drift); applied to both halves before mixing.
+        """
+        guided = self.is_guided(t if step_start is None else step_start)
+        x_in = torch.cat([x, x]) if guided else x
+        y_in = torch.cat([self.labels, self.null_labels]) if guided else self.labels
+        t_in = torch.full((x_in.shape[0],), t, device=x.device, dtype=self.time_dtype)
+        out = self.model(x_in.to(self.dtype), t_in, y_in)
+        out = (out if self.channels is None else out[:, : self.channels]).double()
+        if transform is not None:
+            out = transform(out, x_in, t)
+        if not guided:
+            return out
+        cond, uncond = out.chunk(2)
+        k = cond.shape[1] if self.guided_channels is None else self.guided_channels
+        mixed = uncond[:, :k] + self.cfg_scale * (cond[:, :k] - uncond[:, :k])
+        return torch.cat([mixed, cond[:, k:]], dim=1) if k < cond.shape[1] else mixed
+
+
+__all__ = ["GuidedModel", "REFERENCE_GUIDED_CHANNELS", "check_guidance", "default_guided_channels",
+           "guided_channels_of", "model_dtype", "null_class_of", "per_sample_noise"]
