@@ -230,7 +230,7 @@ def test_sample_settings_without_finished_batches_do_not_block(tmp_path, checkpo
     assert sorted(os.listdir(out)) == ["grid.png", "samples.npz", "settings.json", "shards"]
 
 
-# ---- 3: no leftovers --------------------------------------------------------------------------------------------------
+# ---- 3: no leftovers -------------------------------------------------------------------------------------------------
 
 def test_stale_temp_files_of_dead_writers_are_removed_on_the_next_start(tmp_path, dataset_dir):
     from repa.train import train
@@ -238,8 +238,8 @@ def test_stale_temp_files_of_dead_writers_are_removed_on_the_next_start(tmp_path
     train(_config(run, dataset_dir, max_steps=2), progress=False)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = [run / "checkpoints" / f".00000004.pt.tmp-{dead.pid}", run / "checkpoints" / f".00000004.pt.sha256.tmp-{dead.pid}",
-             run / f".config.json.tmp-{dead.pid}"]
+    stale = [run / "checkpoints" / f".00000004.pt.tmp-{dead.pid}",
+             run / "checkpoints" / f"..00000004.pt.tmp-{dead.pid}.tmp-{dead.pid}", run / f".config.json.tmp-{dead.pid}"]
     for path in stale:
         path.write_bytes(b"partial")
     live = run / "checkpoints" / f".00000004.pt.tmp-{os.getppid()}"     # a live writer's file is not touched
@@ -255,7 +255,7 @@ def test_sample_grid_cleans_its_stale_temp_file_and_leaves_none(capsys, tmp_path
     assert sorted(os.listdir(tmp_path)) == ["grid.png"]
 
 
-# ---- 4: one writer per folder -------------------------------------------------------------------------------------------
+# ---- 4: one writer per folder ----------------------------------------------------------------------------------------
 
 HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from repa.runlock import claim_folder\n"
         "with claim_folder(sys.argv[1], 'run'):\n    print('held', flush=True); time.sleep(60)")
@@ -287,7 +287,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(capsys, tmp_path, confi
         assert main([str(a) for a in argv]) == 0 and not (folder / ".lock").exists()
 
 
-# ---- 5: metrics agree with the checkpoint after a resume ---------------------------------------------------------------
+# ---- 5: metrics agree with the checkpoint after a resume -------------------------------------------------------------
 
 def test_metrics_are_truncated_to_the_resumed_step(tmp_path, dataset_dir, capsys):
     from repa.train import train
@@ -302,7 +302,7 @@ def test_metrics_are_truncated_to_the_resumed_step(tmp_path, dataset_dir, capsys
     assert steps == list(range(1, 9))
 
 
-# ---- 6: corruption never passes silently ---------------------------------------------------------------------------------
+# ---- 6: corruption never passes silently -----------------------------------------------------------------------------
 
 def test_a_flipped_byte_is_caught_without_the_sidecar(tmp_path):
     path = tmp_path / "00000001.pt"
@@ -360,7 +360,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_leaves_no_temp_fi
     assert leftovers == []
 
 
-# ---- 7: odd images ----------------------------------------------------------------------------------------------------
+# ---- 7: odd images ---------------------------------------------------------------------------------------------------
 
 def test_sixteen_bit_and_float_images_are_scaled_or_skipped(tmp_path):
     from repa.data import open_dataset
@@ -383,7 +383,7 @@ def test_sixteen_bit_and_float_images_are_scaled_or_skipped(tmp_path):
     assert "wide_float.tiff" in skipped and "outside [0, 1] and [0, 255]" in skipped
 
 
-# ---- 8: Ctrl-C and SIGTERM ----------------------------------------------------------------------------------------------
+# ---- 8: Ctrl-C and SIGTERM -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_checkpoints_the_current_step_and_exits_cleanly(tmp_path, dataset_dir, signum, code):
@@ -430,7 +430,7 @@ def test_eval_checks_an_unwritable_output_folder_before_any_network_runs(ctx):
     assert not (ctx.tmp / "out").exists() and not [p for p in ctx.tmp.rglob("*") if "write-test" in p.name]
 
 
-# ---- encoder objects follow the training device --------------------------------------------------------------------------
+# ---- encoder objects follow the training device ----------------------------------------------------------------------
 
 def test_encoder_objects_given_to_train_move_to_the_training_device(tmp_path, tiny_dataset, teacher):
     from repa.train import _resolve_encoders
