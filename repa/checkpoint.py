@@ -22,6 +22,8 @@ import torch
 
 from repa import distributed
 from repa.config import ModelConfig, TrainConfig, to_json, train_config_from_dict
+from repa.integrity import (add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
+                            verify_state_digest)
 from repa.models import build_model, heads_of, size_of
 from repa.models.released import ORIGINS, resolve_origin
 from repa.utils import atomic_write, atomic_write_text, library_versions, sha256_file
@@ -44,14 +46,20 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     write leaves only a ``.tmp`` file that nothing reads.
     """
     path = Path(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:    # the content digest travels inside the file too
+        obj = add_state_digest(obj)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         atomic_write(tmp, lambda f: torch.save(obj, f))
         atomic_write_text(path.with_name(path.name + ".sha256"), sha256_file(tmp) + "\n")
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:      # torch.save reports a failed write as a RuntimeError
+        error = checkpoint_write_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -97,20 +105,30 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with disallowed globals, not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, corrupt, or not a torch "
-                              f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: {describe_load_failure(exc)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+    if verify:
+        try:
+            verify_state_digest(obj, path)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     return obj
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, Path] | None:
     """The newest checkpoint of a run that loads and verifies; broken newer ones are reported and skipped."""
-    for step, path in reversed(list_checkpoints(run_dir)):
+    found = list_checkpoints(run_dir)
+    for step, path in reversed(found):
         try:
             return load_checkpoint(path), path
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint: {exc}")
+    if found:       # never start again from step 0 silently over a run's broken checkpoints
+        names = ", ".join(p.name for _, p in found)
+        raise CheckpointError(f"every checkpoint of {run_dir} is corrupt or unreadable ({names}); "
+                              f"restore them from a copy, or move the folder {Path(run_dir) / 'checkpoints'} away to "
+                              f"start the run again from step 0")
     return None
 
 
@@ -316,6 +334,10 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     elif origin != "auto":
         raise ValueError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
                          "checkpoints")
+    try:
+        check_finite(state, path, f"{which} weights")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     model = build_model(model_cfg)
     missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
     if missing or unexpected:

@@ -6,6 +6,8 @@ Each subcommand has one ``_add_<name>(subparsers)`` function below that declares
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 
 
@@ -66,7 +68,15 @@ def _add_sample_grid(sub) -> None:
 
     def run(args):
         from repa.checkpoint import load_model
+        from repa.preflight import check_output_file
+        from repa.runlock import clean_stale_temp_files
         from repa.visualize import sample_grid_png
+        for flag, value in (("--num", args.num), ("--steps", args.steps)):
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+        check_output_file(args.out, "--out")
+        clean_stale_temp_files(os.path.dirname(os.path.abspath(args.out)),
+                               prefix=f".{os.path.basename(args.out)}.tmp")
         model = load_model(args.checkpoint)
         sample_grid_png(model, args.out, num=args.num, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed)
         print(f"wrote {args.out}")
@@ -222,21 +232,93 @@ SUBCOMMANDS = [
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repa", description="REPA: representation alignment for generation.")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(sub)
     return parser
 
 
+# ---- errors: one line each -----------------------------------------------------------------------------------------
+
+DEBUG_ENV = "REPA_DEBUG"
+RESUMABLE = {"train", "prepare", "sample"}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error_message(exc: OSError) -> str:
+    """A readable reason for an OSError raised by this project (message in strerror) or by the system."""
+    import errno
+    reason = exc.strerror or str(exc)
+    if exc.filename and str(exc.filename) not in reason:
+        reason = f"{exc.filename}: {reason}"
+    hints = {errno.ENOSPC: "free space on that file system or choose another folder",
+             errno.EDQUOT: "free space on that file system or choose another folder",
+             errno.EFBIG: "the file exceeds a size limit of this system or file system",
+             errno.EROFS: "the file system is read-only; choose a writable folder",
+             errno.EACCES: "choose a folder you may write to", errno.EPERM: "choose a folder you may write to"}
+    hint = hints.get(exc.errno)
+    return f"{reason}; {hint}" if hint and hint not in reason else reason
+
+
+def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[int, str] | None:
+    """(exit code, one-line message) for a user error or an interruption; None for a bug (keep the traceback)."""
+    import pickle
+
+    from repa.config import ConfigError
+    from repa.interrupt import Interrupted
+    from repa.runlock import RunLockedError
+    from repa.training_utils import NonFiniteError
+    if isinstance(exc, Interrupted):
+        if command == "train" and exc.checkpoint is not None:
+            how = f"; resume with: repa {shlex.join(argv)}"
+        elif command in RESUMABLE:
+            how = "; rerun the same command to resume"
+        else:
+            how = ""
+        return exc.exit_code, f"{exc}{how}"
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted (Ctrl-C)" + ("; rerun the same command to resume" if command in RESUMABLE else "")
+    if isinstance(exc, (NonFiniteError, RunLockedError)):
+        return 1, str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        return 2, f"a file is not a weights-only torch file; nothing in it was executed ({_one_line(exc)[:200]})"
+    if isinstance(exc, (ConfigError, ValueError)):
+        return 2, str(exc)
+    if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
+        return 2, _os_error_message(exc)        # a path given wrongly
+    if isinstance(exc, OSError):
+        return 1, _os_error_message(exc)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from repa.config import ConfigError
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    from repa.interrupt import signals_as_exceptions
     try:
-        result = args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:  # user errors: one clear line, no traceback
-        print(f"repa {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        with signals_as_exceptions():
+            if getattr(args, "device", None) is not None:
+                from repa.preflight import check_device
+                check_device(args.device)
+            result = args.func(args)
+    except BaseException as exc:  # noqa: BLE001  user errors: one clear line, no traceback
+        if isinstance(exc, SystemExit):
+            raise
+        described = describe_error(exc, args.command, [a for a in argv if a != "--debug"])
+        if described is None or debug:
+            raise
+        code, message = described
+        from repa.interrupt import Interrupted
+        label = "" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "error: "
+        print(f"repa {args.command}: {label}{_one_line(message)}", file=sys.stderr)
+        return code
     return int(result or 0)
 
 

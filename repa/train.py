@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +17,16 @@ import torch
 
 from repa import distributed
 from repa.autoencoder import sample_latents
-from repa.checkpoint import TrainingState
+from repa.checkpoint import TrainingState, list_checkpoints
 from repa.config import ConfigError, TrainConfig, diff, to_json, train_config_from_dict, validate_train
 from repa.data.loader import BatchLoader
 from repa.encoders import check_train_encoders, load_encoder, pool_tokens, pooled_class_token
+from repa.interrupt import GracefulStop, Interrupted
 from repa.losses import drop_labels
 from repa.models import FeaturesView, build_model
 from repa.objectives import get_objective
+from repa.preflight import check_dataset_for_model, check_output_dir
+from repa.runlock import claim_folder, clean_stale_temp_files
 from repa.training_utils import MetricsLog, NonFiniteError, autocast_context, lambda_at, lr_at, sample_preview
 from repa.utils import atomic_write_text, from_uint8
 
@@ -44,7 +48,7 @@ class TrainResult:
 def _check_run_dir(cfg: TrainConfig, allow_config_change: bool, is_main: bool) -> None:
     """Refuse to reuse a run directory whose saved config differs (beyond resume-safe fields)."""
     saved = Path(cfg.run_dir) / "config.json"
-    if saved.exists():
+    if saved.exists() and list_checkpoints(cfg.run_dir):   # a config without any checkpoint claims nothing
         old = train_config_from_dict(json.loads(saved.read_text()))
         changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS}
         if changed and not allow_config_change:
@@ -146,6 +150,7 @@ def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list
                     for name, key, w in zip(cfg.encoders, keys, weights)]
     if len(encoders) != len(cfg.encoders):
         raise ConfigError(f"{len(encoders)} encoder objects given for {len(cfg.encoders)} configured encoders")
+    encoders = [e.to(device) if isinstance(e, torch.nn.Module) else e for e in encoders]
     if cfg.compile:
         encoders = [torch.compile(e) if e is not None else None for e in encoders]
     return list(encoders), keys
@@ -164,6 +169,19 @@ def _open_dataset(cfg: TrainConfig, dataset):
 
 def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change: bool = False,
           device: str | None = None, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg`` while holding its run directory's lock (see ``_train``).
+
+    One writer per run: a second process on the same ``run_dir`` is refused with the holder's pid; a first start
+    that fails before writing anything leaves no run directory behind.
+    """
+    rank = int(os.environ.get("RANK", 0))
+    with claim_folder(cfg.run_dir, "run", enabled=rank == 0):
+        return _train(cfg, dataset=dataset, encoders=encoders, allow_config_change=allow_config_change,
+                      device=device, progress=progress, stop_at_step=stop_at_step)
+
+
+def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change: bool = False,
+           device: str | None = None, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns when ``max_steps`` (or ``stop_at_step``) is reached.
 
     Args:
@@ -183,12 +201,15 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    _check_run_dir(cfg, allow_config_change, process.is_main)
     dataset = _open_dataset(cfg, dataset)
-    if dataset.num_classes > cfg.model.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the dataset has {dataset.num_classes} "
-                          "classes")
+    check_dataset_for_model(cfg, dataset)          # against the manifest, before anything is built or written
     encoders, cache_keys = _resolve_encoders(cfg, dataset, encoders, dev)
+    if process.is_main:
+        check_output_dir(cfg.run_dir, "run_dir")
+    _check_run_dir(cfg, allow_config_change, process.is_main)
+    if process.is_main:                            # half-written files of a killed writer of this run
+        clean_stale_temp_files(cfg.run_dir)
+        clean_stale_temp_files(Path(cfg.run_dir) / "checkpoints")
     objective = get_objective(cfg.objective.kind)
 
     # -- model, EMA, optimiser (identical init on every rank: seeded before building) --------------------------
@@ -217,6 +238,8 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     try:
         state = TrainingState(cfg, net, ema, opt, scaler, loader, sharded=fsdp)
         last_ckpt = state.resume(cfg.run_dir)
+        if last_ckpt is not None and process.is_main:
+            print(f"resumed from step {state.step} (checkpoint {last_ckpt})", flush=True)
 
         # The training entry point returns the projector outputs: forward_features, through DDP / compile.
         features = FeaturesView(net)
@@ -227,8 +250,9 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
             features = torch.compile(features)
 
         log = MetricsLog(cfg, enabled=process.is_main, start_step=state.step, progress=progress)
-        last_ckpt = _train_loop(cfg, state, objective, features, params, encoders, cache_keys, log, process,
-                                stop_at_step, last_ckpt)
+        with GracefulStop() as stop:               # Ctrl-C / SIGTERM: checkpoint at the end of the current step
+            last_ckpt = _train_loop(cfg, state, objective, features, params, encoders, cache_keys, log, process,
+                                    stop_at_step, last_ckpt, stop)
     except NonFiniteError as exc:
         raise NonFiniteError(exc.step, f"{exc.reason}; the last good checkpoint is {exc.checkpoint}. Likely causes: "
                              "a learning rate too high for this batch size, fp16 overflow (try precision=bf16), or "
@@ -241,8 +265,11 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
 
 
 def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, params, encoders, cache_keys,
-                log: MetricsLog, process, stop_at_step: int | None, last_ckpt: Path | None) -> Path | None:
-    """The labelled phases of every step, until ``max_steps`` (or ``stop_at_step``); returns the last checkpoint."""
+                log: MetricsLog, process, stop_at_step: int | None, last_ckpt: Path | None,
+                stop: GracefulStop | None = None) -> Path | None:
+    """The labelled phases of every step, until ``max_steps`` (or ``stop_at_step``); returns the last checkpoint.
+
+    A signal recorded by ``stop`` ends the run after the current step's checkpoint (``Interrupted``)."""
     net, ema, opt, scaler, loader = state.net, state.ema, state.opt, state.scaler, state.loader
     dev = process.device
     fsdp = state.sharded
@@ -330,13 +357,16 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
 
         # -- logging, checkpoints, previews (host syncs happen only here) ----------------------------------------
         log.accumulate(loss_sum, denoise_sum, align_sum, grad_norm)
-        at_ckpt = step % cfg.ckpt_every == 0 or step == end
+        stop_signal = stop.check(step, cfg.log_every, process.world_size, dev) if stop is not None else 0
+        at_ckpt = step % cfg.ckpt_every == 0 or step == end or bool(stop_signal)
         if step % cfg.log_every == 0 or at_ckpt:
             if int(first_bad) >= 0:
                 raise NonFiniteError(int(first_bad), "loss or gradient norm is not finite", last_ckpt)
             log.write(step, state.images_seen, lr=opt.param_groups[0]["lr"], lam=lam)
         if at_ckpt:
             last_ckpt = state.save(cfg.run_dir, cfg.keep_last, cfg.milestone_every)
+        if stop_signal:
+            raise Interrupted(stop_signal, step, last_ckpt)
         if cfg.sample_every and step % cfg.sample_every == 0 and process.is_main:
             sample_preview(ema, cfg, step)
     return last_ckpt

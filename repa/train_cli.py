@@ -28,17 +28,37 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                            help=getattr(tp, "__name__", str(tp)))
 
 
+def _read_config_file(path: str) -> TrainConfig:
+    """A TrainConfig from a config.json; every problem names the file."""
+    from repa.config import ConfigError, train_config_from_dict
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a folder; give its config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not valid JSON ({exc}); give the config.json of a run "
+                          f"directory, or a preset with --preset") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} holds a JSON {type(data).__name__}, not a config object")
+    try:
+        return train_config_from_dict(data)
+    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"--config {path}: {exc}") from None
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Preset (or --config file), then the given field overrides, then validation (encoders included).
 
     ``model.encoder_dims`` follows ``--encoders`` unless it is given too: it is derived from the encoder registry.
     """
-    from repa.config import apply_overrides, parse_value, train_config_from_dict, validate_train
+    from repa.config import apply_overrides, parse_value, validate_train
     from repa.encoders import check_train_encoders, encoder_dims
     from repa.presets import get_preset
     if args.config:
-        with open(args.config) as f:
-            cfg = train_config_from_dict(json.load(f))
+        cfg = _read_config_file(args.config)
     else:
         cfg = get_preset(args.preset)
     types = field_types(TrainConfig)

@@ -49,6 +49,24 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records of ``metrics.jsonl`` up to ``step`` (the step a run resumes from), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):   # a line cut by a kill: drop it
+            continue
+        if record_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        from repa.utils import atomic_write_text
+        atomic_write_text(path, "".join(kept))
+
+
 class MetricsLog:
     """Accumulates losses on the device; writes metrics.jsonl, TensorBoard (and W&B) every ``log_every`` steps.
 
@@ -65,6 +83,7 @@ class MetricsLog:
         if not enabled:
             return
         self.path = Path(cfg.run_dir) / "metrics.jsonl"
+        truncate_metrics(self.path, start_step)    # lines logged after the checkpoint we resume from go
         if progress:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -72,7 +91,7 @@ class MetricsLog:
         if cfg.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+                self.tb = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"), purge_step=start_step + 1)
             except ImportError:
                 warnings.warn("tensorboard is not installed; TensorBoard logging is off")
         if cfg.wandb:
@@ -114,12 +133,14 @@ class MetricsLog:
             self.wandb.log(record, step=step)
 
     def close(self) -> None:
+        """Close the progress bar and the writers (idempotent)."""
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+        self.bar = self.tb = self.wandb = None
 
 
 _preview_warned = False

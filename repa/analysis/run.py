@@ -243,6 +243,11 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     opts.validate()
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
+    missing = [str(c) for c in checkpoints if not Path(c).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {missing[0]} does not exist")
+    from repa.preflight import check_output_dir
+    check_output_dir(out, "--out")              # before any model runs: a file or a read-only folder fails now
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(data, (str, os.PathLike)):
         from repa.data import open_dataset

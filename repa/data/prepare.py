@@ -22,6 +22,7 @@ from repa.data import store
 from repa.data.sources import SourceListing, list_source, open_item
 from repa.data.store import PROGRESS, DataError, shard_path, write_json, write_npy, write_text
 from repa.data.transforms import transform_image
+from repa.runlock import LOCK_FILE, claim_folder
 from repa.utils import library_versions
 
 log = logging.getLogger("repa.data")
@@ -56,6 +57,8 @@ def make_plan(listing: SourceListing, *, resolution: int | None, channels: int, 
         raise ValueError(f"{listing.root}: images of a folder have different sizes; give --resolution (e.g. 256)")
     if resolution is not None and resolution < 8:
         raise ValueError(f"resolution must be >= 8, got {resolution}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"--chunk-size must be a positive number of items, got {chunk_size}")
     if latents is not None and (channels != 3 or side % 8):
         raise ValueError(f"VAE latents need RGB images (channels 3) with a side divisible by 8; got channels "
                          f"{channels}, side {side}")
@@ -272,6 +275,11 @@ def _markers_from_manifest(out: str, manifest: dict) -> None:
         start += count
 
 
+def _has_finished_chunks(out: str) -> bool:
+    progress = os.path.join(out, PROGRESS)
+    return any(name.startswith(("images_", "latents_")) for name in os.listdir(progress))
+
+
 def _claim_output(out: str, plan: dict, overwrite: bool, rank: int) -> dict | None:
     """Check that ``out`` can hold this plan and record it; returns the manifest when the work is already done."""
     manifest_path = os.path.join(out, store.MANIFEST)
@@ -284,14 +292,22 @@ def _claim_output(out: str, plan: dict, overwrite: bool, rank: int) -> dict | No
             if os.path.isfile(manifest_path) and store.read_json(manifest_path).get("plan") == plan:
                 return store.read_json(manifest_path)
             time.sleep(1.0)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataError(f"output {out!r} is a file; give a folder for the dataset")
     ours = os.path.isfile(manifest_path) or os.path.isdir(os.path.join(out, PROGRESS))
-    if os.path.isdir(out) and os.listdir(out) and not ours:
+    if os.path.isdir(out) and set(os.listdir(out)) - {LOCK_FILE} and not ours:
         raise DataError(f"output folder {out!r} is not empty and is not a repa dataset; choose an empty folder")
     if overwrite and ours:
-        shutil.rmtree(out)
+        for name in os.listdir(out):     # everything but our lock
+            if name != LOCK_FILE:
+                target = os.path.join(out, name)
+                shutil.rmtree(target) if os.path.isdir(target) and not os.path.islink(target) else os.remove(target)
     if os.path.isfile(plan_path):
-        _check_same_plan(store.read_json(plan_path), plan, out)
-        return None
+        if _has_finished_chunks(out):
+            _check_same_plan(store.read_json(plan_path), plan, out)
+            return None
+        log.info("%s: an earlier start finished no chunk; starting with the new settings", out)
+        os.remove(plan_path)
     if os.path.isfile(manifest_path):
         manifest = store.read_json(manifest_path)
         old = manifest.get("plan", {})
@@ -358,6 +374,19 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
     latents = {"vae": vae, "dtype": latent_dtype} if vae else None
     plan = make_plan(listing, resolution=resolution, channels=channels, hflip=hflip, small=small,
                      chunk_size=chunk_size, latents=latents)
+    if rank == 0:
+        from repa.preflight import check_output_dir
+        check_output_dir(out, "OUT")
+    with claim_folder(out, "dataset", enabled=rank == 0):     # one preparation per folder (rank 0 holds it)
+        return _prepare_claimed(listing, out, plan, overwrite=overwrite, rank=rank, world_size=world_size,
+                                num_workers=num_workers, vae=vae, latent_dtype=latent_dtype, batch_size=batch_size,
+                                device=device, progress=progress, _fail_after_chunks=_fail_after_chunks)
+
+
+def _prepare_claimed(listing, out, plan, *, overwrite, rank, world_size, num_workers, vae, latent_dtype, batch_size,
+                     device, progress, _fail_after_chunks) -> str:
+    """The work of ``prepare_dataset`` once ``out`` is locked and the inputs are checked."""
+    latents = plan["latents"]
     existing = _claim_output(out, plan, overwrite, rank)
     if existing is not None:
         log.info("%s is already complete", out)

@@ -72,6 +72,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     if args.encoder_weights and len(args.encoder_weights) != len(args.tokens):
         raise ValueError(f"--encoder-weights: give one path per --tokens encoder ({len(args.tokens)}), "
                          f"got {len(args.encoder_weights)}")
+    for flag, value, low in (("--chunk-size", args.chunk_size, 1), ("--workers", args.workers, 0),
+                             ("--batch-size", args.batch_size, 1), ("--token-grid", args.token_grid, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
     rank = int(os.environ.get("RANK", 0))
     out = args.paths[-1]
     if len(args.paths) == 2:
@@ -95,6 +99,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             from repa.encoders import load_encoder
         except ImportError as exc:
             raise ValueError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
+        from repa.runlock import claim_folder
         if rank != 0:
             _wait_for_manifest(out)
         ds = open_dataset(out)
@@ -103,7 +108,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         weights = args.encoder_weights or [None] * len(args.tokens)
         for name, w in zip(args.tokens, weights):
             encoder = load_encoder(name, resolution=resolution, token_grid=grid, weights=w, device=args.device)
-            key = build_token_cache(out, encoder, weights=w, batch_size=args.batch_size, progress=not args.quiet)
+            with claim_folder(out, "dataset", enabled=rank == 0):
+                key = build_token_cache(out, encoder, weights=w, batch_size=args.batch_size,
+                                        progress=not args.quiet)
             if rank == 0:
                 print(f"token cache {key} ready in {out}")
     return 0

@@ -140,7 +140,12 @@ class _ShardedArray:
         """Memory map of shard k (opened once)."""
         arr = self._maps[k]
         if arr is None:
-            arr = np.load(os.path.join(self.root, shard_path(self.field, k)), mmap_mode="r")
+            file = os.path.join(self.root, shard_path(self.field, k))
+            try:
+                arr = np.load(file, mmap_mode="r")
+            except (ValueError, OSError) as exc:     # truncated or damaged: name the file
+                raise DataError(f"{file}: unreadable ({' '.join(str(exc).split())}); the file is truncated or "
+                                f"corrupt: run `repa prepare --verify {self.root}` and prepare it again") from None
             if arr.shape != (self.counts[k], *self.item_shape) or arr.dtype != self.dtype:
                 raise DataError(f"{self.root}/{shard_path(self.field, k)}: shape {arr.shape} {arr.dtype}, the "
                                 f"manifest says {(self.counts[k], *self.item_shape)} {self.dtype}; run "

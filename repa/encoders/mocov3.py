@@ -26,6 +26,7 @@ from torch import nn
 
 from repa.encoders.base import EncoderSpec, EncoderWeightsError, missing_file_error
 from repa.encoders.hf import HFTokens, use_position_grid
+from repa.integrity import load_state_dict_file
 
 MOCOV3_URLS = {
     "mocov3-vit-b": "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
@@ -122,11 +123,10 @@ def build_mocov3(spec: EncoderSpec, weights: str | None, grid: int) -> nn.Module
                f"--encoder-weights PATH), or save it as {spec.default_file!r} in the working directory (the "
                f"reference code's location).")
         raise missing_file_error(spec, path, how)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:    # a corrupt or foreign file: say which one
-        raise EncoderWeightsError(f"encoder {spec.name}: cannot read {os.path.abspath(path)!r} as a MoCo v3 "
-                                  f"checkpoint: {exc}") from exc
+    try:    # a pickle of Python objects is refused (named, never executed), like a corrupt or foreign file
+        checkpoint = load_state_dict_file(path, f"encoder {spec.name}: weights")
+    except ValueError as exc:
+        raise EncoderWeightsError(str(exc)) from None
     state_dict = checkpoint.get("state_dict", checkpoint)
     try:
         model = vit_from_timm_state_dict(mocov3_to_timm(state_dict))

@@ -247,8 +247,14 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
         dict with ``fid``, ``sfid``, ``precision``, ``recall``, ``inception_score`` (when ``logits``),
         ``fd_dinov2`` (when ``dinov2``) and bookkeeping (counts, resolution, sources, network hash).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # -- every check before any heavy work --
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if ref_num is not None and ref_num < 2:
+        raise ValueError(f"--ref-num must be >= 2, got {ref_num}")
+    from repa.preflight import check_device
+    check_device(device)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(samples, (str, os.PathLike)):
         sample_file: SampleFile | None = open_samples(samples)
         num, hw, sample_name = sample_file.num, (sample_file.height, sample_file.width), str(samples)
@@ -301,8 +307,10 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
 def evaluate_samples(samples: str, reference: str, *, out: str | None = None, **kwargs) -> dict:
     """``repa eval``: ``compute_metrics`` on a sample ``.npz``, then the results as JSON (``out``, default
     ``<samples>.metrics.json``). Returns the metrics dict."""
-    metrics = compute_metrics(samples, reference, **kwargs)
+    from repa.preflight import check_output_file
     out_path = Path(out) if out else Path(samples).with_suffix(".metrics.json")
+    check_output_file(out_path, "--out")          # before the Inception pass, not after it
+    metrics = compute_metrics(samples, reference, **kwargs)
     atomic_write_text(out_path, json.dumps(metrics, indent=2) + "\n")
     metrics["json"] = str(out_path)
     return metrics

@@ -206,24 +206,41 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
     Launch with ``torchrun --nproc_per_node G`` to shard the work; a rerun resumes. Arguments as in
     ``generate_images``; ``which`` picks ``ema`` (default) or ``model`` weights; ``vae`` defaults to sd-vae-ft-ema;
     ``origin`` is ``repa.load_model``'s (which network a checkpoint without this project's config holds).
-    Returns the path of ``samples.npz``.
+    Returns the path of ``samples.npz``. One process (one ``torchrun`` job) writes a folder at a time.
     """
-    from tqdm.auto import tqdm
-    from repa import distributed
-    from repa.config import to_dict
-    from repa.visualize import image_grid, save_png
     check_sampling_args(num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                         guidance_interval=guidance_interval, labels=labels, batch_size=batch_size)
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    from repa.preflight import check_output_dir
+    from repa.runlock import claim_folder
     out = Path(out_dir)
+    is_main = int(os.environ.get("RANK", 0)) == 0
+    if is_main:
+        check_output_dir(out, "--out")
+    with claim_folder(out, "sample folder", enabled=is_main):    # one writer per sample folder
+        return _sample_claimed(checkpoint, out, num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                               guidance_interval=guidance_interval, labels=labels, batch_size=batch_size, vae=vae,
+                               which=which, device=device, progress=progress, guided_channels=guided_channels,
+                               origin=origin)
+
+
+def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_scale, guidance_interval, labels,
+                    batch_size, vae, which, device, progress, guided_channels, origin) -> Path:
+    """The work of ``sample_to_npz`` once the arguments are checked and ``out`` is locked."""
+    from tqdm.auto import tqdm
+    from repa import distributed
+    from repa.config import to_dict
+    from repa.runlock import clean_stale_temp_files
+    from repa.visualize import image_grid, save_png
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "which": which, "num": num, "seed": seed,
                 "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
                 "guidance_interval": [float(v) for v in guidance_interval], "labels": labels, "vae": vae}
     if guided_channels is not None or origin != "auto":       # absent when default: older settings files still match
         settings.update(guided_channels=guided_channels, origin=origin)
     settings_path = out / SETTINGS_FILE
-    if settings_path.is_file():
+    done_any = (out / SAMPLES_FILE).is_file() or any((out / SHARD_DIR).glob("*.npz"))
+    if settings_path.is_file() and done_any:          # settings without any finished batch claim nothing
         previous = json.loads(settings_path.read_text()).get("settings", {})
         changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
         if changed:
@@ -240,6 +257,8 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
     _check_model(loaded.config, cfg_scale, labels)
     vae_model = _resolve_vae(loaded, vae)
     if process.is_main:
+        clean_stale_temp_files(out)                # half-written files of a killed run
+        clean_stale_temp_files(out / SHARD_DIR)
         (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         record = {"settings": settings, "model": to_dict(loaded.config), "batch_size": batch_size,
                   "world_size": process.world_size}

@@ -177,9 +177,8 @@ def load_logits(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | N
         with np.load(path, allow_pickle=False) as data:
             tensors = {k: torch.from_numpy(data[k]) for k in data.files}
     else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(tensors, dict):
-            raise ValueError(f"{path}: expected a dict with 'weight' and 'bias', got {type(tensors).__name__}")
+        from repa.integrity import load_state_dict_file
+        tensors = load_state_dict_file(path, "--logits")     # refuses (never runs) pickles of Python objects
     weights = [v for k, v in tensors.items() if k.endswith("weight")]
     biases = [v for k, v in tensors.items() if k.endswith("bias")]
     if len(weights) != 1 or len(biases) > 1:
