@@ -108,7 +108,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert "17.5x" in text and "SiT-XL/2" in text
     assert "one seed pair" in text
     # the arms of one seed start from identical weights and see identical data: their step-1 losses are equal
-    first = {arm: json.loads((out / "seed1" / arm / "metrics.jsonl").read_text().splitlines()[0]) for arm in ARMS}
+    first = {arm: json.loads((out / "seed1" / arm / "metrics.jsonl").read_text().splitlines()[0]) for arm in demo.arms}
     assert math.isclose(first["repa"]["denoise_loss"], first["vanilla"]["denoise_loss"], rel_tol=1e-5)
 
     # a rerun reuses everything: no training, same numbers
