@@ -27,7 +27,6 @@ import torch
 from repa.config import ConfigError, to_dict
 from repa.demo.config import DemoConfig, arm_config, validate_demo
 from repa.demo.report import write_report
-from repa.demo.speedup import speedup, steps_to_reach  # noqa: F401  (re-exported for callers)
 from repa.utils import atomic_write_text
 
 

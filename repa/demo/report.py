@@ -169,7 +169,8 @@ def write_report(demo: DemoConfig, runs, facts: dict) -> Path:
                     f"{_median_range(summ['arms'].get('vanilla', {}).get('fid_final', {}).values())}"
                     + (" (medians over seeds)." if n > 1 else "."))
     if "vanilla" in demo.arms and len(demo.arms) == 1:
-        head.append(f"- Final TF-Inception FID: vanilla {_median_range(summ['arms']['vanilla']['fid_final'].values())}.")
+        fids = summ["arms"]["vanilla"]["fid_final"].values()
+        head.append(f"- Final TF-Inception FID: vanilla {_median_range(fids)}.")
     lines = [f"# {' vs '.join(demo.arms)} on Fashion-MNIST (latent SiT, {demo.steps} steps, {n} seed"
              f"{'s' if n > 1 else ''})", "", *head,
              f"- {PAPER_SENTENCE}",
@@ -209,7 +210,7 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
     ae = demo.autoencoder
     return [
         "## Set-up", "",
-        f"- Data: the complete Fashion-MNIST (60,000 training images, 10,000 test images, 28x28 greyscale).",
+        "- Data: the complete Fashion-MNIST (60,000 training images, 10,000 test images, 28x28 greyscale).",
         f"- Latent space, as in the paper: a small convolutional VAE trained inside the job ({ae.steps} steps of "
         f"batch {ae.batch_size}, cached) maps 28x28 images to 7x7x{ae.latent_channels} latents (reconstruction MSE "
         f"{facts['reconstruction_mse']:.4f} on test images in [-1, 1]); latents are scaled to unit variance like the "
