@@ -58,25 +58,25 @@ class DemoConfig:
     device: str = "cpu"
     # the SiT on 7x7x4 latents of the job's own VAE (patch 1: 49 tokens)
     depth: int = 6
-    width: int = 192
-    heads: int = 3
+    width: int = 128
+    heads: int = 2
     encoder_depth: int = 2
     projector_dim: int = 512
     proj_coeff: float = 0.5
     align_stop_step: int = 0
-    steps: int = 1000
-    batch_size: int = 128
+    steps: int = 1200
+    batch_size: int = 64
     lr: float = 1e-3
     ema_decay: float = 0.999
     teacher: str = TEACHER
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     # evaluation: a dense curve in a cheap in-domain metric, TF-Inception FID at the end
     curve_points: int = 8                   # evaluations along training (evenly spaced; the last is the end)
-    curve_samples: int = 1000
+    curve_samples: int = 500
     final_samples: int = 1000
     ref_images: int = 2000
     sampler: str = "heun"
-    sample_steps: int = 10
+    sample_steps: int = 6
     align_images: int = 500
     align_t: float = 0.5
 

@@ -133,7 +133,8 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     root = Path(demo.data_root) / f"fashion-mnist-{_fingerprint(data)}"     # caches are keyed by the data itself
     out.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" not in os.environ:     # all cores unless the user pinned a thread count
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     log = print if progress else (lambda *a, **k: None)
     timings = saved.get("timings", {})
 
