@@ -2,7 +2,7 @@
 
 Every encoder of the registry is an :class:`Encoder` wrapping a family-specific *backbone*: a module that maps a
 normalised float image (B, 3, S, S) to its patch tokens (B, (S / patch)**2, E) in row-major order. The wrapper owns
-everything the REPA reference code scatters over the training script (REFERENCE section 2):
+everything the REPA reference code scatters over the training script (sihyun-yu/REPA, train.py and utils.py):
 
 1. uint8 -> float in [0, 1], greyscale replicated to RGB;
 2. the family's mean/std normalisation;

