@@ -2,8 +2,8 @@
 
 Names follow the REPA code (``dinov2-vit-b``, ``clip-vit-L``, ``mocov3-vit-b``, ...). Widths, patch sizes and
 normalisation are those of the released weights, as the REPA reference code (sihyun-yu/REPA) applies them.
-``patch_size`` is the token stride in input pixels; for EfficientNet-Lite it is the stride of the chosen stage (16 for the 112/120-channel stage, 32 for the
-head).
+``patch_size`` is the token stride in input pixels; for EfficientNet-Lite it is the stride of the chosen stage (16
+for the 112/120-channel stage, 32 for the head).
 """
 from __future__ import annotations
 
