@@ -80,19 +80,21 @@ def test_tiny_demo_end_to_end(tmp_path):
     source.mkdir()
     _small_fashion_mnist(source, 512, 96)
     demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
-                      seeds=(1,), depth=2, width=32, heads=2, projector_dim=32, steps=4, batch_size=16,
+                      seeds=(1,), arms=("repa", "vanilla", "irepa", "sra"), depth=4, width=32, heads=2,
+                      projector_dim=32, steps=4, batch_size=16,
                       autoencoder=AutoencoderConfig(steps=4, batch_size=16, widths=(8, 16)),
                       curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
                       align_images=24)
     report = run_demo(demo, progress=False)
     out = tmp_path / "demo"
     text = report.read_text()
-    for name in ("curve.png", "alignment.png", "losses.png", "samples_repa.png", "samples_vanilla.png"):
+    for name in ("curve.png", "alignment.png", "losses.png", "samples_repa.png", "samples_vanilla.png",
+                 "samples_irepa.png", "samples_sra.png"):
         assert (out / name).stat().st_size > 1000, name
         assert f"({name})" in text
     saved = json.loads((out / "evaluations.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    assert set(saved["runs"]) == {"repa/1", "vanilla/1"}
+    assert set(saved["runs"]) == {"repa/1", "vanilla/1", "irepa/1", "sra/1"}
     for key, run in saved["runs"].items():
         assert sorted(map(int, run["curve"])) == demo.eval_steps
         assert all(math.isfinite(v["fd"]) and -1 <= v["cknna"] <= 1 for v in run["curve"].values())
@@ -108,8 +110,10 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert "17.5x" in text and "SiT-XL/2" in text
     assert "one seed pair" in text
     # the arms of one seed start from identical weights and see identical data: their step-1 losses are equal
-    first = {arm: json.loads((out / "seed1" / arm / "metrics.jsonl").read_text().splitlines()[0]) for arm in demo.arms}
+    first = {arm: json.loads((out / "seed1" / arm / "metrics.jsonl").read_text().splitlines()[0])
+             for arm in demo.arms}
     assert math.isclose(first["repa"]["denoise_loss"], first["vanilla"]["denoise_loss"], rel_tol=1e-5)
+    assert "irepa vs vanilla" in text and "sra vs vanilla" in text
 
     # a rerun reuses everything: no training, same numbers
     before = (out / "evaluations.json").read_text()
