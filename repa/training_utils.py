@@ -147,20 +147,21 @@ _preview_warned = False
 
 
 def sample_preview(ema, cfg: TrainConfig, step: int) -> None:
-    """Write a PNG grid of EMA samples (Euler, 50 steps) to ``run_dir/samples/STEP.png``."""
+    """Write a PNG grid of 16 EMA samples (``SampleConfig()`` with ``cfg.sample_steps`` steps) to
+    ``run_dir/samples/STEP.png``; latent models are decoded by ``cfg.sample_vae``, loaded once per process."""
     global _preview_warned
-    from repa.visualize import sample_grid_png
+    from repa.config import SampleConfig
+    from repa.visualize import latent_decoder, sample_grid_png
     decode = None
     if cfg.model.space == "latent":
         try:
-            from repa.autoencoder import decode as vae_decode, load_vae
-            vae = load_vae("stabilityai/sd-vae-ft-ema", device=next(ema.parameters()).device)
-            decode = lambda z: vae_decode(vae, z)  # noqa: E731
+            decode = latent_decoder(cfg.sample_vae, next(ema.parameters()).device)
         except Exception as exc:  # previews are optional; training goes on
             if not _preview_warned:
-                warnings.warn(f"sample previews are off: the VAE could not be loaded ({exc})")
+                warnings.warn(f"sample previews are off: the VAE {cfg.sample_vae!r} could not be loaded ({exc})")
                 _preview_warned = True
             return
     rng_state = torch.get_rng_state()
-    sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", num=16, seed=cfg.seed, decode=decode)
+    sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", SampleConfig(steps=cfg.sample_steps),
+                    num=16, seed=cfg.seed, decode=decode)
     torch.set_rng_state(rng_state)

@@ -99,7 +99,7 @@ def tiny_run(tmp_path_factory):
     from repa.config import DataConfig, OptimConfig, TrainConfig
     from repa.data.memory import ArrayDataset
     from repa.models import model_config
-    from repa.train import train
+    from repa.training import train
     from repa.checkpoint import list_checkpoints
     images, labels = quadrant_images()
     dataset = ArrayDataset(images, labels, num_classes=3)
