@@ -70,6 +70,8 @@ def truncate_metrics(path: Path, step: int) -> None:
 class MetricsLog:
     """Accumulates losses on the device; writes metrics.jsonl, TensorBoard (and W&B) every ``log_every`` steps.
 
+    ``write`` is a collective under torch.distributed (the values are averaged over the ranks); rank 0 writes.
+
     The progress bar shows steps/s, images/s and the ETA. Only ``write`` synchronises with the device.
     """
 
@@ -109,7 +111,14 @@ class MetricsLog:
     def write(self, step: int, images_seen: int, **extra) -> None:
         if self.sums is None:
             return
-        loss, denoise, align, grad_norm = (float(s) / self.count for s in self.sums)
+        # every rank calls write: the logged values are the means over all ranks (each rank holds its share of
+        # the global batch), as the reference reduces its logged loss
+        totals = torch.stack(self.sums) / self.count
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(totals)
+            totals /= torch.distributed.get_world_size()
+        loss, denoise, align, grad_norm = (float(v) for v in totals.cpu())
         now = time.perf_counter()
         steps_per_s = (step - self.step0) / max(now - self.t0, 1e-9)
         record = {"step": step, "images_seen": images_seen, "loss": loss, "denoise_loss": denoise,
