@@ -135,3 +135,13 @@ def check_dataset_for_model(cfg, dataset) -> None:
     if dataset.num_classes > m.num_classes:
         raise ConfigError(f"model.num_classes={m.num_classes} but {where} has {dataset.num_classes} classes: set "
                           f"--model.num-classes {dataset.num_classes}")
+
+
+def check_logging_packages(cfg) -> None:
+    """``wandb`` true needs the wandb package: say so before anything starts (not a traceback at the first log)."""
+    import importlib.util
+
+    from repa.config import ConfigError
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("wandb: Weights & Biases logging is on but the wandb package is not installed; "
+                          "`pip install wandb` (or `pip install 'repa[wandb]'`), or leave --wandb out")

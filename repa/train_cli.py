@@ -45,6 +45,8 @@ def resolve_config(opts) -> TrainConfig:
         cfg = apply_overrides(cfg, {"model.encoder_dims": encoder_dims(cfg.encoders)})
     validate_train(cfg)
     check_train_encoders(cfg)
+    from repa.preflight import check_logging_packages
+    check_logging_packages(cfg)
     return cfg
 
 

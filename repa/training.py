@@ -193,6 +193,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
         stop_at_step: stop early at this step (tests use it to simulate an interruption).
     """
     validate_train(cfg)
+    from repa.preflight import check_logging_packages
+    check_logging_packages(cfg)
     process = distributed.init(device)
     dev = process.device
     if cfg.global_batch_size % (process.world_size * cfg.grad_accum_steps):
