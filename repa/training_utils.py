@@ -113,7 +113,8 @@ class MetricsLog:
             return
         # every rank calls write: the logged values are the means over all ranks (each rank holds its share of
         # the global batch), as the reference reduces its logged loss
-        totals = torch.stack(self.sums) / self.count
+        local = [s.full_tensor() if hasattr(s, "full_tensor") else s for s in self.sums]   # FSDP: DTensor norms
+        totals = torch.stack(local) / self.count
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(totals)
