@@ -259,3 +259,15 @@ def test_a_bare_state_dict_does_not_silently_guess_the_projector_block(tmp_path,
         assert repa.load_model(tmp_path / "bare.pt", encoder_depth=2).config.encoder_depth == 2
     with pytest.raises(ValueError, match="encoder_depth"):
         repa.load_model(tmp_path / "bare.pt", encoder_depth=9)
+
+
+def test_demo_options_are_built_from_demo_config():
+    import dataclasses
+
+    from repa.demo import DemoConfig
+    opts = parse_command("demo", ["--seeds", "3", "--first-seed", "2", "--arms", "repa,vanilla", "--steps", "10"])
+    assert (opts.seeds, opts.first_seed, opts.arms, opts.steps) == (3, 2, ("repa", "vanilla"), 10)
+    defaults = parse_command("demo", [])
+    for f in dataclasses.fields(DemoConfig):
+        if f.name != "seeds":
+            assert getattr(defaults, f.name) == getattr(DemoConfig(), f.name), f.name
