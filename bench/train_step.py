@@ -1,4 +1,4 @@
-"""Benchmark one REPA training step through the real training loop (``repa.train.train``).
+"""Benchmark one REPA training step through the real training loop (``repa.training.train``).
 
 Prints step time, images/s, peak memory and, on GPUs, model-FLOPs utilisation (MFU) from the analytic count in
 ``repa/flops.py`` (3x SiT forward incl. projector + 1x teacher forward per image; peak = dense bf16 tensor-core
@@ -51,7 +51,7 @@ def dinov2_folder(name: str, tiny: bool = False) -> str:
 @contextlib.contextmanager
 def final_checkpoint_skipped():
     """The loop saves a checkpoint at its last step (GBs for the big models, never timed): skip writing it."""
-    import repa.train as loop
+    import repa.training as loop
     save = getattr(loop, "atomic_torch_save", None)
     if save is None:                                      # the loop changed: let it write (correct, only slower)
         yield
@@ -109,7 +109,7 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
                       global_batch_size=batch, grad_accum_steps=accum, max_steps=total,
                       precision=precision, compile=compile, activation_checkpointing=checkpointing,
                       log_every=1, ckpt_every=10 ** 9, tensorboard=False)
-    from repa.train import train
+    from repa.training import train
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -4,8 +4,10 @@ Public API (imported lazily; importing ``repa`` itself loads nothing heavy):
 
 - ``repa.load_model(path)``: a ``LoadedModel`` (``.model``, ``.config``, ``.train_config``, ``.step``) with the EMA
   network from this project's or the reference REPA checkpoints.
-- ``repa.sample(model, noise, labels, sampler=..., steps=..., cfg_scale=..., guidance_interval=...)``; ``model`` is
-  a network or a ``LoadedModel``.
+- ``repa.load_model(folder_or_hub_id)`` also reads a folder written by ``repa export`` / ``repa.export_model(ckpt,
+  out)`` (``model.safetensors`` + ``config.json``) and a Hugging Face Hub id of one.
+- ``repa.sample(model, noise, labels, config=repa.SampleConfig(...), **overrides)``; ``model`` is a network or a
+  ``LoadedModel``. ``repa.generate_images(model, num, config, vae=...)`` gives uint8 images (latents decoded).
 - ``repa.build_model(cfg)``, ``repa.model_config(name, **overrides)``, ``repa.MODELS``.
 - ``repa.train(cfg)`` with ``repa.TrainConfig``.
 """
@@ -18,7 +20,11 @@ _EXPORTS = {
     "build_model": "repa.models",
     "model_config": "repa.models",
     "MODELS": "repa.models",
-    "train": "repa.train",
+    "export_model": "repa.checkpoint",
+    "sample_images": "repa.visualize",
+    "generate_images": "repa.evaluation.generate",
+    "SampleConfig": "repa.config",
+    "train": "repa.training",
     "TrainConfig": "repa.config",
     "ModelConfig": "repa.config",
     "ObjectiveConfig": "repa.config",

@@ -43,7 +43,9 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
     how = (f"download it once where the internet is reachable (`huggingface-cli download {hub_id} "
            f"--local-dir {hub_id.split('/')[-1]}`, or `AutoencoderKL.from_pretrained(...).save_pretrained(DIR)`) and pass "
            f"that folder instead (`--vae DIR`)")
-    kwargs = {"torch_dtype": dtype}
+    import importlib.util
+    # without accelerate, diffusers would warn on every load that it falls back to this default: ask for it
+    kwargs = {"torch_dtype": dtype, "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
     if os.path.isdir(expanded):
         if not os.path.isfile(os.path.join(expanded, "config.json")) and \
                 os.path.isfile(os.path.join(expanded, "vae", "config.json")):
@@ -54,15 +56,30 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
         source = expanded
     elif _looks_like_path(source):
         raise FileNotFoundError(f"VAE folder {source!r} does not exist; {how}")
+    from repa.offline import hub_is_reachable, offline_hint
     try:
         try:   # the local hub cache first: no network round trips when the weights are already here
             vae = AutoencoderKL.from_pretrained(source, local_files_only=True, **kwargs)
         except (OSError, ValueError):
+            if os.path.isdir(source) or not hub_is_reachable():   # no retries for a minute when offline
+                raise
             vae = AutoencoderKL.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:  # hub unreachable, missing weight files, bad config
-        raise FileNotFoundError(f"could not load the VAE {source!r}: {str(exc).splitlines()[0]}; {how}") from None
+        why = str(exc).splitlines()[0] if os.path.isdir(source) or hub_is_reachable() else offline_hint()
+        raise FileNotFoundError(f"could not load the VAE {source!r}: {why}; {how}") from None
     vae.requires_grad_(False)
     return vae.to(device).eval()
+
+
+_DECODERS: dict = {}
+
+
+def cached_vae(source: str = DECODE_VAE, device=None, dtype: torch.dtype = torch.float32):
+    """``load_vae`` once per (source, device, dtype) in this process: training previews and repeated grids reuse it."""
+    key = (os.fspath(source), str(torch.device(device) if device is not None else torch.device("cpu")), dtype)
+    if key not in _DECODERS:
+        _DECODERS[key] = load_vae(source, device=device, dtype=dtype)
+    return _DECODERS[key]
 
 
 def _vae_device_dtype(vae) -> tuple[torch.device, torch.dtype]:

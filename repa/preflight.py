@@ -105,7 +105,7 @@ def check_dataset_for_model(cfg, dataset) -> None:
         if have != (m.in_channels, m.input_size):
             raise ConfigError(f"{where} holds {dataset.channels}x{dataset.resolution}x{dataset.resolution} images, "
                               f"the pixel-space model expects {m.in_channels}x{m.input_size}x{m.input_size}: set "
-                              f"--model.in_channels {dataset.channels} --model.input_size {dataset.resolution} "
+                              f"--model.in-channels {dataset.channels} --model.input-size {dataset.resolution} "
                               f"--data.resolution {dataset.resolution}, or prepare the data at that size")
     else:
         shape = _item_shape(dataset, "latent_mean")
@@ -114,8 +114,8 @@ def check_dataset_for_model(cfg, dataset) -> None:
                               f"`repa prepare SOURCE OUT --latents`, or train in pixel space (--model.space pixel)")
         if tuple(shape) != (m.in_channels, m.input_size, m.input_size):
             raise ConfigError(f"{where} holds latents of shape {tuple(shape)}, the model expects "
-                              f"{(m.in_channels, m.input_size, m.input_size)}: set --model.in_channels {shape[0]} "
-                              f"--model.input_size {shape[1]}")
+                              f"{(m.in_channels, m.input_size, m.input_size)}: set --model.in-channels {shape[0]} "
+                              f"--model.input-size {shape[1]}")
     if cfg.data.resolution != dataset.resolution:
         raise ConfigError(f"data.resolution is {cfg.data.resolution} but {where} holds {dataset.resolution}px "
                           f"images: set --data.resolution {dataset.resolution}")
@@ -131,7 +131,17 @@ def check_dataset_for_model(cfg, dataset) -> None:
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= m.num_classes:
             raise ConfigError(f"{where} has labels {low}..{high}, outside the model's classes 0..{m.num_classes - 1}:"
-                              f" set --model.num_classes {max(high + 1, dataset.num_classes)}")
+                              f" set --model.num-classes {max(high + 1, dataset.num_classes)}")
     if dataset.num_classes > m.num_classes:
         raise ConfigError(f"model.num_classes={m.num_classes} but {where} has {dataset.num_classes} classes: set "
-                          f"--model.num_classes {dataset.num_classes}")
+                          f"--model.num-classes {dataset.num_classes}")
+
+
+def check_logging_packages(cfg) -> None:
+    """``wandb`` true needs the wandb package: say so before anything starts (not a traceback at the first log)."""
+    import importlib.util
+
+    from repa.config import ConfigError
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("wandb: Weights & Biases logging is on but the wandb package is not installed; "
+                          "`pip install wandb` (or `pip install 'repa[wandb]'`), or leave --wandb out")

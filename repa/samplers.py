@@ -16,6 +16,7 @@ import math
 import torch
 
 from repa.checkpoint import LoadedModel
+from repa.config import SampleConfig
 from repa.diffusion.sampling import ddpm
 from repa.guidance import GuidedModel, check_guidance, guided_channels_of, per_sample_noise
 from repa.paths import Interpolant, get_path
@@ -138,8 +139,9 @@ SAMPLERS = {"euler": euler, "heun": heun, "sde": euler_maruyama, "ddpm": ddpm}
 PREDICTIONS = {"euler": "velocity", "heun": "velocity", "sde": "velocity", "ddpm": "epsilon"}
 
 
-def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "euler", steps: int = 50,
-           cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+def sample(model, noise: torch.Tensor, labels: torch.Tensor, config: SampleConfig | None = None, *,
+           sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
+           guidance_interval: tuple[float, float] | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None, path: str | None = None,
            null_class: int | None = None, dtype: torch.dtype | None = None,
            guided_channels: int | str | None = None, class_token_noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,7 +152,9 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
             training interpolant is then the default ``path``.
         noise: (B, C, H, W) standard normal start.
         labels: (B,) class labels.
-        sampler: ``euler``, ``heun`` (ODE), ``sde`` (Euler-Maruyama) for velocity networks, ``ddpm`` for epsilon
+        config: a ``repa.SampleConfig`` (default ``SampleConfig()``: the papers' sampler for the network, SDE or
+            DDPM, 250 steps, no guidance); the keyword arguments below override its fields.
+        sampler: ``auto`` (sde for velocity networks, ddpm for epsilon networks), ``euler``, ``heun`` (ODE), ``sde`` (Euler-Maruyama) for velocity networks, ``ddpm`` for epsilon
             networks (``model.config.prediction``); see ``SAMPLERS``.
         steps: number of grid steps (NFE: euler steps, heun 2 steps - 1, sde and ddpm steps), times 2 where guided.
         cfg_scale: classifier-free guidance scale w (1 = no guidance).
@@ -167,18 +171,37 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "
             ``generator`` (one row per generator when a list), before any step noise, else from torch's RNG.
             The class token is integrated and guided with the image (see ``sample_with_class_token``).
     """
-    return _sample(model, noise, labels, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                   guidance_interval=guidance_interval, generator=generator, path=path, null_class=null_class,
-                   dtype=dtype, guided_channels=guided_channels, class_token_noise=class_token_noise)[0]
+    settings = sampling_arguments(model, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                                  guidance_interval=guidance_interval, guided_channels=guided_channels)
+    return _sample(model, noise, labels, **settings, generator=generator, path=path, null_class=null_class,
+                   dtype=dtype, class_token_noise=class_token_noise)[0]
 
 
-def sample_with_class_token(model, noise: torch.Tensor, labels: torch.Tensor, **kwargs
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+def sampling_arguments(model, config: SampleConfig | None = None, **overrides) -> dict:
+    """``sampler``, ``steps``, ``cfg_scale``, ``guidance_interval``, ``guided_channels`` from a SampleConfig (default
+    ``SampleConfig()``) with the non-None ``overrides``; ``auto`` becomes the network's sampler."""
+    config = config if config is not None else SampleConfig()
+    if not isinstance(config, SampleConfig):
+        raise TypeError(f"config must be a repa.SampleConfig, got {type(config).__name__}")
+    net = model.model if isinstance(model, LoadedModel) else model
+    prediction = getattr(getattr(net, "config", None), "prediction", "velocity")
+    out = dict(sampler=config.sampler, steps=config.steps, cfg_scale=config.cfg_scale,
+               guidance_interval=config.guidance_interval, guided_channels=config.guided_channels)
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    if out["sampler"] == "auto":
+        out["sampler"] = SampleConfig().sampler_for(prediction)
+    return out
+
+
+def sample_with_class_token(model, noise: torch.Tensor, labels: torch.Tensor, config: SampleConfig | None = None,
+                            **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """As ``sample`` (same arguments) for a REG network (``config.class_token``); returns the image
     (B, C, H, W) and the generated class token (B, E)."""
     if not has_class_token(model.model if isinstance(model, LoadedModel) else model):
         raise ValueError("sample_with_class_token needs a network with a class token (model.class_token, REG)")
-    return _sample(model, noise, labels, **kwargs)
+    keys = ("sampler", "steps", "cfg_scale", "guidance_interval", "guided_channels")
+    settings = sampling_arguments(model, config, **{k: kwargs.pop(k) for k in keys if k in kwargs})
+    return _sample(model, noise, labels, **settings, **kwargs)
 
 
 def _sample(model, noise, labels, *, sampler="euler", steps=50, cfg_scale=1.0, guidance_interval=(0.0, 1.0),

@@ -70,6 +70,8 @@ def truncate_metrics(path: Path, step: int) -> None:
 class MetricsLog:
     """Accumulates losses on the device; writes metrics.jsonl, TensorBoard (and W&B) every ``log_every`` steps.
 
+    ``write`` is a collective under torch.distributed (the values are averaged over the ranks); rank 0 writes.
+
     The progress bar shows steps/s, images/s and the ETA. Only ``write`` synchronises with the device.
     """
 
@@ -109,7 +111,15 @@ class MetricsLog:
     def write(self, step: int, images_seen: int, **extra) -> None:
         if self.sums is None:
             return
-        loss, denoise, align, grad_norm = (float(s) / self.count for s in self.sums)
+        # every rank calls write: the logged values are the means over all ranks (each rank holds its share of
+        # the global batch), as the reference reduces its logged loss
+        local = [s.full_tensor() if hasattr(s, "full_tensor") else s for s in self.sums]   # FSDP: DTensor norms
+        totals = torch.stack(local) / self.count
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(totals)
+            totals /= torch.distributed.get_world_size()
+        loss, denoise, align, grad_norm = (float(v) for v in totals.cpu())
         now = time.perf_counter()
         steps_per_s = (step - self.step0) / max(now - self.t0, 1e-9)
         record = {"step": step, "images_seen": images_seen, "loss": loss, "denoise_loss": denoise,
@@ -147,20 +157,21 @@ _preview_warned = False
 
 
 def sample_preview(ema, cfg: TrainConfig, step: int) -> None:
-    """Write a PNG grid of EMA samples (Euler, 50 steps) to ``run_dir/samples/STEP.png``."""
+    """Write a PNG grid of 16 EMA samples (``SampleConfig()`` with ``cfg.sample_steps`` steps) to
+    ``run_dir/samples/STEP.png``; latent models are decoded by ``cfg.sample_vae``, loaded once per process."""
     global _preview_warned
-    from repa.visualize import sample_grid_png
+    from repa.config import SampleConfig
+    from repa.visualize import latent_decoder, sample_grid_png
     decode = None
     if cfg.model.space == "latent":
         try:
-            from repa.autoencoder import decode as vae_decode, load_vae
-            vae = load_vae("stabilityai/sd-vae-ft-ema", device=next(ema.parameters()).device)
-            decode = lambda z: vae_decode(vae, z)  # noqa: E731
+            decode = latent_decoder(cfg.sample_vae, next(ema.parameters()).device)
         except Exception as exc:  # previews are optional; training goes on
             if not _preview_warned:
-                warnings.warn(f"sample previews are off: the VAE could not be loaded ({exc})")
+                warnings.warn(f"sample previews are off: the VAE {cfg.sample_vae!r} could not be loaded ({exc})")
                 _preview_warned = True
             return
     rng_state = torch.get_rng_state()
-    sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", num=16, seed=cfg.seed, decode=decode)
+    sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", SampleConfig(steps=cfg.sample_steps),
+                    num=16, seed=cfg.seed, decode=decode)
     torch.set_rng_state(rng_state)

@@ -76,3 +76,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_caches(tmp_path_factory):
+    """Evaluation caches of the tests go to a temporary folder, never to the user's ~/.cache/repa."""
+    import os
+    old = os.environ.get("REPA_CACHE")
+    os.environ["REPA_CACHE"] = str(tmp_path_factory.mktemp("repa-cache"))
+    yield
+    if old is None:
+        os.environ.pop("REPA_CACHE", None)
+    else:
+        os.environ["REPA_CACHE"] = old

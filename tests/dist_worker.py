@@ -4,7 +4,7 @@ import sys
 import numpy as np
 
 from repa.data.memory import ArrayDataset
-from repa.train import train
+from repa.training import train
 from tests.conftest import PatchTeacher, tiny_train_config
 
 run_dir, accum = sys.argv[1], int(sys.argv[2])

@@ -99,7 +99,7 @@ def tiny_run(tmp_path_factory):
     from repa.config import DataConfig, OptimConfig, TrainConfig
     from repa.data.memory import ArrayDataset
     from repa.models import model_config
-    from repa.train import train
+    from repa.training import train
     from repa.checkpoint import list_checkpoints
     images, labels = quadrant_images()
     dataset = ArrayDataset(images, labels, num_classes=3)
@@ -117,7 +117,12 @@ def test_run_analysis_end_to_end(tiny_run, tmp_path):
     dataset, checkpoints = tiny_run
     assert len(checkpoints) == 2
     opts = AnalyzeOptions(num_samples=40, t=0.4, topk=5, batch_size=16, probe_epochs=5)
-    report = run_analysis(checkpoints, dataset, str(tmp_path), opts, encoder=Teacher(), device="cpu", log=lambda m: 0)
+    logged = []
+    report = run_analysis(checkpoints, dataset, str(tmp_path), opts, encoder=Teacher(), device="cpu",
+                          log=logged.append)
+    table = next(m for m in logged if m.startswith("run ")).splitlines()     # the printed summary table
+    assert len(table) >= 1 + len(checkpoints) and "best CKNNA" in table[0]
+    assert all(str(e["step"]) in line for e, line in zip(report["checkpoints"], table[1:]))
     saved = json.loads((tmp_path / "analysis.json").read_text())
     assert saved["checkpoints"] == report["checkpoints"]
     assert [e["step"] for e in saved["checkpoints"]] == [10, 20]

@@ -24,7 +24,8 @@ def test_dry_run_prints_config_that_round_trips(capsys):
     (["--precision", "fp8"], "precision"),
     (["--model.encoder_depth", "40"], "model.encoder_depth"),
     (["--objective.path", "spiral"], "objective.path"),
-    (["--global_batch_size", "many"], "global_batch_size"),
+    (["--global_batch_size", "many"], "--global-batch-size"),
+    (["--max-stepz", "3"], "did you mean: --max-steps"),
     (["--preset", "SiT-XXL/2"], "unknown preset"),
 ])
 def test_bad_values_name_the_field(capsys, args, message):

@@ -125,7 +125,7 @@ def test_sde_sampler_on_cuda_draws_each_samples_noise_from_its_own_generator(str
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_resume_is_bitwise_on_the_same_gpu(tmp_path, tiny_dataset, teacher, precision):
     """Two uninterrupted CUDA runs agree bitwise (deterministic kernels), and so does a run stopped and resumed."""
-    from repa.train import train
+    from repa.training import train
     cfg = dataclasses.replace(tiny_train_config(tmp_path / "a", max_steps=12, ckpt_every=4, log_every=2),
                               precision=precision)
     teacher = teacher.to("cuda")

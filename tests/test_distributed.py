@@ -1,4 +1,6 @@
 """Two gloo processes under torchrun equal one process with the same global batch."""
+import json
+import math
 import os
 import subprocess
 import sys
@@ -20,12 +22,22 @@ def _run(run_dir, nproc, accum=1, parallel="ddp", max_steps=6):
     return load_checkpoint(Path(run_dir) / "checkpoints" / f"{max_steps:08d}.pt")
 
 
+def _metrics(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_two_processes_equal_one_process(tmp_path):
     one = _run(tmp_path / "one", 1)
     two = _run(tmp_path / "two", 2, accum=2)
     for name, value in one["model"].items():
         assert torch.allclose(value, two["model"][name], atol=1e-5, rtol=0), name
     assert len(two["rng"]) == 2 and two["data"]["world_size"] == 2
+    # the logged scalars are the global batch's (reduced over the ranks), not rank 0's share
+    logged_one, logged_two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in logged_one] == [r["step"] for r in logged_two] and logged_one
+    for a, b in zip(logged_one, logged_two):
+        for key in ("loss", "denoise_loss", "align_loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (a["step"], key, a[key], b[key])
 
 
 def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path):

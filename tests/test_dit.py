@@ -15,7 +15,7 @@ from repa.objectives import repa_loss
 from repa.models import MODELS, build_model, model_config
 from repa.models.dit import DiT
 from repa.models.released import resolve_origin
-from repa.train import train
+from repa.training import train
 from tests.conftest import tiny_train_config
 
 DIT_NAMES = [name for name in MODELS if name.startswith("DiT-")]

@@ -98,14 +98,14 @@ def test_dataset_reference_is_cached_by_network_and_resolution(tmp_path):
     fake = FakeInception()
     ds = ArrayDataset(images, np.zeros(16, np.int64))
     ds.path = str(tmp_path / "dataset")                                   # stands in for a prepared folder
-    first = compute_metrics(images, ds, inception=fake, progress=False, batch_size=4)
+    first = compute_metrics(images, ds, inception=fake, progress=False, batch_size=4, cache_dir=tmp_path / "cache")
     calls = fake.calls
-    cached = list((tmp_path / "dataset" / "eval_stats").glob("inception-ffffffffffff-8x8-n16.npz"))
-    assert len(cached) == 1
-    second = compute_metrics(images, ds, inception=fake, progress=False, batch_size=4)
+    cached = list((tmp_path / "cache").glob("dataset-*/inception-ffffffffffff-8x8-n16.npz"))
+    assert len(cached) == 1 and not (tmp_path / "dataset").exists()     # nothing written into the dataset
+    second = compute_metrics(images, ds, inception=fake, progress=False, batch_size=4, cache_dir=tmp_path / "cache")
     assert fake.calls - calls == 4                                        # only the 16 samples ran again
     assert first["fid"] == second["fid"] and abs(first["fid"]) < 1e-6
-    sub = compute_metrics(images, ds, inception=fake, progress=False, ref_num=10)
+    sub = compute_metrics(images, ds, inception=fake, progress=False, ref_num=10, cache_dir=tmp_path / "cache")
     assert sub["num_reference"] == 10
 
 

@@ -79,7 +79,7 @@ def test_training_fast_path_matches_float32_on_gpu(tmp_path, tiny_dataset, teach
     """The whole loop on CUDA: bf16 + fused AdamW + torch.compile against float32, same init, data and noise."""
     import dataclasses
     import json
-    from repa.train import train
+    from repa.training import train
     from tests.conftest import tiny_train_config
     losses = {}
     for name, fast in (("fp32", False), ("fast", True)):
@@ -100,7 +100,7 @@ def test_training_steps_do_not_synchronise_with_the_host(tmp_path, tiny_dataset,
     """Between log and checkpoint steps the loop never waits for the GPU: the number of synchronising CUDA calls
     (torch.cuda.set_sync_debug_mode) is the same for a 2-step and an 8-step run that log only at the end."""
     import warnings
-    from repa.train import train
+    from repa.training import train
     from tests.conftest import tiny_train_config
 
     def syncs(steps):

@@ -119,12 +119,15 @@ def test_resumed_sampling_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_cli_sample_and_eval_parse(tmp_path):
-    from repa.cli import build_parser
-    args = build_parser().parse_args(["sample", "ckpt.pt", "--num", "10", "--out", str(tmp_path)])
-    assert (args.sampler, args.steps, args.cfg_scale, args.guidance_low, args.guidance_high) == \
-        ("sde", 250, 1.8, 0.0, 0.7)
-    args = build_parser().parse_args(["eval", "s.npz", "--ref", "ref.npz", "--dinov2"])
-    assert args.dinov2 == "default" and args.logits is None
+    from repa.cli import parse_command
+    from repa.config import SampleConfig
+    opts = parse_command("sample", ["ckpt.pt", "--num", "10", "--out", str(tmp_path)])
+    assert opts.sampling == SampleConfig() and opts.num_samples == 10          # the shared, documented defaults
+    opts = parse_command("sample", ["ckpt.pt", "--num-samples", "10", "--out", str(tmp_path), "--cfg-scale", "1.8",
+                                    "--guidance-high", "0.7", "--sampler", "sde"])
+    assert opts.sampling == SampleConfig(sampler="sde", cfg_scale=1.8, guidance_high=0.7)
+    opts = parse_command("eval", ["s.npz", "--ref", "ref.npz", "--dinov2"])   # --dinov2 alone: default weights
+    assert opts.dinov2 == "default" and opts.logits is None
 
 
 def test_two_torchrun_processes_write_the_same_samples_as_one(tmp_path):

@@ -17,7 +17,7 @@ from repa.config import ConfigError, ObjectiveConfig, apply_overrides, validate_
 from repa.models import build_model
 from repa.objectives import repa_loss
 from repa.samplers import sample, sample_with_class_token
-from repa.train import train
+from repa.training import train
 from tests.conftest import tiny_model_config, tiny_train_config
 
 

@@ -282,17 +282,17 @@ def test_origin_rule_and_its_override(tmp_path):
 
 
 def test_guided_channels_choice_is_checked(tmp_path, capsys):
-    from repa.cli import build_parser
+    from repa.cli import parse_command
     path = _save(_network("DiT"), tmp_path / "DiT-XL-2-256x256.pt")
     loaded = repa.load_model(path)
     z, y = _inputs()
     for bad in (0, 5, "three", True):
         with pytest.raises(ValueError, match="guided_channels"):
             repa.sample(loaded, z, y, sampler="ddpm", steps=2, cfg_scale=2.0, guided_channels=bad)
-    argv = ["sample", str(path), "--num", "1", "--out", str(tmp_path / "out")]
-    assert build_parser().parse_args(argv).guided_channels is None
-    assert build_parser().parse_args(argv + ["--guided-channels", "all"]).guided_channels == "all"
-    assert build_parser().parse_args(argv + ["--guided-channels", "2", "--origin", "sit"]).guided_channels == 2
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(argv + ["--guided-channels", "three"])
-    assert "argument --guided-channels: expected 'all' or a positive integer" in capsys.readouterr().err
+    from repa.typed_cli import UsageError
+    argv = [str(path), "--num", "1", "--out", str(tmp_path / "out")]
+    assert parse_command("sample", argv).sampling.guided_channels is None
+    assert parse_command("sample", argv + ["--guided-channels", "all"]).sampling.guided_channels == "all"
+    assert parse_command("sample", argv + ["--guided-channels", "2", "--origin", "sit"]).sampling.guided_channels == 2
+    with pytest.raises(UsageError, match="--guided-channels"):
+        parse_command("sample", argv + ["--guided-channels", "three"])

@@ -62,7 +62,7 @@ def config_file(tmp_path_factory, dataset_dir):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, dataset_dir):
-    from repa.train import train
+    from repa.training import train
     run = tmp_path_factory.mktemp("ckpt") / "run"
     return Path(train(_config(run, dataset_dir, max_steps=2), progress=False).checkpoint)
 
@@ -109,11 +109,11 @@ def _user_error_cases():
         ("train-malformed-config", lambda c: ["train", "--config", c.bad_json], 2, ["bad.json", "not valid JSON"]),
         ("train-config-missing", lambda c: ["train", "--config", c.tmp / "nope.json"], 2, ["nope.json"]),
         ("train-resolution", lambda c: ["train", "--config", c.cfg, "--run_dir", c.tmp / "r1",
-                                        "--model.input_size", "16"], 2, ["--model.input_size 8"]),
+                                        "--model.input-size", "16"], 2, ["--model.input-size 8"]),
         ("train-channels", lambda c: ["train", "--config", c.cfg, "--run_dir", c.tmp / "r2",
-                                      "--model.in_channels", "3"], 2, ["--model.in_channels 1"]),
+                                      "--model.in-channels", "3"], 2, ["--model.in-channels 1"]),
         ("train-labels", lambda c: ["train", "--config", c.cfg, "--run_dir", c.tmp / "r3",
-                                    "--model.num_classes", "1"], 2, ["labels 0..1", "--model.num_classes 2"]),
+                                    "--model.num-classes", "1"], 2, ["labels 0..1", "--model.num-classes 2"]),
         ("train-data-resolution", lambda c: ["train", "--config", c.cfg, "--run_dir", c.tmp / "r4",
                                              "--data.resolution", "16"], 2, ["--data.resolution 8"]),
         ("train-truncated-shard", lambda c: ["train", "--config", c.cfg, "--run_dir", c.tmp / "r5",
@@ -200,7 +200,7 @@ def test_non_finite_training_is_one_line(capsys, tmp_path, config_file):
 
 def test_a_failed_first_start_does_not_block_the_corrected_rerun(capsys, tmp_path, config_file, dataset_dir):
     run = tmp_path / "run"
-    got, err = _cli(capsys, ["train", "--config", config_file, "--run_dir", run, "--model.input_size", "16"])
+    got, err = _cli(capsys, ["train", "--config", config_file, "--run_dir", run, "--model.input-size", "16"])
     assert got == 2 and not run.exists()
     # a claim without any finished work (config.json, no checkpoint) does not block other settings either
     run.mkdir()
@@ -233,7 +233,7 @@ def test_sample_settings_without_finished_batches_do_not_block(tmp_path, checkpo
 # ---- 3: no leftovers -------------------------------------------------------------------------------------------------
 
 def test_stale_temp_files_of_dead_writers_are_removed_on_the_next_start(tmp_path, dataset_dir):
-    from repa.train import train
+    from repa.training import train
     run = tmp_path / "run"
     train(_config(run, dataset_dir, max_steps=2), progress=False)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -290,7 +290,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(capsys, tmp_path, confi
 # ---- 5: metrics agree with the checkpoint after a resume -------------------------------------------------------------
 
 def test_metrics_are_truncated_to_the_resumed_step(tmp_path, dataset_dir, capsys):
-    from repa.train import train
+    from repa.training import train
     full = _config(tmp_path / "full", dataset_dir, max_steps=8, log_every=1, ckpt_every=4)
     train(full, progress=False)
     cfg = dataclasses.replace(full, run_dir=str(tmp_path / "run"))
@@ -328,7 +328,7 @@ def test_non_finite_weights_are_refused_by_load_model(tmp_path, checkpoint, caps
 
 
 def test_all_corrupt_checkpoints_stop_the_run_instead_of_restarting(tmp_path, dataset_dir, capsys):
-    from repa.train import train
+    from repa.training import train
     run = tmp_path / "run"
     train(_config(run, dataset_dir, max_steps=2), progress=False)
     for _, path in list_checkpoints(run):
@@ -387,7 +387,7 @@ def test_sixteen_bit_and_float_images_are_scaled_or_skipped(tmp_path):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_checkpoints_the_current_step_and_exits_cleanly(tmp_path, dataset_dir, signum, code):
-    from repa.train import train
+    from repa.training import train
     run = tmp_path / "run"
     cfg = _write(tmp_path, _config(run, dataset_dir, max_steps=100000, log_every=1, ckpt_every=100000))
     proc = subprocess.Popen([sys.executable, "-m", "repa", "train", "--config", str(cfg)], cwd=tmp_path,
@@ -433,7 +433,7 @@ def test_eval_checks_an_unwritable_output_folder_before_any_network_runs(ctx):
 # ---- encoder objects follow the training device ----------------------------------------------------------------------
 
 def test_encoder_objects_given_to_train_move_to_the_training_device(tmp_path, tiny_dataset, teacher):
-    from repa.train import _resolve_encoders
+    from repa.training import _resolve_encoders
     cfg = tiny_train_config(tmp_path / "run")
     encoders, keys = _resolve_encoders(cfg, tiny_dataset, [teacher], torch.device("meta"))
     assert encoders[0].weight.device.type == "meta" and keys == [None]
@@ -441,7 +441,7 @@ def test_encoder_objects_given_to_train_move_to_the_training_device(tmp_path, ti
 
 @pytest.mark.gpu
 def test_a_cpu_built_teacher_trains_on_cuda(tmp_path, tiny_dataset, teacher):
-    from repa.train import train
+    from repa.training import train
     result = train(tiny_train_config(tmp_path / "run", max_steps=2, ckpt_every=2), dataset=tiny_dataset,
                    encoders=[teacher], device="cuda", progress=False)
     assert result.step == 2

@@ -80,16 +80,16 @@ def test_sde_samples_match_target_mean_and_variance(toy):
 def test_guidance_scale_one_equals_no_guidance_and_evaluates_once(toy):
     noise = torch.randn(8, 1, 2, 2, dtype=torch.float64)
     labels = torch.tensor([0, 1] * 4)
-    plain = sample(toy, noise, labels, steps=10)
+    plain = sample(toy, noise, labels, sampler="euler", steps=10)
     toy.calls.clear()
-    guided = sample(toy, noise, labels, steps=10, cfg_scale=1.0, guidance_interval=(0.0, 1.0))
+    guided = sample(toy, noise, labels, sampler="euler", steps=10, cfg_scale=1.0, guidance_interval=(0.0, 1.0))
     assert torch.equal(plain, guided) and toy.calls == [8] * 10
 
 
 def test_guidance_interval_limits_where_the_null_half_runs(toy):
     noise = torch.randn(4, 1, 2, 2, dtype=torch.float64)
     labels = torch.tensor([0, 1, 0, 1])
-    sample(toy, noise, labels, steps=10, cfg_scale=1.8, guidance_interval=(0.0, 0.7))
+    sample(toy, noise, labels, sampler="euler", steps=10, cfg_scale=1.8, guidance_interval=(0.0, 0.7))
     times = torch.linspace(1, 0, 11, dtype=torch.float64)[:-1]
     assert toy.calls == [8 if t <= 0.7 else 4 for t in times.tolist()]
 

@@ -9,7 +9,7 @@ import torch
 import repa
 from repa.checkpoint import list_checkpoints, load_checkpoint
 from repa.config import ConfigError, TrainConfig, from_dict
-from repa.train import train
+from repa.training import train
 from repa.training_utils import NonFiniteError
 from tests.conftest import PatchTeacher, tiny_train_config
 

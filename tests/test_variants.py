@@ -17,7 +17,7 @@ from repa.models import build_model
 from repa.models.sit import ConvProjector
 from repa.objectives import repa_loss, self_alignment_targets
 from repa.paths import get_path
-from repa.train import train
+from repa.training import train
 from tests.conftest import tiny_model_config, tiny_train_config
 
 

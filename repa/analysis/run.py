@@ -313,8 +313,29 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     report["plots"] = write_plots(report, out)
     with open(Path(out) / "analysis.json", "w") as f:
         json.dump(report, f, indent=2, allow_nan=False)
+    log(summary_table(report))
     log(f"wrote {Path(out) / 'analysis.json'} and {len(report['plots'])} plots")
     return report
+
+
+def summary_table(report: dict) -> str:
+    """One line per checkpoint: CKNNA at the aligned block, the best block and its CKNNA, the best probe."""
+    def fmt(value, spec=".3f"):
+        return "-" if value is None else format(value, spec)
+    lines = [f"{'run':20s} {'step':>8s} {'CKNNA@depth':>11s} {'best block':>10s} {'best CKNNA':>10s} "
+             f"{'best probe':>10s}"]
+    for entry in report["checkpoints"]:
+        rows = entry["layers"]
+        at_depth = next((r["cknna"] for r in rows if r["layer"] == entry["alignment_depth"]), None)
+        best = max(rows, key=lambda r: r["cknna"]) if rows else None
+        probes = [r["probe_accuracy"] for r in rows if r.get("probe_accuracy") is not None]
+        lines.append(f"{str(entry['run'])[:20]:20s} {entry['step']:8d} {fmt(at_depth):>11s} "
+                     f"{(best['layer'] if best else '-')!s:>10s} {fmt(best['cknna'] if best else None):>10s} "
+                     f"{fmt(max(probes) if probes else None):>10s}")
+    probe = report["encoder"].get("probe")
+    if isinstance(probe, dict) and probe.get("best_accuracy") is not None:
+        lines.append(f"encoder {report['encoder']['name']}: probe accuracy {probe['best_accuracy']:.3f}")
+    return "\n".join(lines)
 
 
 __all__ = ["AnalyzeOptions", "alignment_scores", "analyze_features", "analyze_model", "training_curves",

