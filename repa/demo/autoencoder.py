@@ -27,14 +27,14 @@ from repa.autoencoder import LATENT_SCALE
 @dataclass(frozen=True)
 class AutoencoderConfig:
     """Architecture and training of the small VAE."""
-    in_channels: int = 1
-    latent_channels: int = 4
-    widths: tuple[int, int] = (32, 64)       # channels at full and half resolution; the 7x7 stage uses widths[1]
-    steps: int = 800
-    batch_size: int = 128
-    lr: float = 2e-3
+    in_channels: int = 1                      # image channels (Fashion-MNIST: 1)
+    latent_channels: int = 4                  # latent channels at 7x7
+    widths: tuple[int, int] = (32, 64)        # channels at full and half resolution; the 7x7 stage uses widths[1]
+    steps: int = 800                          # training steps
+    batch_size: int = 128                     # training batch size
+    lr: float = 2e-3                          # AdamW peak learning rate (warm-up, cosine decay)
     kl_weight: float = 1e-4                   # per-pixel KL weight: a near-deterministic, smooth latent space
-    seed: int = 0
+    seed: int = 0                             # initialisation and batch order
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

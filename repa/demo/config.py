@@ -50,35 +50,33 @@ ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
 @dataclass(frozen=True)
 class DemoConfig:
     """The comparison. Defaults fit ``make demo`` (one seed pair) in about 25 minutes on 2 CPU cores."""
-    out: str = "runs/demo"
-    data_root: str = "runs/data"
-    source: str = FASHION_MNIST
-    arms: tuple[str, ...] = ("repa", "vanilla")
+    out: str = "runs/demo"                  # report folder (evaluations.json, report.md, plots, run folders)
+    data_root: str = "runs/data"            # cache folder: VAE, latents, teacher tokens, classifier, statistics
+    source: str = FASHION_MNIST             # Fashion-MNIST IDX folder (the Debian package's by default)
+    arms: tuple[str, ...] = ("repa", "vanilla")   # arms to compare (keys of repa.demo.config.ARMS)
     seeds: tuple[int, ...] = (1,)           # seed 0 was used to choose the settings: headline seeds start at 1
-    device: str = "cpu"
-    # the SiT on 7x7x4 latents of the job's own VAE (patch 1: 49 tokens)
-    depth: int = 6
-    width: int = 128
-    heads: int = 2
-    encoder_depth: int = 2
-    projector_dim: int = 512
-    proj_coeff: float = 0.5
-    align_stop_step: int = 0
-    steps: int = 1200
-    batch_size: int = 64
-    lr: float = 1e-3
-    ema_decay: float = 0.99                # a ~100-step horizon: 0.999 would leave 30% of the initial weights at 1200
-    teacher: str = TEACHER
-    autoencoder: AutoencoderConfig = AutoencoderConfig()
-    # evaluation: a dense curve in a cheap in-domain metric, TF-Inception FID at the end
+    device: str = "cpu"                     # cpu or cuda
+    depth: int = 6                          # SiT blocks (the SiT works on 7x7x4 latents, patch 1: 49 tokens)
+    width: int = 128                        # SiT hidden size
+    heads: int = 2                          # attention heads
+    encoder_depth: int = 2                  # REPA: the block whose tokens are aligned (1-based)
+    projector_dim: int = 512                # REPA: hidden width of the MLP projector
+    proj_coeff: float = 0.5                 # REPA: lambda, weight of the alignment term
+    align_stop_step: int = 0                # stop the alignment term at this step (HASTE-style); 0 = never
+    steps: int = 1200                       # training steps of every arm
+    batch_size: int = 64                    # training batch size
+    lr: float = 1e-3                        # AdamW learning rate
+    ema_decay: float = 0.99                 # EMA decay (0.999 would keep 30% of the initial weights at step 1200)
+    teacher: str = TEACHER                  # frozen teacher (an EfficientNet-Lite: offline ImageNet weights)
+    autoencoder: AutoencoderConfig = AutoencoderConfig()   # the job's own VAE (trained once, cached)
     curve_points: int = 8                   # evaluations along training (evenly spaced; the last is the end)
-    curve_samples: int = 500
-    final_samples: int = 1000
-    ref_images: int = 2000
-    sampler: str = "heun"
-    sample_steps: int = 6
-    align_images: int = 500
-    align_t: float = 0.5
+    curve_samples: int = 500                # samples per curve point (classifier-feature Frechet distance)
+    final_samples: int = 1000               # samples for the final TF-Inception FID
+    ref_images: int = 2000                  # real test images for the TF-Inception reference statistics
+    sampler: str = "heun"                   # ODE sampler of every evaluation (no guidance)
+    sample_steps: int = 6                   # sampler steps (Heun: 11 network evaluations)
+    align_images: int = 500                 # test images for the CKNNA alignment curve
+    align_t: float = 0.5                    # diffusion time at which CKNNA reads the hidden tokens
 
     @property
     def eval_steps(self) -> list[int]:
