@@ -54,7 +54,8 @@ def test_arms_differ_only_in_their_objective_fields():
     configs = {arm: arm_config(demo, arm, 1, f"runs/x/{arm}", 112) for arm in ARMS}
     expected = {"repa": set(), "vanilla": {"objective.proj_coeff"},
                 "irepa": {"model.projector", "objective.target_norm"},
-                "sra": {"encoders", "model.encoder_dims", "objective.target", "objective.self_depth"}}
+                "sra": {"encoders", "model.encoder_dims", "objective.target", "objective.self_depth"},
+                "reg": {"model.class_token"}}
     assert set(configs) == set(expected)
     for arm, cfg in configs.items():
         changed = set(diff(configs["repa"], cfg)) - {"run_dir"}
@@ -80,7 +81,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     source.mkdir()
     _small_fashion_mnist(source, 512, 96)
     demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
-                      seeds=(1,), arms=("repa", "vanilla", "irepa", "sra"), depth=4, width=32, heads=2,
+                      seeds=(1,), arms=("repa", "vanilla", "irepa", "sra", "reg"), depth=4, width=32, heads=2,
                       projector_dim=32, steps=4, batch_size=16,
                       autoencoder=AutoencoderConfig(steps=4, batch_size=16, widths=(8, 16)),
                       curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
@@ -89,15 +90,17 @@ def test_tiny_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     text = report.read_text()
     for name in ("curve.png", "alignment.png", "losses.png", "samples_repa.png", "samples_vanilla.png",
-                 "samples_irepa.png", "samples_sra.png"):
+                 "samples_irepa.png", "samples_sra.png", "samples_reg.png"):
         assert (out / name).stat().st_size > 1000, name
         assert f"({name})" in text
     saved = json.loads((out / "evaluations.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    assert set(saved["runs"]) == {"repa/1", "vanilla/1", "irepa/1", "sra/1"}
+    assert set(saved["runs"]) == {"repa/1", "vanilla/1", "irepa/1", "sra/1", "reg/1"}
     for key, run in saved["runs"].items():
         assert sorted(map(int, run["curve"])) == demo.eval_steps
-        assert all(math.isfinite(v["fd"]) and -1 <= v["cknna"] <= 1 for v in run["curve"].values())
+        assert all(math.isfinite(v["fd"]) for v in run["curve"].values())
+        assert all(-1 <= v["cknna"] <= 1 if not key.startswith("reg") else v["cknna"] is None
+                   for v in run["curve"].values())
         assert math.isfinite(run["fid"]) and run["fid"] > 0
     # the report's figures are the metrics file's: per-seed speed-ups recomputed from the saved curves
     for seed in (1,):
@@ -113,7 +116,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     first = {arm: json.loads((out / "seed1" / arm / "metrics.jsonl").read_text().splitlines()[0])
              for arm in demo.arms}
     assert math.isclose(first["repa"]["denoise_loss"], first["vanilla"]["denoise_loss"], rel_tol=1e-5)
-    assert "irepa vs vanilla" in text and "sra vs vanilla" in text
+    assert "irepa vs vanilla" in text and "sra vs vanilla" in text and "reg vs vanilla" in text
 
     # a rerun reuses everything: no training, same numbers
     before = (out / "evaluations.json").read_text()

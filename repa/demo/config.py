@@ -37,6 +37,12 @@ def _sra(cfg: TrainConfig) -> TrainConfig:
                                       self_time_gap=0.2))
 
 
+def _reg(cfg: TrainConfig) -> TrainConfig:
+    """REG (arXiv 2507.01467): the teacher's class token (for a CNN teacher: its pooled tokens) is denoised jointly
+    with the image tokens, on top of REPA's alignment."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_token=True))
+
+
 # Each arm is the demo's REPA config with a few fields changed (everything else identical: seed, initial weights,
 # data order, noise, steps and evaluation).
 ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
@@ -44,6 +50,7 @@ ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "vanilla": _vanilla,
     "irepa": _irepa,
     "sra": _sra,
+    "reg": _reg,
 }
 
 

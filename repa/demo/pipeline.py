@@ -217,13 +217,15 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
                 loaded = load_model(checkpoint_path(run.run_dir, step), device=demo.device)
                 images = generate(loaded, vae, noise[:demo.curve_samples], labels[:demo.curve_samples], demo)
                 fd = fd_domain(clf, images, clf_ref)
-                feats = extract_features(loaded.model, dataset_batches(test_ds, align_idx, 250, space="latent",
-                                                                       seed=0),
-                                         t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=0)
-                align = cknna(feats.pooled[demo.encoder_depth], teacher_pooled, topk=10)
+                align = None          # a REG network needs a class token on every forward: no CKNNA curve
+                if not loaded.config.class_token:
+                    feats = extract_features(loaded.model, dataset_batches(test_ds, align_idx, 250, space="latent",
+                                                                           seed=0),
+                                             t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=0)
+                    align = cknna(feats.pooled[demo.encoder_depth], teacher_pooled, topk=10)
                 run.curve[step] = {"fd": fd, "cknna": align}
                 timings["curve_eval"] = timings.get("curve_eval", 0.0) + time.perf_counter() - t0
-                msg = f"  step {step}: FD(classifier) {fd:.2f}, CKNNA {align:.3f}"
+                msg = f"  step {step}: FD(classifier) {fd:.2f}" + ("" if align is None else f", CKNNA {align:.3f}")
                 if step == demo.steps:
                     final = images if demo.final_samples <= demo.curve_samples else generate(
                         loaded, vae, noise[:demo.final_samples], labels[:demo.final_samples], demo)

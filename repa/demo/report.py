@@ -55,6 +55,8 @@ def _metrics(run_dir: str) -> list[dict]:
 def _band_plot(ax, runs, arms, key: str) -> None:
     for arm in arms:
         arm_runs = [r for r in runs if r.arm == arm]
+        if any(v[key] is None for r in arm_runs for v in r.curve.values()):
+            continue                                  # e.g. no CKNNA curve for REG networks
         steps = sorted(set.intersection(*(set(r.curve) for r in arm_runs)))
         values = np.array([[r.curve[s][key] for s in steps] for r in arm_runs])
         colour = COLOURS.get(arm)
