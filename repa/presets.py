@@ -78,9 +78,11 @@ def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainCo
     """Small pixel-space SiT on Fashion-MNIST 28x28 (patch 2: 14x14 tokens), EfficientNet-Lite0 teacher."""
     teachers = ("efficientnet-lite0",)
     return TrainConfig(
-        model=model_config("SiT-S/2", depth=depth, hidden_size=width, num_heads=4, input_size=28, in_channels=1,
-                           num_classes=10, encoder_depth=2, encoder_dims=encoder_dims(teachers),
-                           projector_dim=512, space="pixel"),
+        # a custom size, named for what it is (the paper's SiT-S is 12 x 384)
+        model=dataclasses.replace(
+            model_config("SiT-S/2", depth=depth, hidden_size=width, num_heads=4, input_size=28, in_channels=1,
+                         num_classes=10, encoder_depth=2, encoder_dims=encoder_dims(teachers), projector_dim=512,
+                         space="pixel"), name=f"SiT-{depth}x{width}/2"),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(path="runs/data/fashion-mnist", resolution=28, num_workers=0),
         encoders=teachers,
