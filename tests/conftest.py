@@ -89,3 +89,23 @@ def _private_caches(tmp_path_factory):
         os.environ.pop("REPA_CACHE", None)
     else:
         os.environ["REPA_CACHE"] = old
+
+
+def load_test_module(filename: str):
+    """Another test file of this folder as a module, imported by path (its helpers, without running its tests)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).with_name(filename)
+    spec = importlib.util.spec_from_file_location(f"_helpers_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny ops: one thread is faster and immune to a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

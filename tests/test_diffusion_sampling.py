@@ -9,12 +9,8 @@ from repa.diffusion import base_diffusion, ddpm, space_timesteps
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Thousands of tiny ops: one thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _single_thread(one_thread):
+    """Many tiny ops: one thread (the conftest fixture) is faster and immune to a busy machine."""
 
 
 class GaussianEpsilon(torch.nn.Module):

@@ -54,14 +54,8 @@ def _save_tiny(family: str, patch: int, folder: str) -> None:
 
 
 def _mocov3_helpers():
-    """tests/test_encoders_mocov3.py as a module, imported by path (works whether tests/ is a package or not)."""
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).with_name("test_encoders_mocov3.py")
-    spec = importlib.util.spec_from_file_location("_encoders_mocov3_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_test_module
+    return load_test_module("test_encoders_mocov3.py")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ the download) and timm, loading one random ViT-B/14 state dict into it and, rena
 read by ``repa.encoders.load_encoder``. Nothing of dinov2 is in this repository: point ``REPA_DINOV2_REPO`` at a
 checkout of github.com/facebookresearch/dinov2 and install timm to run them; they skip otherwise.
 """
-import importlib.util
 import os
-import pathlib
 import sys
 
 import pytest
@@ -25,12 +23,8 @@ pytestmark = pytest.mark.skipif(not REPO, reason="set REPA_DINOV2_REPO to a chec
 
 
 def _helpers():
-    """tests/test_encoders_reference_tokens.py as a module (state dict layout, renaming, REPA's preprocessing)."""
-    path = pathlib.Path(__file__).with_name("test_encoders_reference_tokens.py")
-    spec = importlib.util.spec_from_file_location("_encoders_reference_tokens_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_test_module
+    return load_test_module("test_encoders_reference_tokens.py")
 
 
 @pytest.fixture(scope="module")

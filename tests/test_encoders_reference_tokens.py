@@ -14,9 +14,7 @@ dropped; DINOv1 keeps the final norm.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -33,12 +31,8 @@ MIN_COSINE = 0.99999
 
 
 def _mocov3_helpers():
-    """tests/test_encoders_mocov3.py as a module, imported by path (works whether tests/ is a package or not)."""
-    path = pathlib.Path(__file__).with_name("test_encoders_mocov3.py")
-    spec = importlib.util.spec_from_file_location("_encoders_mocov3_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_test_module
+    return load_test_module("test_encoders_mocov3.py")
 
 
 antialiased_table = _mocov3_helpers().antialiased_table      # the reference's load-time resampling, written out

@@ -30,11 +30,8 @@ NUM_CLASSES = 10
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _single_thread(one_thread):
+    """Many tiny ops: one thread (the conftest fixture) is faster and immune to a busy machine."""
 
 
 def _load(name: str, path: Path, package: bool = False):

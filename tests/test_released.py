@@ -30,12 +30,8 @@ NUM_CLASSES = 10          # + the null class (index 10), as class dropout > 0 gi
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops: one thread is faster and immune to a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _single_thread(one_thread):
+    """Many tiny ops: one thread (the conftest fixture) is faster and immune to a busy machine."""
 
 
 def _network(family: str, seed: int = 0) -> SiT:
