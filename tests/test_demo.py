@@ -48,6 +48,14 @@ def test_speedup_against_the_baselines_final_value():
     assert math.isclose(speedup([(100, 40.0)], noisy), 2.0)
 
 
+def test_median_speedup_ranks_never_lowest():
+    from repa.demo.report import _median_with_never
+    assert _median_with_never([None, 1.07, 1.10]) == 1.07
+    assert _median_with_never([None, None, 1.5]) is None
+    assert _median_with_never([1.0, 2.0, None, 3.0]) == 1.5
+    assert _median_with_never([2.0, 4.0]) == 3.0
+
+
 def test_arms_differ_only_in_their_objective_fields():
     from repa.config import diff
     demo = DemoConfig()
