@@ -8,7 +8,6 @@ same noise for both arms. The end points are also measured with TF-Inception FID
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repa.evaluation.fid import frechet_distance
+from repa.utils import atomic_write
 
 
 class FashionClassifier(nn.Module):
@@ -79,11 +79,9 @@ def fd_domain(net: FashionClassifier, images: np.ndarray, ref: tuple[np.ndarray,
 
 
 def save_classifier(net: FashionClassifier, path: str | os.PathLike) -> None:
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    from safetensors.torch import save
+    data = save({k: v.contiguous() for k, v in net.state_dict().items()})
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_classifier(path: str | os.PathLike, channels: int = 1) -> FashionClassifier:

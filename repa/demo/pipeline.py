@@ -27,7 +27,7 @@ import torch
 from repa.config import ConfigError, to_dict
 from repa.demo.config import DemoConfig, arm_config, validate_demo
 from repa.demo.report import write_report
-from repa.utils import atomic_write_text
+from repa.utils import atomic_write, atomic_write_text
 
 
 def _stage(title: str) -> None:
@@ -80,9 +80,7 @@ def _cached_array(path: Path, compute) -> np.ndarray:
     """``np.load(path)``, computing and saving it atomically first if absent."""
     if not path.is_file():
         array = compute()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, array))
     return np.load(path, mmap_mode="r")
 
 
@@ -183,9 +181,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     if not ref_file.is_file():
         def compute_ref():
             stats = stats_from_images(data["test_x"][:demo.ref_images], inception, progress=progress)
-            tmp = ref_file.with_name(f".{ref_file.name}.tmp-{os.getpid()}.npz")
-            np.savez(tmp, mu=stats.mu, sigma=stats.sigma)
-            os.replace(tmp, ref_file)
+            atomic_write(ref_file, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
         timed("inception_reference", compute_ref)
     ref = np.load(ref_file)
 
