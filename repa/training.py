@@ -129,6 +129,14 @@ def _class_token_noise(cfg: TrainConfig, step: int, device: torch.device) -> tor
     return torch.randn(cfg.global_batch_size, cfg.model.class_token_dim, generator=gen, device=device)
 
 
+def _projectors_may_idle(cfg: TrainConfig) -> bool:
+    """Whether some steps leave the projectors without a gradient (lambda 0 from the start or after
+    ``align_stop_step``); DDP must then look for unused parameters instead of waiting for their gradients."""
+    o = cfg.objective
+    has_projectors = bool(cfg.model.encoder_dims)
+    return has_projectors and (o.proj_coeff == 0 or o.align_stop_step > 0)
+
+
 def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list, list]:
     """Encoders and token-cache keys (None where the cache is not valid) for each configured encoder."""
     o = cfg.objective
@@ -247,7 +255,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
         features = FeaturesView(net)
         if process.world_size > 1 and not fsdp:
             features = torch.nn.parallel.DistributedDataParallel(
-                features, device_ids=[dev.index] if dev.type == "cuda" else None)
+                features, device_ids=[dev.index] if dev.type == "cuda" else None,
+                find_unused_parameters=_projectors_may_idle(cfg))
         if cfg.compile:
             features = torch.compile(features)
 

@@ -13,10 +13,10 @@ from repa.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(run_dir, nproc, accum=1, parallel="ddp", max_steps=6):
+def _run(run_dir, nproc, accum=1, parallel="ddp", max_steps=6, align_stop=0):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "tests" / "dist_worker.py"), str(run_dir), str(accum), parallel, str(max_steps)]
+           str(ROOT / "tests" / "dist_worker.py"), str(run_dir), str(accum), parallel, str(max_steps), str(align_stop)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return load_checkpoint(Path(run_dir) / "checkpoints" / f"{max_steps:08d}.pt")
@@ -38,6 +38,15 @@ def test_two_processes_equal_one_process(tmp_path):
     for a, b in zip(logged_one, logged_two):
         for key in ("loss", "denoise_loss", "align_loss"):
             assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (a["step"], key, a[key], b[key])
+
+
+def test_ddp_survives_the_alignment_term_stopping(tmp_path):
+    """After ``align_stop_step`` the projectors get no gradient; DDP must not wait for them (it would raise
+    "Expected to have finished reduction" at the next step)."""
+    one = _run(tmp_path / "one", 1, align_stop=3)
+    two = _run(tmp_path / "two", 2, align_stop=3)
+    for name, value in one["model"].items():
+        assert torch.allclose(value, two["model"][name], atol=1e-5, rtol=0), name
 
 
 def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path):
