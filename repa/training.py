@@ -323,6 +323,8 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         loss_sum = torch.zeros((), device=dev)
         denoise_sum = torch.zeros((), device=dev)
         align_sum = torch.zeros((), device=dev)
+        attn_sum = torch.zeros((), device=dev)                  # HASTE's attention term (0 when off)
+        cls_sum = torch.zeros((), device=dev)                   # REG's class-token velocity loss (0 when off)
         for k in range(cfg.grad_accum_steps):
             part = slice(k * micro, (k + 1) * micro)
             sync = k == cfg.grad_accum_steps - 1 or process.world_size == 1
@@ -339,6 +341,10 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
             loss_sum += out.total.detach() / cfg.grad_accum_steps
             denoise_sum += out.denoise / cfg.grad_accum_steps
             align_sum += out.align / cfg.grad_accum_steps
+            if out.attn is not None:
+                attn_sum += out.attn.detach() / cfg.grad_accum_steps
+            if out.cls is not None:
+                cls_sum += out.cls.detach() / cfg.grad_accum_steps
 
         # -- optimiser step, clipping, non-finite guard, EMA ----------------------------------------------------
         if scaler is not None:
@@ -367,7 +373,7 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         step = state.step
 
         # -- logging, checkpoints, previews (host syncs happen only here) ----------------------------------------
-        log.accumulate(loss_sum, denoise_sum, align_sum, grad_norm)
+        log.accumulate(loss_sum, denoise_sum, align_sum, grad_norm, attn_sum, cls_sum)
         stop_signal = stop.check(step, cfg.log_every, process.world_size, dev) if stop is not None else 0
         at_ckpt = step % cfg.ckpt_every == 0 or step == end or bool(stop_signal)
         if step % cfg.log_every == 0 or at_ckpt:

@@ -119,12 +119,16 @@ class MetricsLog:
                 and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(totals)
             totals /= torch.distributed.get_world_size()
-        loss, denoise, align, grad_norm = (float(v) for v in totals.cpu())
+        loss, denoise, align, grad_norm, attn, cls = (float(v) for v in totals.cpu())
         now = time.perf_counter()
         steps_per_s = (step - self.step0) / max(now - self.t0, 1e-9)
         record = {"step": step, "images_seen": images_seen, "loss": loss, "denoise_loss": denoise,
                   "align_loss": align, "grad_norm": grad_norm, "steps_per_s": steps_per_s,
                   "images_per_s": steps_per_s * self.cfg.global_batch_size, **extra}
+        if self.cfg.objective.attn_coeff > 0:            # the variants' own terms (docs/VARIANTS.md)
+            record["attn_loss"] = attn
+        if self.cfg.model.class_token:
+            record["cls_loss"] = cls
         if torch.cuda.is_available():
             record["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         self.sums, self.count, self.t0, self.step0 = None, 0, now, step

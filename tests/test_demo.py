@@ -69,7 +69,35 @@ def test_arms_differ_only_in_their_objective_fields():
         changed = set(diff(configs["repa"], cfg)) - {"run_dir"}
         assert changed == expected[arm], arm
     assert configs["vanilla"].objective.proj_coeff == 0 and configs["repa"].objective.proj_coeff == demo.proj_coeff
-    assert configs["repa"].model.name == f"SiT-{demo.depth}x{demo.width}/1"     # a custom size, named as such
+    model = configs["repa"].model
+    assert model.name == f"SiT-{demo.depth}x{demo.width}/2"     # a custom size, named as such
+    # 14x14 latents with patch 2: the SiT's token grid is the teacher's 7x7 grid
+    assert (model.input_size, model.patch_size, model.in_channels) == (14, 2, demo.autoencoder.latent_channels)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_vae_shapes_scaling_and_saved_folder(tmp_path, factor):
+    import torch
+    from repa.autoencoder import LATENT_SCALE
+    from repa.demo.autoencoder import TinyVAE, load_vae_folder, save_vae, train_vae
+    from repa.data.idx import read_idx
+    images = np.ascontiguousarray(read_idx(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz")[:256, None])
+    cfg = AutoencoderConfig(factor=factor, width=8, steps=3, batch_size=16)
+    vae = train_vae(images, cfg, log=None)
+    mean, std = vae.encode_moments(images)
+    size = 28 // factor
+    assert mean.shape == std.shape == (256, cfg.latent_channels, size, size) and cfg.latent_size == size
+    assert (std > 0).all()
+    # the multiplier makes the scaled posterior means of the (training) images unit-variance
+    assert abs((mean * LATENT_SCALE).std().item() - 1.0) < 0.05
+    decoded = vae.decode(mean * LATENT_SCALE)
+    assert decoded.shape == (256, 1, 28, 28) and decoded.dtype == torch.uint8
+    save_vae(vae, tmp_path / "vae")
+    again = load_vae_folder(tmp_path / "vae")
+    assert torch.equal(again.decode(mean * LATENT_SCALE), decoded)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temporary folder left
+    with pytest.raises(ValueError, match="factor"):
+        TinyVAE(AutoencoderConfig(factor=3))
 
 
 def test_demo_settings_are_checked_before_any_work(tmp_path):
@@ -78,6 +106,8 @@ def test_demo_settings_are_checked_before_any_work(tmp_path):
         validate_demo(DemoConfig(arms=("repa", "nonsense")))
     with pytest.raises(ConfigError, match="seeds"):
         validate_demo(DemoConfig(seeds=(1, 1)))
+    with pytest.raises(ConfigError, match="autoencoder.factor"):
+        validate_demo(DemoConfig(autoencoder=AutoencoderConfig(factor=3)))
     with pytest.raises(ConfigError, match="Fashion-MNIST"):
         run_demo(DemoConfig(source=str(tmp_path), out=str(tmp_path / "o"), data_root=str(tmp_path / "d")))
     assert not (tmp_path / "o").exists()
@@ -91,9 +121,9 @@ def test_tiny_demo_end_to_end(tmp_path):
     demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
                       seeds=(1,), arms=("repa", "vanilla", "irepa", "sra", "reg"), depth=4, width=32, heads=2,
                       projector_dim=32, steps=4, batch_size=16,
-                      autoencoder=AutoencoderConfig(steps=4, batch_size=16, widths=(8, 16)),
+                      autoencoder=AutoencoderConfig(steps=4, batch_size=16, width=8),
                       curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
-                      align_images=24)
+                      align_images=24, workers=2)
     report = run_demo(demo, progress=False)
     out = tmp_path / "demo"
     text = report.read_text()
@@ -126,9 +156,11 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert math.isclose(first["repa"]["denoise_loss"], first["vanilla"]["denoise_loss"], rel_tol=1e-5)
     assert "irepa vs vanilla" in text and "sra vs vanilla" in text and "reg vs vanilla" in text
 
-    # a rerun reuses everything: no training, same numbers
+    # a rerun reuses everything: no training, same numbers; the worker count may differ (here: in-process)
     before = (out / "evaluations.json").read_text()
-    run_demo(demo, progress=False)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
+    run_demo(dataclasses.replace(demo, workers=1), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == mtimes      # no checkpoint rewritten
     assert json.loads((out / "evaluations.json").read_text())["runs"] == json.loads(before)["runs"]
     # other settings in the same folder are refused, naming the folder
     from repa.config import ConfigError

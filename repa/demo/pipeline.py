@@ -1,6 +1,6 @@
 """The default job: does representation alignment make a small latent diffusion transformer learn faster?
 
-``run_demo`` reads Fashion-MNIST, trains (once, cached) a small VAE so that the SiT works on 7x7x4 latents as in the
+``run_demo`` reads Fashion-MNIST, trains (once, cached) a small VAE so that the SiT works on 14x14x2 latents as in the
 paper, caches the tokens of the offline ImageNet-pretrained teacher, trains the arms (REPA and its vanilla twin by
 default; same seed, initial weights, data order and noise) for each seed, and evaluates them along training:
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from repa.config import ConfigError, to_dict
-from repa.demo.config import DemoConfig, arm_config, validate_demo
+from repa.demo.config import TOKEN_GRID, DemoConfig, arm_config, validate_demo
 from repa.demo.report import write_report
 from repa.utils import atomic_write, atomic_write_text
 
@@ -47,10 +47,11 @@ class ArmRun:
     curve: dict = field(default_factory=dict)
     fid: float | None = None
     train_seconds: float = 0.0
+    timings: dict = field(default_factory=dict)    # seconds spent evaluating: curve_eval, inception_samples
 
     def to_json(self) -> dict:
         return {"curve": {str(k): v for k, v in self.curve.items()}, "fid": self.fid,
-                "train_seconds": self.train_seconds}
+                "train_seconds": self.train_seconds, "timings": self.timings}
 
 
 def _read_fashion_mnist(source: str) -> dict[str, np.ndarray]:
@@ -85,7 +86,7 @@ def _cached_array(path: Path, compute) -> np.ndarray:
 
 
 def _latents(vae, images: np.ndarray) -> np.ndarray:
-    """Raw posterior moments stacked as (N, 2, z, 7, 7) float32."""
+    """Raw posterior moments stacked as (N, 2, z, s, s) float32."""
     out = [torch.stack(vae.encode_moments(images[i:i + 2000]), dim=1) for i in range(0, len(images), 2000)]
     return torch.cat(out).numpy()
 
@@ -104,28 +105,154 @@ def generate(model, vae, noise: torch.Tensor, labels: torch.Tensor, demo: DemoCo
         return vae.decode(latents).numpy()
 
 
-def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
-    """Run the whole comparison and return the path of ``report.md``."""
+@dataclass(frozen=True)
+class Prepared:
+    """Everything an arm needs, as cached files: a worker process rebuilds its inputs from these paths."""
+    demo: DemoConfig
+    vae_dir: str
+    token_file: str
+    clf_file: str
+    ref_file: str
+
+
+class _ArmInputs:
+    """The datasets, VAE, curve classifier, fixed noise and labels, and teacher tokens for CKNNA, loaded once per
+    process from the cached files."""
+
+    def __init__(self, prep: Prepared):
+        from repa.data.memory import ArrayDataset
+        from repa.demo.autoencoder import load_vae_folder
+        from repa.demo.features import feature_stats, load_classifier
+        from repa.encoders import load_encoder
+        demo = prep.demo
+        data = _read_fashion_mnist(demo.source)
+        moments = {s: np.load(Path(prep.vae_dir) / f"latents-{s}.npy", mmap_mode="r") for s in ("train", "test")}
+        self.tokens = np.load(prep.token_file, mmap_mode="r")
+        self.train_ds = ArrayDataset(data["train_x"], data["train_y"], num_classes=10,
+                                     latent_mean=moments["train"][:, 0], latent_std=moments["train"][:, 1],
+                                     **{f"tokens:{demo.teacher}@28/{TOKEN_GRID}": self.tokens})
+        self.test_ds = ArrayDataset(data["test_x"], data["test_y"], num_classes=10,
+                                    latent_mean=moments["test"][:, 0], latent_std=moments["test"][:, 1])
+        self.vae = load_vae_folder(prep.vae_dir)
+        self.clf = load_classifier(prep.clf_file)
+        self.clf_ref = feature_stats(self.clf, data["test_x"])
+        self.align_idx = np.sort(np.random.default_rng(0).choice(len(self.test_ds), demo.align_images,
+                                                                  replace=False))
+        teacher = load_encoder(demo.teacher, resolution=28, token_grid=TOKEN_GRID, autocast_dtype=torch.bfloat16)
+        with torch.no_grad():
+            self.teacher_pooled = torch.cat([
+                teacher(torch.from_numpy(data["test_x"][self.align_idx[i:i + 250]])).float().mean(dim=1)
+                for i in range(0, len(self.align_idx), 250)])
+        gen = torch.Generator().manual_seed(12345)
+        num = max(demo.curve_samples, demo.final_samples)
+        size = demo.autoencoder.latent_size
+        self.noise = torch.randn(num, demo.autoencoder.latent_channels, size, size, generator=gen)
+        self.labels = torch.arange(num) % 10
+
+
+_INPUTS: dict[Prepared, _ArmInputs] = {}          # per process: the inputs of the demo being run
+
+
+def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | None = None,
+            progress: bool = True) -> ArmRun:
+    """Train one arm with one seed to ``demo.steps``, evaluating at ``demo.eval_steps``; resumable: finished
+    evaluations (``prior`` and the run folder's ``evaluation.json``) and training steps are reused. Runs in the
+    parent or in a worker process (``threads``: its torch thread count)."""
     from repa.analysis.features import extract_features
     from repa.analysis.metrics import cknna
     from repa.analysis.run import dataset_batches
     from repa.checkpoint import checkpoint_path, load_model
-    from repa.data.memory import ArrayDataset
-    from repa.demo.autoencoder import load_vae_folder, reconstruction_error, save_vae, train_vae
-    from repa.demo.features import (accuracy, fd_domain, feature_stats, load_classifier, save_classifier,
-                                    train_classifier)
-    from repa.encoders import load_encoder
-    from repa.evaluation import load_inception
+    from repa.demo.features import fd_domain
     from repa.evaluation.evaluate import stats_from_images
     from repa.evaluation.fid import frechet_distance
     from repa.training import train
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    demo = prep.demo
+    if prep not in _INPUTS:
+        _INPUTS.clear()
+        _INPUTS[prep] = _ArmInputs(prep)
+    inputs = _INPUTS[prep]
+    out = Path(demo.out)
+    run = ArmRun(arm, seed, str(out / f"seed{seed}" / arm))
+    state_file = Path(run.run_dir) / "evaluation.json"
+    prior = _json_load(state_file, prior)
+    run.curve = {int(k): v for k, v in prior.get("curve", {}).items()}
+    run.fid, run.train_seconds = prior.get("fid"), prior.get("train_seconds", 0.0)
+    run.timings = dict(prior.get("timings", {}))
+    cfg = arm_config(demo, arm, seed, run.run_dir, inputs.tokens.shape[-1])
+    log = (lambda msg: print(f"  [{arm}, seed {seed}] {msg}", flush=True)) if progress else (lambda msg: None)
+    log(f"lambda {cfg.objective.proj_coeff}: {demo.steps} steps, evaluated at {demo.eval_steps}")
+
+    def add_time(name: str, t0: float) -> None:
+        run.timings[name] = run.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    for step in demo.eval_steps:
+        if step in run.curve and (step != demo.steps or run.fid is not None):
+            continue
+        t0 = time.perf_counter()
+        train(cfg, dataset=inputs.train_ds, progress=False, stop_at_step=step, device=demo.device)
+        run.train_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        loaded = load_model(checkpoint_path(run.run_dir, step), device=demo.device)
+        images = generate(loaded, inputs.vae, inputs.noise[:demo.curve_samples], inputs.labels[:demo.curve_samples],
+                          demo)
+        fd = fd_domain(inputs.clf, images, inputs.clf_ref)
+        align = None          # a REG network needs a class token on every forward: no CKNNA curve
+        if not loaded.config.class_token:
+            feats = extract_features(loaded.model, dataset_batches(inputs.test_ds, inputs.align_idx, 250,
+                                                                   space="latent", seed=0),
+                                     t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=0)
+            align = cknna(feats.pooled[demo.encoder_depth], inputs.teacher_pooled, topk=10)
+        run.curve[step] = {"fd": fd, "cknna": align}
+        add_time("curve_eval", t0)
+        msg = f"step {step}: FD(classifier) {fd:.2f}" + ("" if align is None else f", CKNNA {align:.3f}")
+        if step == demo.steps:
+            t0 = time.perf_counter()
+            final = images if demo.final_samples <= demo.curve_samples else generate(
+                loaded, inputs.vae, inputs.noise[:demo.final_samples], inputs.labels[:demo.final_samples], demo)
+            final = final[:demo.final_samples]
+            from repa.evaluation import load_inception
+            stats = stats_from_images(final, load_inception(device=demo.device))
+            ref = np.load(prep.ref_file)
+            run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
+            atomic_write(out / f"samples_{arm}_seed{seed}.npy", lambda f: np.save(f, final[:100]))
+            add_time("inception_samples", t0)
+            msg += f", TF-Inception FID {run.fid:.2f} ({len(final)} samples)"
+        log(msg)
+        atomic_write_text(state_file, json.dumps(run.to_json(), indent=2))
+    return run
+
+
+def _workers(demo: DemoConfig, jobs: int) -> tuple[int, int | None]:
+    """(worker processes, torch threads per worker; None = leave the thread count alone)."""
+    cores = os.cpu_count() or 1
+    workers = max(1, min(demo.workers or cores, jobs))
+    pinned = "OMP_NUM_THREADS" in os.environ           # a user's thread count is inherited and respected
+    return workers, (None if pinned else max(1, cores // workers))
+
+
+def _same_settings(a: dict, b: dict) -> bool:
+    """Whether two demos' results are interchangeable: the seeds, arms, workers and device may differ."""
+    free = ("seeds", "arms", "workers", "device")
+    return {k: v for k, v in a.items() if k not in free} == {k: v for k, v in b.items() if k not in free}
+
+
+def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
+    """Run the whole comparison and return the path of ``report.md``."""
+    from repa.demo.autoencoder import load_vae_folder, reconstruction_error, save_vae, train_vae
+    from repa.demo.features import accuracy, load_classifier, save_classifier, train_classifier
+    from repa.encoders import load_encoder
+    from repa.evaluation import load_inception
+    from repa.evaluation.evaluate import stats_from_images
 
     validate_demo(demo)
     started = time.perf_counter()
     out = Path(demo.out)
     state_file = out / "evaluations.json"
     saved = _json_load(state_file, {})
-    if saved.get("demo") not in (None, to_dict(demo)):
+    if saved.get("demo") is not None and not _same_settings(saved["demo"], to_dict(demo)):
         raise ConfigError(f"{out} holds a demo with other settings ({state_file}); use another --out or delete {out}")
     data = _read_fashion_mnist(demo.source)
     root = Path(demo.data_root) / f"fashion-mnist-{_fingerprint(data)}"     # caches are keyed by the data itself
@@ -146,99 +273,69 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     log(f"  {len(data['train_x'])} training and {len(data['test_x'])} test images, 28x28 greyscale, 10 classes")
 
     ae = demo.autoencoder
-    vae_dir = root / f"fmnist-vae-{ae.latent_channels}x{ae.widths[0]}-{ae.widths[1]}-{ae.steps}s{ae.seed}"
-    _stage(f"the VAE (28x28 -> 7x7x{ae.latent_channels} latents), cached in {vae_dir}")
+    vae_dir = root / f"fmnist-vae-{ae.tag}"
+    size = ae.latent_size
+    _stage(f"the VAE (28x28 -> {size}x{size}x{ae.latent_channels} latents), cached in {vae_dir}")
     if not (vae_dir / "model.safetensors").is_file():
         timed("vae", lambda: save_vae(train_vae(data["train_x"], ae, log=log), vae_dir))
     vae = load_vae_folder(vae_dir)
     rec_mse = reconstruction_error(vae, data["test_x"][:2000])
     log(f"  reconstruction MSE on 2000 test images: {rec_mse:.4f} (images in [-1, 1])")
-    moments = {split: timed("latents", lambda s=split: _cached_array(
-        vae_dir / f"latents-{s}.npy", lambda: _latents(vae, data[f"{s}_x"]))) for split in ("train", "test")}
+    for split in ("train", "test"):
+        timed("latents", lambda s=split: _cached_array(vae_dir / f"latents-{s}.npy",
+                                                       lambda: _latents(vae, data[f"{s}_x"])))
 
-    _stage(f"teacher tokens of {demo.teacher} (7x7 grid), cached")
-    teacher = load_encoder(demo.teacher, resolution=28, token_grid=7, autocast_dtype=torch.bfloat16)
-    tokens = timed("tokens", lambda: _cached_array(root / f"tokens-{demo.teacher}-7x7.npy",
-                                                    lambda: _tokens(teacher, data["train_x"])))
-    token_key = f"tokens:{demo.teacher}@28/7"
-    train_ds = ArrayDataset(data["train_x"], data["train_y"], num_classes=10, latent_mean=moments["train"][:, 0],
-                            latent_std=moments["train"][:, 1], **{token_key: tokens})
-    test_ds = ArrayDataset(data["test_x"], data["test_y"], num_classes=10, latent_mean=moments["test"][:, 0],
-                           latent_std=moments["test"][:, 1])
+    _stage(f"teacher tokens of {demo.teacher} ({TOKEN_GRID}x{TOKEN_GRID} grid), cached")
+    token_file = root / f"tokens-{demo.teacher}-{TOKEN_GRID}x{TOKEN_GRID}.npy"
+    if not token_file.is_file():
+        teacher = load_encoder(demo.teacher, resolution=28, token_grid=TOKEN_GRID, autocast_dtype=torch.bfloat16)
+        timed("tokens", lambda: _cached_array(token_file, lambda: _tokens(teacher, data["train_x"])))
 
-    _stage("the curve metric: a small Fashion-MNIST classifier (cached) and its test-set statistics")
+    _stage("the curve metric: a small Fashion-MNIST classifier (cached)")
     clf_file = root / "fmnist-classifier.safetensors"
     if not clf_file.is_file():
         timed("classifier", lambda: save_classifier(train_classifier(data["train_x"], data["train_y"]), clf_file))
-    clf = load_classifier(clf_file)
-    clf_acc = accuracy(clf, data["test_x"], data["test_y"])
-    clf_ref = feature_stats(clf, data["test_x"])
-    log(f"  test accuracy {clf_acc:.3f}; reference: all {len(data['test_x'])} test images")
+    clf_acc = accuracy(load_classifier(clf_file), data["test_x"], data["test_y"])
+    log(f"  test accuracy {clf_acc:.3f}; its reference statistics: all {len(data['test_x'])} test images")
 
     _stage(f"TF-Inception reference statistics of {demo.ref_images} test images (cached)")
-    inception = load_inception(device=demo.device)
     ref_file = root / f"inception-test-{demo.ref_images}.npz"
     if not ref_file.is_file():
         def compute_ref():
-            stats = stats_from_images(data["test_x"][:demo.ref_images], inception, progress=progress)
+            stats = stats_from_images(data["test_x"][:demo.ref_images], load_inception(device=demo.device),
+                                      progress=progress)
             atomic_write(ref_file, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
         timed("inception_reference", compute_ref)
-    ref = np.load(ref_file)
 
-    align_idx = np.sort(np.random.default_rng(0).choice(len(test_ds), demo.align_images, replace=False))
-    teacher_pooled = torch.cat([teacher(torch.from_numpy(data["test_x"][align_idx[i:i + 250]])).float().mean(dim=1)
-                                for i in range(0, len(align_idx), 250)])
-    gen = torch.Generator().manual_seed(12345)
-    num = max(demo.curve_samples, demo.final_samples)
-    noise = torch.randn(num, ae.latent_channels, 7, 7, generator=gen)
-    labels = torch.arange(num) % 10
-
-    runs: list[ArmRun] = []
-    for seed in demo.seeds:
-        for arm in demo.arms:
-            run = ArmRun(arm, seed, str(out / f"seed{seed}" / arm))
-            prior = saved.get("runs", {}).get(f"{arm}/{seed}", {})
-            run.curve = {int(k): v for k, v in prior.get("curve", {}).items()}
-            run.fid, run.train_seconds = prior.get("fid"), prior.get("train_seconds", 0.0)
-            cfg = arm_config(demo, arm, seed, run.run_dir, tokens.shape[-1])
-            _stage(f"seed {seed}, arm {arm} (lambda {cfg.objective.proj_coeff}): {demo.steps} steps, "
-                   f"evaluated at {demo.eval_steps}")
-            for step in demo.eval_steps:
-                if step in run.curve and (step != demo.steps or run.fid is not None):
-                    continue
-                t0 = time.perf_counter()
-                train(cfg, dataset=train_ds, progress=False, stop_at_step=step, device=demo.device)
-                run.train_seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                loaded = load_model(checkpoint_path(run.run_dir, step), device=demo.device)
-                images = generate(loaded, vae, noise[:demo.curve_samples], labels[:demo.curve_samples], demo)
-                fd = fd_domain(clf, images, clf_ref)
-                align = None          # a REG network needs a class token on every forward: no CKNNA curve
-                if not loaded.config.class_token:
-                    feats = extract_features(loaded.model, dataset_batches(test_ds, align_idx, 250, space="latent",
-                                                                           seed=0),
-                                             t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=0)
-                    align = cknna(feats.pooled[demo.encoder_depth], teacher_pooled, topk=10)
-                run.curve[step] = {"fd": fd, "cknna": align}
-                timings["curve_eval"] = timings.get("curve_eval", 0.0) + time.perf_counter() - t0
-                msg = f"  step {step}: FD(classifier) {fd:.2f}" + ("" if align is None else f", CKNNA {align:.3f}")
-                if step == demo.steps:
-                    final = images if demo.final_samples <= demo.curve_samples else generate(
-                        loaded, vae, noise[:demo.final_samples], labels[:demo.final_samples], demo)
-                    final = final[:demo.final_samples]
-                    stats = timed("inception_samples", lambda: stats_from_images(final, inception))
-                    run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
-                    np.save(out / f"samples_{arm}_seed{seed}.npy", final[:100])
-                    msg += f", TF-Inception FID {run.fid:.2f} ({len(final)} samples)"
-                log(msg, flush=True)
-                saved.setdefault("runs", {})[f"{arm}/{seed}"] = run.to_json()
-                saved.update(demo=to_dict(demo), timings=timings)
-                atomic_write_text(state_file, json.dumps(saved, indent=2))
-            runs.append(run)
+    prep = Prepared(demo, str(vae_dir), str(token_file), str(clf_file), str(ref_file))
+    jobs = [(arm, seed) for seed in demo.seeds for arm in demo.arms]
+    workers, threads = _workers(demo, len(jobs))
+    _stage(f"{len(jobs)} training runs (arms {', '.join(demo.arms)}; seeds {', '.join(map(str, demo.seeds))}), "
+           + (f"{workers} at a time in worker processes" if workers > 1 else "one after another"))
+    priors = {job: saved.get("runs", {}).get(f"{job[0]}/{job[1]}", {}) for job in jobs}
+    t0 = time.perf_counter()
+    if workers == 1:
+        runs = [run_arm(prep, arm, seed, priors[arm, seed], progress=progress) for arm, seed in jobs]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_arm, prep, arm, seed, priors[arm, seed], threads=threads, progress=progress)
+                       for arm, seed in jobs]
+            runs = [f.result() for f in futures]
+    timings["arms_wall"] = timings.get("arms_wall", 0.0) + time.perf_counter() - t0
+    for run in runs:
+        saved.setdefault("runs", {})[f"{run.arm}/{run.seed}"] = run.to_json()
+    saved.update(demo=to_dict(demo), timings=timings)
+    atomic_write_text(state_file, json.dumps(saved, indent=2))
 
     _stage("the report")
-    facts = {"reconstruction_mse": rec_mse, "classifier_accuracy": clf_acc,
-             "wall_seconds": time.perf_counter() - started, "timings": timings}
+    spent = dict(timings)                       # the runs' stages are summed over the runs (parallel ones overlap)
+    for run in runs:
+        for key, value in {**run.timings, "training": run.train_seconds}.items():
+            spent[key] = spent.get(key, 0.0) + value
+    facts = {"reconstruction_mse": rec_mse, "classifier_accuracy": clf_acc, "workers": workers,
+             "wall_seconds": time.perf_counter() - started, "timings": spent}
     report = write_report(demo, runs, facts)
     print(f"\nreport: {report}")
     return report

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repa.demo.config import DemoConfig
+from repa.demo.config import TOKEN_GRID, DemoConfig
 from repa.demo.speedup import speedup
 from repa.utils import atomic_write_text
 
@@ -220,14 +220,17 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
     timings = facts.get("timings", {})
     spent = ", ".join(f"{k.replace('_', ' ')} {v / 60:.1f} min" for k, v in sorted(timings.items()))
     ae = demo.autoencoder
+    patch = ae.latent_size // TOKEN_GRID
     return [
         "## Set-up", "",
         "- Data: the complete Fashion-MNIST (60,000 training images, 10,000 test images, 28x28 greyscale).",
         f"- Latent space, as in the paper: a small convolutional VAE trained inside the job ({ae.steps} steps of "
-        f"batch {ae.batch_size}, cached) maps 28x28 images to 7x7x{ae.latent_channels} latents (reconstruction MSE "
+        f"batch {ae.batch_size}, cached) maps 28x28 images to {ae.latent_size}x{ae.latent_size}x{ae.latent_channels} "
+        f"latents (reconstruction MSE "
         f"{facts['reconstruction_mse']:.4f} on test images in [-1, 1]); latents are scaled to unit variance like the "
         "SD-VAE's 0.18215, and a fresh posterior sample is drawn every step.",
-        f"- Model: SiT, depth {demo.depth}, width {demo.width}, {demo.heads} heads, patch 1 (49 tokens), trained with "
+        f"- Model: SiT, depth {demo.depth}, width {demo.width}, {demo.heads} heads, patch {patch} "
+        f"({(ae.latent_size // patch) ** 2} tokens), trained with "
         f"the linear interpolant and velocity prediction; batch {demo.batch_size}, AdamW lr {demo.lr}, EMA "
         f"{demo.ema_decay}, {demo.steps} steps.",
         f"- REPA: tokens after block {demo.encoder_depth} through the MLP projector (width {demo.projector_dim}) "
@@ -246,6 +249,7 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         "published numbers.",
         f"- CKNNA (k = 10) between the pooled tokens after block {demo.encoder_depth} at t = {demo.align_t} and the "
         f"pooled teacher tokens of {demo.align_images} test images.",
-        f"- Time spent (cumulative over invocations): {spent}.",
+        f"- Time spent (cumulative over invocations; the training runs' stages are summed over runs, "
+        f"{facts.get('workers', 1)} of which ran at a time): {spent}.",
         "- How these settings were chosen, with every configuration tried: docs/demo/CALIBRATION.md in the "
         "repository.", ""]
