@@ -115,6 +115,7 @@ def test_demo_settings_are_checked_before_any_work(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_tiny_demo_end_to_end(tmp_path):
+    from repa.config import ConfigError
     source = tmp_path / "fmnist"
     source.mkdir()
     _small_fashion_mnist(source, 512, 96)
@@ -123,9 +124,13 @@ def test_tiny_demo_end_to_end(tmp_path):
                       projector_dim=32, steps=4, batch_size=16,
                       autoencoder=AutoencoderConfig(steps=4, batch_size=16, width=8),
                       curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
-                      align_images=24, workers=2)
+                      align_images=24, workers=2, train_images=400)
+    with pytest.raises(ConfigError, match="train_images: 513 .* only 512 training images"):
+        run_demo(dataclasses.replace(demo, train_images=513), progress=False)
     report = run_demo(demo, progress=False)
     out = tmp_path / "demo"
+    tokens = list((tmp_path / "data").glob("*/tokens-*-first400.npy"))
+    assert len(tokens) == 1 and np.load(tokens[0]).shape[0] == 400      # the teacher ran on the subset only
     text = report.read_text()
     for name in ("curve.png", "alignment.png", "losses.png", "samples_repa.png", "samples_vanilla.png",
                  "samples_irepa.png", "samples_sra.png", "samples_reg.png"):
@@ -163,7 +168,6 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == mtimes      # no checkpoint rewritten
     assert json.loads((out / "evaluations.json").read_text())["runs"] == json.loads(before)["runs"]
     # other settings in the same folder are refused, naming the folder
-    from repa.config import ConfigError
     with pytest.raises(ConfigError, match="other settings"):
         run_demo(dataclasses.replace(demo, steps=8), progress=False)
 

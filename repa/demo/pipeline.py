@@ -128,8 +128,9 @@ class _ArmInputs:
         data = _read_fashion_mnist(demo.source)
         moments = {s: np.load(Path(prep.vae_dir) / f"latents-{s}.npy", mmap_mode="r") for s in ("train", "test")}
         self.tokens = np.load(prep.token_file, mmap_mode="r")
-        self.train_ds = ArrayDataset(data["train_x"], data["train_y"], num_classes=10,
-                                     latent_mean=moments["train"][:, 0], latent_std=moments["train"][:, 1],
+        n = demo.train_images
+        self.train_ds = ArrayDataset(data["train_x"][:n], data["train_y"][:n], num_classes=10,
+                                     latent_mean=moments["train"][:n, 0], latent_std=moments["train"][:n, 1],
                                      **{f"tokens:{demo.teacher}@28/{TOKEN_GRID}": self.tokens})
         self.test_ds = ArrayDataset(data["test_x"], data["test_y"], num_classes=10,
                                     latent_mean=moments["test"][:, 0], latent_std=moments["test"][:, 1])
@@ -255,6 +256,9 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     if saved.get("demo") is not None and not _same_settings(saved["demo"], to_dict(demo)):
         raise ConfigError(f"{out} holds a demo with other settings ({state_file}); use another --out or delete {out}")
     data = _read_fashion_mnist(demo.source)
+    if demo.train_images > len(data["train_x"]):
+        raise ConfigError(f"train_images: {demo.train_images} asked for, but {demo.source} has only "
+                          f"{len(data['train_x'])} training images; pass --train-images {len(data['train_x'])} or less")
     root = Path(demo.data_root) / f"fashion-mnist-{_fingerprint(data)}"     # caches are keyed by the data itself
     out.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -285,11 +289,13 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
         timed("latents", lambda s=split: _cached_array(vae_dir / f"latents-{s}.npy",
                                                        lambda: _latents(vae, data[f"{s}_x"])))
 
-    _stage(f"teacher tokens of {demo.teacher} ({TOKEN_GRID}x{TOKEN_GRID} grid), cached")
-    token_file = root / f"tokens-{demo.teacher}-{TOKEN_GRID}x{TOKEN_GRID}.npy"
+    n = demo.train_images
+    _stage(f"teacher tokens of {demo.teacher} ({TOKEN_GRID}x{TOKEN_GRID} grid) of the first {n} training images, "
+           "cached")
+    token_file = root / f"tokens-{demo.teacher}-{TOKEN_GRID}x{TOKEN_GRID}-first{n}.npy"
     if not token_file.is_file():
         teacher = load_encoder(demo.teacher, resolution=28, token_grid=TOKEN_GRID, autocast_dtype=torch.bfloat16)
-        timed("tokens", lambda: _cached_array(token_file, lambda: _tokens(teacher, data["train_x"])))
+        timed("tokens", lambda: _cached_array(token_file, lambda: _tokens(teacher, data["train_x"][:n])))
 
     _stage("the curve metric: a small Fashion-MNIST classifier (cached)")
     clf_file = root / "fmnist-classifier.safetensors"
