@@ -3,7 +3,7 @@
 No pretrained image autoencoder ships in a package registry, so the default job trains its own on Fashion-MNIST
 (a few minutes on 2 CPU cores) and caches it. It follows the SD-VAE conventions of ``repa.autoencoder``: the encoder
 gives posterior moments (mean, std) of ``latent_channels``-channel latents at ``28 / factor`` resolution (default
-28x28 -> 14x14x2), the training input is ``(mean + std * eps) * LATENT_SCALE`` and generated latents are divided by
+28x28 -> 14x14x1), the training input is ``(mean + std * eps) * LATENT_SCALE`` and generated latents are divided by
 ``LATENT_SCALE`` before decoding. A fixed multiplier, measured once after training, makes the scaled latents of the
 training set unit-variance, which is what the SD-VAE's 0.18215 does for ImageNet latents.
 
@@ -32,7 +32,7 @@ from repa.autoencoder import LATENT_SCALE
 class AutoencoderConfig:
     """Architecture and training of the small VAE."""
     in_channels: int = 1                      # image channels (Fashion-MNIST: 1)
-    latent_channels: int = 2                  # latent channels
+    latent_channels: int = 1                  # latent channels (14x14x1: as many numbers as 7x7x4)
     factor: int = 2                           # downsampling: 28x28 images -> (28 / factor)^2 latents (2 or 4)
     width: int = 64                           # channels of the convolutions at latent resolution
     steps: int = 600                          # training steps

@@ -68,7 +68,7 @@ class DemoConfig:
     # SiT uses one core far better than two, so two single-thread runs side by side take half the time of two
     # two-thread runs one after another
     workers: int = 0
-    depth: int = 6                          # SiT blocks (on 14x14x2 latents with patch 2: 7x7 tokens)
+    depth: int = 6                          # SiT blocks (on 14x14x1 latents with patch 2: 7x7 tokens)
     width: int = 128                        # SiT hidden size
     heads: int = 2                          # attention heads
     encoder_depth: int = 2                  # REPA: the block whose tokens are aligned (1-based)
@@ -88,8 +88,9 @@ class DemoConfig:
     curve_samples: int = 500                # samples per curve point (classifier-feature Frechet distance)
     final_samples: int = 1000               # samples for the final TF-Inception FID
     ref_images: int = 2000                  # real test images for the TF-Inception reference statistics
-    sampler: str = "heun"                   # ODE sampler of every evaluation (no guidance)
+    sampler: str = "heun"                   # ODE sampler of every evaluation
     sample_steps: int = 6                   # sampler steps (Heun: 11 network evaluations)
+    cfg_scale: float = 1.0                  # classifier-free guidance of every evaluation's samples (1: none)
     align_images: int = 500                 # test images for the CKNNA alignment curve
     align_t: float = 0.5                    # diffusion time at which CKNNA reads the hidden tokens
 
@@ -108,6 +109,8 @@ def validate_demo(demo: DemoConfig) -> None:
         raise ConfigError(f"arms: give each arm once, got {list(demo.arms)}")
     if not demo.seeds or len(set(demo.seeds)) != len(demo.seeds):
         raise ConfigError(f"seeds: give distinct seeds, got {list(demo.seeds)}")
+    if demo.cfg_scale < 1.0:
+        raise ConfigError(f"cfg_scale: 1 (no guidance) or more, got {demo.cfg_scale}")
     if demo.workers < 0:
         raise ConfigError(f"workers: 0 (one per CPU core) or a positive count, got {demo.workers}")
     for name in ("steps", "train_images", "batch_size", "curve_points", "curve_samples", "final_samples", "ref_images",

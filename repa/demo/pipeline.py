@@ -1,6 +1,6 @@
 """The default job: does representation alignment make a small latent diffusion transformer learn faster?
 
-``run_demo`` reads Fashion-MNIST, trains (once, cached) a small VAE so that the SiT works on 14x14x2 latents as in the
+``run_demo`` reads Fashion-MNIST, trains (once, cached) a small VAE so that the SiT works on 14x14x1 latents as in the
 paper, caches the tokens of the offline ImageNet-pretrained teacher, trains the arms (REPA and its vanilla twin by
 default; same seed, initial weights, data order and noise) for each seed, and evaluates them along training:
 
@@ -97,11 +97,13 @@ def _tokens(encoder, images: np.ndarray) -> np.ndarray:
 
 
 def generate(model, vae, noise: torch.Tensor, labels: torch.Tensor, demo: DemoConfig) -> np.ndarray:
-    """uint8 images (N, 1, 28, 28) from fixed noise and labels: EMA weights, ``demo.sampler``, no guidance."""
+    """uint8 images (N, 1, 28, 28) from fixed noise and labels: EMA weights, ``demo.sampler`` with
+    ``demo.cfg_scale`` guidance."""
     import repa
     with torch.no_grad():
         latents = torch.cat([repa.sample(model, noise[i:i + 500], labels[i:i + 500], sampler=demo.sampler,
-                                         steps=demo.sample_steps) for i in range(0, len(noise), 500)])
+                                         steps=demo.sample_steps, cfg_scale=demo.cfg_scale)
+                             for i in range(0, len(noise), 500)])
         return vae.decode(latents).numpy()
 
 

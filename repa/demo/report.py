@@ -245,7 +245,9 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         "- The arms differ only in the objective (same seed, initial weights, data order, noise and steps).",
         f"- Curve metric: Frechet distance in the 128-d features of a small Fashion-MNIST classifier trained once "
         f"in the job (test accuracy {facts['classifier_accuracy']:.3f}), {demo.curve_samples} samples (EMA weights, "
-        f"{demo.sampler} sampler, {demo.sample_steps} steps, no guidance, the same noise and balanced labels for "
+        f"{demo.sampler} sampler, {demo.sample_steps} steps, "
+        + ("no guidance" if demo.cfg_scale == 1 else f"classifier-free guidance {demo.cfg_scale}")
+        + ", the same noise and balanced labels for "
         f"every arm and evaluation) against all 10,000 test images, at steps {demo.eval_steps}. It costs about a "
         "thousandth of TF-Inception per image, which makes a dense curve affordable; the speed-up is read from it.",
         f"- TF-Inception FID (the paper's network, 2015-12-05 graph) of the final {demo.final_samples} samples "
