@@ -48,6 +48,26 @@ def test_speedup_against_the_baselines_final_value():
     assert math.isclose(speedup([(100, 40.0)], noisy), 2.0)
 
 
+def test_report_command_reproduces_the_settings():
+    import shlex
+    from repa.demo.report import demo_command
+    assert demo_command(DemoConfig()) == "make demo  (or: repa demo)"
+    demo = DemoConfig(seeds=(2, 3), arms=("repa", "irepa", "vanilla"), steps=500, cfg_scale=1.5,
+                      autoencoder=AutoencoderConfig(steps=300, kl_weight=1e-3))
+    command = demo_command(demo)
+    assert command.startswith("repa demo --seeds 2 --first-seed 2 --arms repa,irepa,vanilla ")
+    for flag in ("--steps 500", "--cfg-scale 1.5", "--autoencoder.steps=300", "--autoencoder.kl-weight=0.001"):
+        assert flag in command
+    # the command parses back to the same settings
+    from repa.cli import _demo_command_class
+    from repa.typed_cli import parse
+    parsed = parse(_demo_command_class(), shlex.split(command)[2:], prog="repa demo")
+    assert (parsed.seeds, parsed.first_seed, parsed.arms, parsed.steps, parsed.cfg_scale, parsed.autoencoder) == \
+        (2, 2, demo.arms, 500, 1.5, demo.autoencoder)
+    # seeds that are not consecutive: one command per run of consecutive seeds
+    assert demo_command(DemoConfig(seeds=(1, 2, 5))) == "repa demo --seeds 2 && repa demo --seeds 1 --first-seed 5"
+
+
 def test_median_speedup_ranks_never_lowest():
     from repa.demo.report import _median_with_never
     assert _median_with_never([None, 1.07, 1.10]) == 1.07

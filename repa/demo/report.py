@@ -2,6 +2,7 @@
 alignment, losses), sample grids from the same noise and labels, and the set-up."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -18,20 +19,34 @@ PAPER_SENTENCE = ("For scale: the paper's 17.5x is a SiT-XL/2 figure on ImageNet
 
 
 def demo_command(demo: DemoConfig) -> str:
-    """The command line that reproduces this demo."""
+    """The command line that reproduces this demo (one command per run of consecutive seeds)."""
     default = DemoConfig()
-    args = ["repa", "demo"]
-    if demo.seeds != default.seeds:
-        consecutive = list(demo.seeds) == list(range(demo.seeds[0], demo.seeds[0] + len(demo.seeds)))
-        args += (["--seeds", str(len(demo.seeds))] + (["--first-seed", str(demo.seeds[0])]
-                                                       if demo.seeds[0] != default.seeds[0] else [])
-                 if consecutive else ["--seed-list", ",".join(map(str, demo.seeds))])
+    rest = []
     if demo.arms != default.arms:
-        args += ["--arms", ",".join(demo.arms)]
-    for name in ("steps", "out", "data_root", "source", "device"):
-        if getattr(demo, name) != getattr(default, name):
-            args += [f"--{name.replace('_', '-')}", shlex.quote(str(getattr(demo, name)))]
-    return " ".join(args) if len(args) > 2 else "make demo  (or: repa demo)"
+        rest += ["--arms", ",".join(demo.arms)]
+    for f in dataclasses.fields(DemoConfig):         # every other field that differs from its default
+        value, base = getattr(demo, f.name), getattr(default, f.name)
+        if f.name in ("seeds", "arms", "workers") or value == base:
+            continue
+        if dataclasses.is_dataclass(value):
+            rest += [f"--{f.name}.{g.name.replace('_', '-')}={shlex.quote(str(getattr(value, g.name)))}"
+                     for g in dataclasses.fields(value) if getattr(value, g.name) != getattr(base, g.name)]
+        else:
+            rest += [f"--{f.name.replace('_', '-')}", shlex.quote(str(value))]
+    if demo.seeds == default.seeds:
+        return " ".join(["repa", "demo", *rest]) if rest else "make demo  (or: repa demo)"
+    groups: list[list[int]] = []                     # runs of consecutive seeds
+    for seed in demo.seeds:
+        if groups and seed == groups[-1][-1] + 1:
+            groups[-1].append(seed)
+        else:
+            groups.append([seed])
+    commands = []
+    for group in groups:
+        seeds = ["--seeds", str(len(group))] + (["--first-seed", str(group[0])] if group[0] != default.seeds[0]
+                                                else [])
+        commands.append(" ".join(["repa", "demo", *seeds, *rest]))
+    return " && ".join(commands)
 
 
 def _curve(run, key: str) -> list[tuple[int, float]]:
