@@ -52,18 +52,18 @@ def test_report_command_reproduces_the_settings():
     import shlex
     from repa.demo.report import demo_command
     assert demo_command(DemoConfig()) == "make demo  (or: repa demo)"
-    demo = DemoConfig(seeds=(2, 3), arms=("repa", "irepa", "vanilla"), steps=500, cfg_scale=1.5,
+    demo = DemoConfig(seeds=(2, 3), arms=("repa", "irepa", "vanilla"), steps=500, cfg_scale=2.0,
                       autoencoder=AutoencoderConfig(steps=300, kl_weight=1e-3))
     command = demo_command(demo)
     assert command.startswith("repa demo --seeds 2 --first-seed 2 --arms repa,irepa,vanilla ")
-    for flag in ("--steps 500", "--cfg-scale 1.5", "--autoencoder.steps=300", "--autoencoder.kl-weight=0.001"):
+    for flag in ("--steps 500", "--cfg-scale 2.0", "--autoencoder.steps=300", "--autoencoder.kl-weight=0.001"):
         assert flag in command
     # the command parses back to the same settings
     from repa.cli import _demo_command_class
     from repa.typed_cli import parse
     parsed = parse(_demo_command_class(), shlex.split(command)[2:], prog="repa demo")
     assert (parsed.seeds, parsed.first_seed, parsed.arms, parsed.steps, parsed.cfg_scale, parsed.autoencoder) == \
-        (2, 2, demo.arms, 500, 1.5, demo.autoencoder)
+        (2, 2, demo.arms, 500, 2.0, demo.autoencoder)
     # seeds that are not consecutive: one command per run of consecutive seeds
     assert demo_command(DemoConfig(seeds=(1, 2, 5))) == "repa demo --seeds 2 && repa demo --seeds 1 --first-seed 5"
 
@@ -181,12 +181,29 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert math.isclose(first["repa"]["denoise_loss"], first["vanilla"]["denoise_loss"], rel_tol=1e-5)
     assert "irepa vs vanilla" in text and "sra vs vanilla" in text and "reg vs vanilla" in text
 
-    # a rerun reuses everything: no training, same numbers; the worker count may differ (here: in-process)
+    # the parent scores each arm's saved final samples against the cached reference statistics
+    from repa.evaluation import load_inception
+    from repa.evaluation.evaluate import stats_from_images
+    from repa.evaluation.fid import frechet_distance
+    ref = np.load(next((tmp_path / "data").glob("*/inception-test-24.npz")))
+    stats = stats_from_images(np.load(out / "seed1" / "vanilla" / "final_samples.npy"), load_inception())
+    assert math.isclose(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]),
+                        saved["runs"]["vanilla/1"]["fid"], rel_tol=1e-6)
+
+    # a rerun reuses everything: no training, same numbers; the worker count may differ (here: in-process). A run
+    # stopped after sampling but before its FID (here: the FID removed) is scored without retraining.
     before = (out / "evaluations.json").read_text()
+    for state in (out / "evaluations.json", out / "seed1" / "vanilla" / "evaluation.json"):
+        edited = json.loads(state.read_text())
+        (edited["runs"]["vanilla/1"] if "runs" in edited else edited)["fid"] = None
+        state.write_text(json.dumps(edited))
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
     run_demo(dataclasses.replace(demo, workers=1), progress=False)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == mtimes      # no checkpoint rewritten
-    assert json.loads((out / "evaluations.json").read_text())["runs"] == json.loads(before)["runs"]
+    after = json.loads((out / "evaluations.json").read_text())["runs"]
+    assert after.keys() == json.loads(before)["runs"].keys()
+    for key, run in json.loads(before)["runs"].items():
+        assert after[key]["curve"] == run["curve"] and math.isclose(after[key]["fid"], run["fid"], rel_tol=1e-6)
     # other settings in the same folder are refused, naming the folder
     with pytest.raises(ConfigError, match="other settings"):
         run_demo(dataclasses.replace(demo, steps=8), progress=False)

@@ -30,6 +30,9 @@ from repa.demo.report import write_report
 from repa.utils import atomic_write, atomic_write_text
 
 
+FINAL_SAMPLES = "final_samples.npy"      # an arm's final samples (uint8), scored by the parent
+
+
 def _stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
@@ -96,13 +99,14 @@ def _tokens(encoder, images: np.ndarray) -> np.ndarray:
                            for i in range(0, len(images), 500)])
 
 
-def generate(model, vae, noise: torch.Tensor, labels: torch.Tensor, demo: DemoConfig) -> np.ndarray:
-    """uint8 images (N, 1, 28, 28) from fixed noise and labels: EMA weights, ``demo.sampler`` with
-    ``demo.cfg_scale`` guidance."""
+def generate(model, vae, noise: torch.Tensor, labels: torch.Tensor, demo: DemoConfig,
+             cfg_scale: float = 1.0) -> np.ndarray:
+    """uint8 images (N, 1, 28, 28) from fixed noise and labels: EMA weights, ``demo.sampler``, ``cfg_scale``
+    guidance."""
     import repa
     with torch.no_grad():
         latents = torch.cat([repa.sample(model, noise[i:i + 500], labels[i:i + 500], sampler=demo.sampler,
-                                         steps=demo.sample_steps, cfg_scale=demo.cfg_scale)
+                                         steps=demo.sample_steps, cfg_scale=cfg_scale)
                              for i in range(0, len(noise), 500)])
         return vae.decode(latents).numpy()
 
@@ -112,9 +116,9 @@ class Prepared:
     """Everything an arm needs, as cached files: a worker process rebuilds its inputs from these paths."""
     demo: DemoConfig
     vae_dir: str
+    latent_files: tuple[str, str]           # posterior moments of the first train_images training and all test images
     token_file: str
     clf_file: str
-    ref_file: str
 
 
 class _ArmInputs:
@@ -128,7 +132,7 @@ class _ArmInputs:
         from repa.encoders import load_encoder
         demo = prep.demo
         data = _read_fashion_mnist(demo.source)
-        moments = {s: np.load(Path(prep.vae_dir) / f"latents-{s}.npy", mmap_mode="r") for s in ("train", "test")}
+        moments = {s: np.load(f, mmap_mode="r") for s, f in zip(("train", "test"), prep.latent_files)}
         self.tokens = np.load(prep.token_file, mmap_mode="r")
         n = demo.train_images
         self.train_ds = ArrayDataset(data["train_x"][:n], data["train_y"][:n], num_classes=10,
@@ -166,8 +170,6 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
     from repa.analysis.run import dataset_batches
     from repa.checkpoint import checkpoint_path, load_model
     from repa.demo.features import fd_domain
-    from repa.evaluation.evaluate import stats_from_images
-    from repa.evaluation.fid import frechet_distance
     from repa.training import train
 
     if threads is not None:
@@ -191,8 +193,9 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
     def add_time(name: str, t0: float) -> None:
         run.timings[name] = run.timings.get(name, 0.0) + time.perf_counter() - t0
 
+    final_file = Path(run.run_dir) / FINAL_SAMPLES
     for step in demo.eval_steps:
-        if step in run.curve and (step != demo.steps or run.fid is not None):
+        if step in run.curve and (step != demo.steps or final_file.is_file()):
             continue
         t0 = time.perf_counter()
         train(cfg, dataset=inputs.train_ds, progress=False, stop_at_step=step, device=demo.device)
@@ -211,18 +214,15 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
         run.curve[step] = {"fd": fd, "cknna": align}
         add_time("curve_eval", t0)
         msg = f"step {step}: FD(classifier) {fd:.2f}" + ("" if align is None else f", CKNNA {align:.3f}")
-        if step == demo.steps:
+        if step == demo.steps:           # scored with TF-Inception by the parent, at full thread count
             t0 = time.perf_counter()
-            final = images if demo.final_samples <= demo.curve_samples else generate(
-                loaded, inputs.vae, inputs.noise[:demo.final_samples], inputs.labels[:demo.final_samples], demo)
+            reuse = demo.final_samples <= demo.curve_samples and demo.cfg_scale == 1
+            final = images if reuse else generate(loaded, inputs.vae, inputs.noise[:demo.final_samples],
+                                                  inputs.labels[:demo.final_samples], demo, demo.cfg_scale)
             final = final[:demo.final_samples]
-            from repa.evaluation import load_inception
-            stats = stats_from_images(final, load_inception(device=demo.device))
-            ref = np.load(prep.ref_file)
-            run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
             atomic_write(out / f"samples_{arm}_seed{seed}.npy", lambda f: np.save(f, final[:100]))
-            add_time("inception_samples", t0)
-            msg += f", TF-Inception FID {run.fid:.2f} ({len(final)} samples)"
+            atomic_write(final_file, lambda f: np.save(f, final))
+            add_time("final_samples", t0)
         log(msg)
         atomic_write_text(state_file, json.dumps(run.to_json(), indent=2))
     return run
@@ -249,6 +249,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     from repa.encoders import load_encoder
     from repa.evaluation import load_inception
     from repa.evaluation.evaluate import stats_from_images
+    from repa.evaluation.fid import frechet_distance
 
     validate_demo(demo)
     started = time.perf_counter()
@@ -287,11 +288,11 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     vae = load_vae_folder(vae_dir)
     rec_mse = reconstruction_error(vae, data["test_x"][:2000])
     log(f"  reconstruction MSE on 2000 test images: {rec_mse:.4f} (images in [-1, 1])")
-    for split in ("train", "test"):
-        timed("latents", lambda s=split: _cached_array(vae_dir / f"latents-{s}.npy",
-                                                       lambda: _latents(vae, data[f"{s}_x"])))
-
     n = demo.train_images
+    latent_files = (str(vae_dir / f"latents-train-first{n}.npy"), str(vae_dir / "latents-test.npy"))
+    for path, images in zip(latent_files, (data["train_x"][:n], data["test_x"])):
+        timed("latents", lambda p=path, x=images: _cached_array(Path(p), lambda: _latents(vae, x)))
+
     _stage(f"teacher tokens of {demo.teacher} ({TOKEN_GRID}x{TOKEN_GRID} grid) of the first {n} training images, "
            "cached")
     token_file = root / f"tokens-{demo.teacher}-{TOKEN_GRID}x{TOKEN_GRID}-first{n}.npy"
@@ -306,16 +307,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     clf_acc = accuracy(load_classifier(clf_file), data["test_x"], data["test_y"])
     log(f"  test accuracy {clf_acc:.3f}; its reference statistics: all {len(data['test_x'])} test images")
 
-    _stage(f"TF-Inception reference statistics of {demo.ref_images} test images (cached)")
-    ref_file = root / f"inception-test-{demo.ref_images}.npz"
-    if not ref_file.is_file():
-        def compute_ref():
-            stats = stats_from_images(data["test_x"][:demo.ref_images], load_inception(device=demo.device),
-                                      progress=progress)
-            atomic_write(ref_file, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
-        timed("inception_reference", compute_ref)
-
-    prep = Prepared(demo, str(vae_dir), str(token_file), str(clf_file), str(ref_file))
+    prep = Prepared(demo, str(vae_dir), latent_files, str(token_file), str(clf_file))
     jobs = [(arm, seed) for seed in demo.seeds for arm in demo.arms]
     workers, threads = _workers(demo, len(jobs))
     _stage(f"{len(jobs)} training runs (arms {', '.join(demo.arms)}; seeds {', '.join(map(str, demo.seeds))}), "
@@ -332,6 +324,24 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
                        for arm, seed in jobs]
             runs = [f.result() for f in futures]
     timings["arms_wall"] = timings.get("arms_wall", 0.0) + time.perf_counter() - t0
+
+    _stage(f"TF-Inception FID of the final samples against {demo.ref_images} test images (reference cached)")
+    ref_file = root / f"inception-test-{demo.ref_images}.npz"
+    inception = load_inception(device=demo.device)
+    if not ref_file.is_file():
+        def compute_ref():
+            stats = stats_from_images(data["test_x"][:demo.ref_images], inception, progress=progress)
+            atomic_write(ref_file, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
+        timed("inception_reference", compute_ref)
+    ref = np.load(ref_file)
+    for run in runs:
+        if run.fid is None:
+            t0 = time.perf_counter()
+            stats = stats_from_images(np.load(Path(run.run_dir) / FINAL_SAMPLES), inception)
+            run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
+            run.timings["inception_samples"] = time.perf_counter() - t0
+            atomic_write_text(Path(run.run_dir) / "evaluation.json", json.dumps(run.to_json(), indent=2))
+        log(f"  [{run.arm}, seed {run.seed}] TF-Inception FID {run.fid:.2f} ({demo.final_samples} samples)")
     for run in runs:
         saved.setdefault("runs", {})[f"{run.arm}/{run.seed}"] = run.to_json()
     saved.update(demo=to_dict(demo), timings=timings)

@@ -250,7 +250,8 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         "SD-VAE's 0.18215, and a fresh posterior sample is drawn every step.",
         f"- Model: SiT, depth {demo.depth}, width {demo.width}, {demo.heads} heads, patch {patch} "
         f"({(ae.latent_size // patch) ** 2} tokens), trained with "
-        f"the linear interpolant and velocity prediction; batch {demo.batch_size}, AdamW lr {demo.lr}, EMA "
+        f"the linear interpolant and velocity prediction, {demo.time_sampling} training times; batch "
+        f"{demo.batch_size}, AdamW lr {demo.lr}, EMA "
         f"{demo.ema_decay}, {demo.steps} steps.",
         f"- REPA: tokens after block {demo.encoder_depth} through the MLP projector (width {demo.projector_dim}) "
         f"aligned with the teacher's tokens, lambda {demo.proj_coeff}"
@@ -260,13 +261,12 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         "- The arms differ only in the objective (same seed, initial weights, data order, noise and steps).",
         f"- Curve metric: Frechet distance in the 128-d features of a small Fashion-MNIST classifier trained once "
         f"in the job (test accuracy {facts['classifier_accuracy']:.3f}), {demo.curve_samples} samples (EMA weights, "
-        f"{demo.sampler} sampler, {demo.sample_steps} steps, "
-        + ("no guidance" if demo.cfg_scale == 1 else f"classifier-free guidance {demo.cfg_scale}")
-        + ", the same noise and balanced labels for "
+        f"{demo.sampler} sampler, {demo.sample_steps} steps, no guidance, the same noise and balanced labels for "
         f"every arm and evaluation) against all 10,000 test images, at steps {demo.eval_steps}. It costs about a "
         "thousandth of TF-Inception per image, which makes a dense curve affordable; the speed-up is read from it.",
-        f"- TF-Inception FID (the paper's network, 2015-12-05 graph) of the final {demo.final_samples} samples "
-        f"against the first {demo.ref_images} test images. Few samples bias FID upward: compare the arms, not with "
+        f"- TF-Inception FID (the paper's network, 2015-12-05 graph) of the final {demo.final_samples} samples ("
+        + ("no guidance" if demo.cfg_scale == 1 else f"classifier-free guidance {demo.cfg_scale}")
+        + f", same sampler) against the first {demo.ref_images} test images. Few samples bias FID upward: compare the arms, not with "
         "published numbers.",
         f"- CKNNA (k = 10) between the pooled tokens after block {demo.encoder_depth} at t = {demo.align_t} and the "
         f"pooled teacher tokens of {demo.align_images} test images.",
