@@ -235,4 +235,5 @@ def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):
     assert math.isclose(summary["arms"]["repa"]["speedup_median"], float(np.median(per_seed)))
     assert f"**{np.median(per_seed):.2f}x** median over 3 seeds" in text.splitlines()[2]   # the headline comes first
     assert "repa demo --seeds 3" in text
+    assert "Final TF-Inception FID (1000 samples, classifier-free guidance 1.5, against 2000 test images)" in text
     assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -18,6 +18,10 @@ PAPER_SENTENCE = ("For scale: the paper's 17.5x is a SiT-XL/2 figure on ImageNet
                   "vanilla SiT-XL/2 at 7M steps, FID 7.9 vs 8.3), not something a 2-CPU run can reproduce.")
 
 
+def _guidance(demo: DemoConfig) -> str:
+    return "no guidance" if demo.cfg_scale == 1 else f"classifier-free guidance {demo.cfg_scale:g}"
+
+
 def demo_command(demo: DemoConfig) -> str:
     """The command line that reproduces this demo (one command per run of consecutive seeds)."""
     default = DemoConfig()
@@ -194,13 +198,14 @@ def write_report(demo: DemoConfig, runs, facts: dict) -> Path:
                 head.append(f"- At this scale {arm} does **not** reach the 2x speed-up aimed for"
                             + (f"; {len(no_gain)} of {len(values)} seeds show no gain at all" if no_gain else "")
                             + " (CALIBRATION.md in docs/demo lists what was tried).")
-        head.append(f"- Final TF-Inception FID ({demo.final_samples} samples against {demo.ref_images} test images): "
+        head.append(f"- Final TF-Inception FID ({demo.final_samples} samples, {_guidance(demo)}, against "
+                    f"{demo.ref_images} test images): "
                     f"{arm} {_median_range(entry['fid_final'].values())}, vanilla "
                     f"{_median_range(summ['arms'].get('vanilla', {}).get('fid_final', {}).values())}"
                     + (" (medians over seeds)." if n > 1 else "."))
     if "vanilla" in demo.arms and len(demo.arms) == 1:
         fids = summ["arms"]["vanilla"]["fid_final"].values()
-        head.append(f"- Final TF-Inception FID: vanilla {_median_range(fids)}.")
+        head.append(f"- Final TF-Inception FID ({_guidance(demo)}): vanilla {_median_range(fids)}.")
     lines = [f"# {' vs '.join(demo.arms)} on Fashion-MNIST (latent SiT, {demo.steps} steps, {n} seed"
              f"{'s' if n > 1 else ''})", "", *head,
              f"- {PAPER_SENTENCE}",
@@ -264,11 +269,9 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         f"{demo.sampler} sampler, {demo.sample_steps} steps, no guidance, the same noise and balanced labels for "
         f"every arm and evaluation) against all 10,000 test images, at steps {demo.eval_steps}. It costs about a "
         "thousandth of TF-Inception per image, which makes a dense curve affordable; the speed-up is read from it.",
-        f"- TF-Inception FID (the paper's network, 2015-12-05 graph) of the final {demo.final_samples} samples ("
-        + ("no guidance" if demo.cfg_scale == 1 else f"classifier-free guidance {demo.cfg_scale}")
-        + f", same sampler) against the first {demo.ref_images} test images. Few samples bias FID upward: "
-        "compare the arms, not with "
-        "published numbers.",
+        f"- TF-Inception FID (the paper's network, 2015-12-05 graph) of the final {demo.final_samples} samples "
+        f"({_guidance(demo)}, same sampler) against the first {demo.ref_images} test images. Few samples bias FID "
+        "upward: compare the arms, not with published numbers.",
         f"- CKNNA (k = 10) between the pooled tokens after block {demo.encoder_depth} at t = {demo.align_t} and the "
         f"pooled teacher tokens of {demo.align_images} test images.",
         f"- Time spent (cumulative over invocations; the training runs' stages are summed over runs, "
