@@ -237,3 +237,17 @@ def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):
     assert "repa demo --seeds 3" in text
     assert "Final TF-Inception FID (1000 samples, classifier-free guidance 1.5, against 2000 test images)" in text
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_missing_inception_fails_before_anything_is_trained(tmp_path, monkeypatch):
+    """The FID network is needed only at the end: without it the job stops at once and writes nothing."""
+    import repa.evaluation.inception as inception
+    monkeypatch.setattr(inception, "default_inception_path", lambda: None)
+    source = tmp_path / "fmnist"
+    source.mkdir()
+    _small_fashion_mnist(source, 64, 32)
+    demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
+                      train_images=64)
+    with pytest.raises(FileNotFoundError, match="Inception weights for FID were not found; install"):
+        run_demo(demo, progress=False)
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "data").exists()

@@ -264,6 +264,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
         raise ConfigError(f"train_images: {demo.train_images} asked for, but {demo.source} has only "
                           f"{len(data['train_x'])} training images; pass --train-images {len(data['train_x'])} or less")
     root = Path(demo.data_root) / f"fashion-mnist-{_fingerprint(data)}"     # caches are keyed by the data itself
+    inception = load_inception(device=demo.device)     # used at the end: a missing file must fail before training
     out.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     if "OMP_NUM_THREADS" not in os.environ:     # all cores unless the user pinned a thread count
@@ -328,7 +329,6 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
 
     _stage(f"TF-Inception FID of the final samples against {demo.ref_images} test images (reference cached)")
     ref_file = root / f"inception-test-{demo.ref_images}.npz"
-    inception = load_inception(device=demo.device)
     if not ref_file.is_file():
         def compute_ref():
             stats = stats_from_images(data["test_x"][:demo.ref_images], inception, batch_size=INCEPTION_BATCH,
