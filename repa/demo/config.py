@@ -106,7 +106,7 @@ class DemoConfig:
 
 def validate_demo(demo: DemoConfig) -> None:
     """Refuse settings the job cannot run, naming the field."""
-    from repa.config import ConfigError
+    from repa.config import TIME_SAMPLINGS, ConfigError
     unknown = [a for a in demo.arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"arms: unknown arm(s) {unknown}; known arms: {', '.join(ARMS)}")
@@ -116,8 +116,8 @@ def validate_demo(demo: DemoConfig) -> None:
         raise ConfigError(f"seeds: give distinct seeds, got {list(demo.seeds)}")
     if demo.cfg_scale < 1.0:
         raise ConfigError(f"cfg_scale: 1 (no guidance) or more, got {demo.cfg_scale}")
-    if demo.time_sampling not in ("uniform", "lognormal"):
-        raise ConfigError(f"time_sampling: uniform or lognormal, got {demo.time_sampling!r}")
+    if demo.time_sampling not in TIME_SAMPLINGS:
+        raise ConfigError(f"time_sampling: one of {', '.join(TIME_SAMPLINGS)}, got {demo.time_sampling!r}")
     if demo.workers < 0:
         raise ConfigError(f"workers: 0 (one per CPU core) or a positive count, got {demo.workers}")
     for name in ("steps", "train_images", "batch_size", "curve_points", "curve_samples", "final_samples", "ref_images",

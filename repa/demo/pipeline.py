@@ -57,6 +57,14 @@ class ArmRun:
         return {"curve": {str(k): v for k, v in self.curve.items()}, "fid": self.fid,
                 "train_seconds": self.train_seconds, "timings": self.timings}
 
+    @property
+    def state_file(self) -> Path:
+        return Path(self.run_dir) / "evaluation.json"
+
+    def save(self) -> None:
+        """Write the run's state (``evaluation.json`` in its folder) atomically."""
+        atomic_write_text(self.state_file, json.dumps(self.to_json(), indent=2))
+
 
 def _read_fashion_mnist(source: str) -> dict[str, np.ndarray]:
     from repa.data.idx import read_idx
@@ -182,8 +190,7 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
     inputs = _INPUTS[prep]
     out = Path(demo.out)
     run = ArmRun(arm, seed, str(out / f"seed{seed}" / arm))
-    state_file = Path(run.run_dir) / "evaluation.json"
-    prior = _json_load(state_file, prior)
+    prior = _json_load(run.state_file, prior)
     run.curve = {int(k): v for k, v in prior.get("curve", {}).items()}
     run.fid, run.train_seconds = prior.get("fid"), prior.get("train_seconds", 0.0)
     run.timings = dict(prior.get("timings", {}))
@@ -225,7 +232,7 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
             atomic_write(final_file, lambda f: np.save(f, final))
             add_time("final_samples", t0)
         log(msg)
-        atomic_write_text(state_file, json.dumps(run.to_json(), indent=2))
+        run.save()
     return run
 
 
@@ -249,8 +256,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     from repa.demo.features import accuracy, load_classifier, save_classifier, train_classifier
     from repa.encoders import load_encoder
     from repa.evaluation import load_inception
-    from repa.evaluation.evaluate import stats_from_images
-    from repa.evaluation.fid import frechet_distance
+    from repa.evaluation.evaluate import fid_from_images, stats_from_images
 
     validate_demo(demo)
     started = time.perf_counter()
@@ -339,10 +345,10 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     for run in runs:
         if run.fid is None:
             t0 = time.perf_counter()
-            stats = stats_from_images(np.load(Path(run.run_dir) / FINAL_SAMPLES), inception, batch_size=INCEPTION_BATCH)
-            run.fid = float(frechet_distance(stats.mu, stats.sigma, ref["mu"], ref["sigma"]))
+            run.fid = float(fid_from_images(np.load(Path(run.run_dir) / FINAL_SAMPLES), ref, inception,
+                                            batch_size=INCEPTION_BATCH))
             run.timings["inception_samples"] = time.perf_counter() - t0
-            atomic_write_text(Path(run.run_dir) / "evaluation.json", json.dumps(run.to_json(), indent=2))
+            run.save()
         log(f"  [{run.arm}, seed {run.seed}] TF-Inception FID {run.fid:.2f} ({demo.final_samples} samples)")
     for run in runs:
         saved.setdefault("runs", {})[f"{run.arm}/{run.seed}"] = run.to_json()
