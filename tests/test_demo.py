@@ -102,7 +102,7 @@ def test_vae_shapes_scaling_and_saved_folder(tmp_path, factor):
     from repa.demo.autoencoder import TinyVAE, load_vae_folder, save_vae, train_vae
     from repa.data.idx import read_idx
     images = np.ascontiguousarray(read_idx(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz")[:256, None])
-    cfg = AutoencoderConfig(factor=factor, width=8, steps=3, batch_size=16)
+    cfg = AutoencoderConfig(factor=factor, width=8, steps=3, batch_size=16, decoder_steps=2)
     vae = train_vae(images, cfg, log=None)
     mean, std = vae.encode_moments(images)
     size = 28 // factor
@@ -120,6 +120,26 @@ def test_vae_shapes_scaling_and_saved_folder(tmp_path, factor):
         TinyVAE(AutoencoderConfig(factor=3))
 
 
+def test_decoder_finetune_moves_the_decoder_only():
+    import torch
+    from repa.demo.autoencoder import train_vae
+    from repa.data.idx import read_idx
+    images = np.ascontiguousarray(read_idx(f"{FASHION_MNIST}/t10k-images-idx3-ubyte.gz")[:256, None])
+    plain = AutoencoderConfig(width=8, steps=3, batch_size=16, decoder_steps=0)
+    tuned = dataclasses.replace(plain, decoder_steps=3)
+    no_adv = dataclasses.replace(tuned, adv_weight=0.0)
+    a, b, c = (train_vae(images, cfg, log=None) for cfg in (plain, tuned, no_adv))
+    # the encoder and the latent multiplier, so the latent space the SiT learns, do not move
+    assert all(torch.equal(x, y) for x, y in zip(a.encoder.state_dict().values(), b.encoder.state_dict().values()))
+    assert torch.equal(a.multiplier, b.multiplier)
+    # the decoder does, and the adversarial term changes how it moves
+    assert not torch.equal(a.decoder[0].weight, b.decoder[0].weight)
+    assert not torch.equal(b.decoder[0].weight, c.decoder[0].weight)
+    # the discriminator is not part of the saved model, and the cache folder's name tells the phases apart
+    assert set(a.state_dict()) == set(b.state_dict())
+    assert len({plain.tag, tuned.tag, no_adv.tag}) == 3 and "dec3adv0.1" in tuned.tag
+
+
 def test_demo_settings_are_checked_before_any_work(tmp_path):
     from repa.config import ConfigError
     with pytest.raises(ConfigError, match="arms"):
@@ -128,6 +148,8 @@ def test_demo_settings_are_checked_before_any_work(tmp_path):
         validate_demo(DemoConfig(seeds=(1, 1)))
     with pytest.raises(ConfigError, match="autoencoder.factor"):
         validate_demo(DemoConfig(autoencoder=AutoencoderConfig(factor=3)))
+    with pytest.raises(ConfigError, match="autoencoder.decoder_steps"):
+        validate_demo(DemoConfig(autoencoder=AutoencoderConfig(adv_weight=-0.1)))
     with pytest.raises(ConfigError, match="Fashion-MNIST"):
         run_demo(DemoConfig(source=str(tmp_path), out=str(tmp_path / "o"), data_root=str(tmp_path / "d")))
     assert not (tmp_path / "o").exists()
@@ -142,7 +164,7 @@ def test_tiny_demo_end_to_end(tmp_path):
     demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
                       seeds=(1,), arms=("repa", "vanilla", "irepa", "sra", "reg"), depth=4, width=32, heads=2,
                       projector_dim=32, steps=4, batch_size=16,
-                      autoencoder=AutoencoderConfig(steps=4, batch_size=16, width=8),
+                      autoencoder=AutoencoderConfig(steps=4, batch_size=16, width=8, decoder_steps=2),
                       curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
                       align_images=24, workers=2, train_images=400)
     with pytest.raises(ConfigError, match="train_images: 513 .* only 512 training images"):

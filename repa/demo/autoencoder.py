@@ -10,6 +10,14 @@ training set unit-variance, which is what the SD-VAE's 0.18215 does for ImageNet
 The network works entirely at latent resolution: a pixel unshuffle (space-to-depth) in, a pixel shuffle out, and
 convolutions with residual blocks in between. Full-resolution convolutions cost several times more CPU time for
 blurrier reconstructions at equal time (docs/demo/CALIBRATION.md).
+
+Training has two phases, as the SD-VAE's had: the whole VAE with L1 + L2 reconstruction and a small KL term, then
+the decoder alone (encoder frozen, so the latent space the SiT learns does not move) with an adversarial term from a
+small patch discriminator (hinge loss; the patch GAN of Esser et al., "Taming Transformers", CVPR 2021, which the
+SD-VAE of Rombach et al., CVPR 2022, uses with LPIPS; Stability AI's ft-MSE and ft-EMA decoders are decoder-only
+fine-tunes). A decoder trained on reconstruction losses alone renders blurred textures and turns the generator's
+small latent errors into speckle; the adversarial fine-tune renders them as plausible texture instead
+(docs/demo/CALIBRATION.md, round 4).
 """
 from __future__ import annotations
 
@@ -39,6 +47,8 @@ class AutoencoderConfig:
     batch_size: int = 64                      # training batch size (128 reconstructs no better, at twice the time)
     lr: float = 2e-3                          # AdamW peak learning rate (warm-up, cosine decay)
     kl_weight: float = 1e-4                   # per-pixel KL weight: a near-deterministic, smooth latent space
+    decoder_steps: int = 1000                 # then the decoder alone (encoder frozen) with the adversarial term
+    adv_weight: float = 0.1                   # weight of the patch discriminator's term in that phase (0: none)
     seed: int = 0                             # initialisation and batch order
 
     @property
@@ -48,8 +58,9 @@ class AutoencoderConfig:
     @property
     def tag(self) -> str:
         """Names the cache folder: every field that changes the trained weights."""
+        decoder = f"-dec{self.decoder_steps}adv{self.adv_weight:g}" if self.decoder_steps else ""
         return (f"{self.latent_size}x{self.latent_size}x{self.latent_channels}-w{self.width}-{self.steps}s"
-                f"b{self.batch_size}-lr{self.lr:g}-kl{self.kl_weight:g}-seed{self.seed}")
+                f"b{self.batch_size}-lr{self.lr:g}-kl{self.kl_weight:g}{decoder}-seed{self.seed}")
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
@@ -102,35 +113,91 @@ class TinyVAE(nn.Module):
         return torch.clamp(127.5 * (x + 1.0), 0, 255).to(torch.uint8)
 
 
+class PatchDiscriminator(nn.Module):
+    """Two stride-2 convolutions and a 3x3 head: one real/fake logit per patch (28x28 images -> 7x7 logits)."""
+
+    def __init__(self, in_channels: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(2 * width, 1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _lr_at(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up over 50 steps, then cosine decay to 0 at ``steps``."""
+    return peak * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (rec - x).abs().mean() + (rec - x).pow(2).mean()
+
+
 def train_vae(images_uint8: np.ndarray, cfg: AutoencoderConfig, *, log=print) -> TinyVAE:
     """Train the VAE on uint8 images (N, C, 28, 28): L1 + L2 reconstruction + ``kl_weight`` KL, AdamW with a short
-    warm-up and cosine decay, then set the latent multiplier from the training set's posterior means."""
+    warm-up and cosine decay; set the latent multiplier from the training set's posterior means; then
+    ``cfg.decoder_steps`` steps of the decoder alone with the adversarial term (``finetune_decoder``)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     vae = TinyVAE(cfg)
     images = torch.from_numpy(np.ascontiguousarray(images_uint8))
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     for step in range(cfg.steps):
-        lr = cfg.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = _lr_at(step, cfg.steps, cfg.lr)
         x = images[torch.randint(0, len(images), (cfg.batch_size,), generator=gen)].float() / 127.5 - 1.0
         mean, logvar = vae.moments(x)
         z = mean + torch.randn(mean.shape, generator=gen) * torch.exp(0.5 * logvar)
         rec = vae.decoder(z)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + cfg.kl_weight * kl
+        loss = _reconstruction_loss(rec, x) + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if log and (step % 200 == 0 or step == cfg.steps - 1):
             log(f"  autoencoder step {step + 1}/{cfg.steps}: reconstruction MSE {(rec - x).pow(2).mean().item():.4f}")
-    vae.eval().requires_grad_(False)
     with torch.no_grad():
         sample = images[torch.randperm(len(images), generator=gen)[:4096]].float() / 127.5 - 1.0
         std = vae.moments(sample)[0].std().item()
     vae.multiplier.fill_(1.0 / (LATENT_SCALE * std))
-    return vae
+    if cfg.decoder_steps:
+        finetune_decoder(vae, images, cfg, gen, log=log)
+    return vae.eval().requires_grad_(False)
+
+
+def finetune_decoder(vae: TinyVAE, images: torch.Tensor, cfg: AutoencoderConfig, gen: torch.Generator, *,
+                     log=print) -> None:
+    """``cfg.decoder_steps`` steps of the decoder alone, encoder frozen: L1 + L2 reconstruction of posterior samples
+    minus ``adv_weight`` times a patch discriminator's mean logit, the discriminator trained alongside with the
+    hinge loss. The discriminator is discarded afterwards; the latent space does not change."""
+    vae.encoder.requires_grad_(False)
+    disc = PatchDiscriminator(cfg.in_channels)
+    opt = torch.optim.AdamW(vae.decoder.parameters(), lr=cfg.lr / 2, weight_decay=0.0)
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0)
+    for step in range(cfg.decoder_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg.decoder_steps, cfg.lr / 2)
+        x = images[torch.randint(0, len(images), (cfg.batch_size,), generator=gen)].float() / 127.5 - 1.0
+        with torch.no_grad():
+            mean, logvar = vae.moments(x)
+            z = mean + torch.randn(mean.shape, generator=gen) * torch.exp(0.5 * logvar)
+        rec = vae.decoder(z)
+        loss = _reconstruction_loss(rec, x)
+        if cfg.adv_weight:
+            loss = loss - cfg.adv_weight * disc(rec).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cfg.adv_weight:
+            disc_loss = F.relu(1.0 - disc(x)).mean() + F.relu(1.0 + disc(rec.detach())).mean()
+            disc_opt.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            disc_opt.step()
+        if log and (step % 200 == 0 or step == cfg.decoder_steps - 1):
+            log(f"  decoder step {step + 1}/{cfg.decoder_steps}: reconstruction MSE "
+                f"{(rec - x).pow(2).mean().item():.4f}")
 
 
 def save_vae(vae: TinyVAE, folder: str | os.PathLike) -> None:

@@ -127,6 +127,9 @@ def validate_demo(demo: DemoConfig) -> None:
     if demo.autoencoder.factor not in (2, 4):
         raise ConfigError(f"autoencoder.factor: 2 or 4 (28x28 images to 14x14 or 7x7 latents, patch 2 or 1 on the "
                           f"teacher's {TOKEN_GRID}x{TOKEN_GRID} grid), got {demo.autoencoder.factor}")
+    if demo.autoencoder.decoder_steps < 0 or demo.autoencoder.adv_weight < 0:
+        raise ConfigError(f"autoencoder.decoder_steps and autoencoder.adv_weight: 0 (none) or more, got "
+                          f"{demo.autoencoder.decoder_steps} and {demo.autoencoder.adv_weight}")
     if demo.curve_points > demo.steps:
         raise ConfigError(f"curve_points: {demo.curve_points} evaluations for {demo.steps} steps; use fewer points")
 

@@ -249,7 +249,10 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         f"- Data: Fashion-MNIST (28x28 greyscale): the VAE trains on all 60,000 training images, the SiT on the "
         f"first {demo.train_images:,} (the teacher's tokens are computed for these); 10,000 test images.",
         f"- Latent space, as in the paper: a small convolutional VAE trained inside the job ({ae.steps} steps of "
-        f"batch {ae.batch_size}, cached) maps 28x28 images to {ae.latent_size}x{ae.latent_size}x{ae.latent_channels} "
+        f"batch {ae.batch_size}"
+        + (f", then {ae.decoder_steps} steps of the decoder alone with a patch-GAN term of weight {ae.adv_weight:g}"
+           if ae.decoder_steps else "")
+        + f", cached) maps 28x28 images to {ae.latent_size}x{ae.latent_size}x{ae.latent_channels} "
         f"latents (reconstruction MSE "
         f"{facts['reconstruction_mse']:.4f} on test images in [-1, 1]); latents are scaled to unit variance like the "
         "SD-VAE's 0.18215, and a fresh posterior sample is drawn every step.",
