@@ -186,11 +186,13 @@ def finetune_decoder(vae: TinyVAE, images: torch.Tensor, cfg: AutoencoderConfig,
         rec = vae.decoder(z)
         loss = _reconstruction_loss(rec, x)
         if cfg.adv_weight:
+            disc.requires_grad_(False)           # the decoder's step needs gradients through it, not of it
             loss = loss - cfg.adv_weight * disc(rec).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if cfg.adv_weight:
+            disc.requires_grad_(True)
             disc_loss = F.relu(1.0 - disc(x)).mean() + F.relu(1.0 + disc(rec.detach())).mean()
             disc_opt.zero_grad(set_to_none=True)
             disc_loss.backward()
