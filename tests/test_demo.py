@@ -226,9 +226,16 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert after.keys() == json.loads(before)["runs"].keys()
     for key, run in json.loads(before)["runs"].items():
         assert after[key]["curve"] == run["curve"] and math.isclose(after[key]["fid"], run["fid"], rel_tol=1e-6)
+    # a renamed report folder is reused as it is: nothing retrained, the same results
+    moved = tmp_path / "renamed"
+    out.rename(moved)
+    mtimes = {p.relative_to(moved): t for p, t in ((p, p.stat().st_mtime_ns) for p in moved.rglob("*.pt"))}
+    run_demo(dataclasses.replace(demo, out=str(moved)), progress=False)
+    assert {p.relative_to(moved): p.stat().st_mtime_ns for p in moved.rglob("*.pt")} == mtimes
+    assert json.loads((moved / "evaluations.json").read_text())["runs"] == after
     # other settings in the same folder are refused, naming the folder
     with pytest.raises(ConfigError, match="other settings"):
-        run_demo(dataclasses.replace(demo, steps=8), progress=False)
+        run_demo(dataclasses.replace(demo, out=str(moved), steps=8), progress=False)
 
 
 def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):

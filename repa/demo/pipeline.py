@@ -245,8 +245,9 @@ def _workers(demo: DemoConfig, jobs: int) -> tuple[int, int | None]:
 
 
 def _same_settings(a: dict, b: dict) -> bool:
-    """Whether two demos' results are interchangeable: the seeds, arms, workers and device may differ."""
-    free = ("seeds", "arms", "workers", "device")
+    """Whether two demos' results are interchangeable: the seeds, arms, workers and device may differ, and so may
+    the report folder's own path (a renamed or moved folder is reused)."""
+    free = ("seeds", "arms", "workers", "device", "out")
     return {k: v for k, v in a.items() if k not in free} == {k: v for k, v in b.items() if k not in free}
 
 
