@@ -145,3 +145,20 @@ def check_logging_packages(cfg) -> None:
     if cfg.wandb and importlib.util.find_spec("wandb") is None:
         raise ConfigError("wandb: Weights & Biases logging is on but the wandb package is not installed; "
                           "`pip install wandb` (or `pip install 'repa[wandb]'`), or leave --wandb out")
+
+
+def check_compile(device) -> None:
+    """``compile`` true needs a working ``torch.compile`` on ``device``: compile and run a one-line function now, so
+    that a PyTorch build whose compiler is broken or missing (no C++ toolchain for CPU kernels, a partial install)
+    is named before anything is built or written, not met as a traceback at the first training step."""
+    import torch
+    try:
+        double = torch.compile(lambda x: x * 2.0 + 1.0)
+        ok = bool((double(torch.zeros(4, device=device)) == 1.0).all())
+    except Exception as exc:  # noqa: BLE001  any failure of the compiler stack means: do not compile
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(f"compile: torch.compile does not work on {device} with this PyTorch ({torch.__version__}: "
+                          f"{type(exc).__name__}: {reason}); rerun with --compile false (also after --fast)") from None
+    if not ok:
+        raise ConfigError(f"compile: torch.compile gives wrong results on {device} with this PyTorch "
+                          f"({torch.__version__}); rerun with --compile false (also after --fast)")

@@ -205,6 +205,9 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     check_logging_packages(cfg)
     process = distributed.init(device)
     dev = process.device
+    if cfg.compile:
+        from repa.preflight import check_compile
+        check_compile(dev)
     if cfg.global_batch_size % (process.world_size * cfg.grad_accum_steps):
         raise ConfigError(f"global_batch_size={cfg.global_batch_size} is not divisible by world size "
                           f"{process.world_size} x grad_accum_steps {cfg.grad_accum_steps}")

@@ -117,3 +117,41 @@ def test_training_steps_do_not_synchronise_with_the_host(tmp_path, tiny_dataset,
     few = syncs(2)
     assert few > 0                              # the detector works: the final log and checkpoint synchronise
     assert syncs(8) == few
+
+
+def test_a_broken_compiler_is_named_before_training(monkeypatch, tmp_path):
+    """``compile`` with a PyTorch whose compiler fails (here: made to fail as a partial install does, at the first
+    compiled call) is refused by the preflight with the reason and the fix, before the run folder is created."""
+    from repa.config import ConfigError
+    from repa.preflight import check_compile
+
+    def broken_compile(fn, *args, **kwargs):
+        def call(*a, **k):
+            raise ImportError("cannot import name 'some_kernel' from 'torch._inductor'")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.raises(ConfigError, match=r"compile: torch.compile does not work on cpu .*ImportError: cannot import "
+                                          r"name 'some_kernel'.*--compile false"):
+        check_compile("cpu")
+    from repa.cli import main
+    run_dir = tmp_path / "run"
+    assert main(["train", "--preset", "fmnist-REPA", "--compile", "true", "--run-dir", str(run_dir)]) != 0
+    assert not run_dir.exists()
+
+
+def test_compile_flag_ends_in_one_line_on_this_machine(capfd, tmp_path):
+    """With this machine's real PyTorch: either its compiler works (the preflight passes) or ``repa train
+    --compile true`` ends with one line naming compile, never a traceback."""
+    from repa.cli import main
+    from repa.config import ConfigError
+    from repa.preflight import check_compile
+    try:
+        check_compile("cpu")
+        works = True
+    except ConfigError:
+        works = False
+    code = main(["train", "--preset", "fmnist-REPA", "--compile", "true", "--run-dir", str(tmp_path / "run")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("repa train: error: ")   # no data: fails either way
+    assert ("compile:" in err[0]) == (not works)
