@@ -119,7 +119,7 @@ def test_training_steps_do_not_synchronise_with_the_host(tmp_path, tiny_dataset,
     assert syncs(8) == few
 
 
-def test_a_broken_compiler_is_named_before_training(monkeypatch, tmp_path):
+def test_a_broken_compiler_is_named_before_training(monkeypatch, tmp_path, capsys):
     """``compile`` with a PyTorch whose compiler fails (here: made to fail as a partial install does, at the first
     compiled call) is refused by the preflight with the reason and the fix, before the run folder is created."""
     from repa.config import ConfigError
@@ -137,6 +137,8 @@ def test_a_broken_compiler_is_named_before_training(monkeypatch, tmp_path):
     from repa.cli import main
     run_dir = tmp_path / "run"
     assert main(["train", "--preset", "fmnist-REPA", "--compile", "true", "--run-dir", str(run_dir)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("repa train: error: compile: ") and "some_kernel" in err[0]
     assert not run_dir.exists()
 
 
