@@ -229,9 +229,10 @@ def test_tiny_demo_end_to_end(tmp_path):
     # a renamed report folder is reused as it is: nothing retrained, the same results
     moved = tmp_path / "renamed"
     out.rename(moved)
-    mtimes = {p.relative_to(moved): t for p, t in ((p, p.stat().st_mtime_ns) for p in moved.rglob("*.pt"))}
+    checkpoint_times = lambda: {p.relative_to(moved): p.stat().st_mtime_ns for p in moved.rglob("*.pt")}  # noqa
+    mtimes = checkpoint_times()
     run_demo(dataclasses.replace(demo, out=str(moved)), progress=False)
-    assert {p.relative_to(moved): p.stat().st_mtime_ns for p in moved.rglob("*.pt")} == mtimes
+    assert checkpoint_times() == mtimes
     assert json.loads((moved / "evaluations.json").read_text())["runs"] == after
     # other settings in the same folder are refused, naming the folder
     with pytest.raises(ConfigError, match="other settings"):

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repa.autoencoder import LATENT_SCALE
+from repa.utils import from_uint8
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,15 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
     return peak * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
+def _random_batch(images: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """``size`` uint8 images drawn with replacement, as floats in [-1, 1]."""
+    return from_uint8(images[torch.randint(0, len(images), (size,), generator=gen)])
+
+
+def _posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return mean + torch.randn(mean.shape, generator=gen) * torch.exp(0.5 * logvar)
+
+
 def _reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (rec - x).abs().mean() + (rec - x).pow(2).mean()
 
@@ -147,9 +157,9 @@ def train_vae(images_uint8: np.ndarray, cfg: AutoencoderConfig, *, log=print) ->
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg.steps, cfg.lr)
-        x = images[torch.randint(0, len(images), (cfg.batch_size,), generator=gen)].float() / 127.5 - 1.0
+        x = _random_batch(images, cfg.batch_size, gen)
         mean, logvar = vae.moments(x)
-        z = mean + torch.randn(mean.shape, generator=gen) * torch.exp(0.5 * logvar)
+        z = _posterior_sample(mean, logvar, gen)
         rec = vae.decoder(z)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
         loss = _reconstruction_loss(rec, x) + cfg.kl_weight * kl
@@ -179,10 +189,10 @@ def finetune_decoder(vae: TinyVAE, images: torch.Tensor, cfg: AutoencoderConfig,
     for step in range(cfg.decoder_steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg.decoder_steps, cfg.lr / 2)
-        x = images[torch.randint(0, len(images), (cfg.batch_size,), generator=gen)].float() / 127.5 - 1.0
+        x = _random_batch(images, cfg.batch_size, gen)
         with torch.no_grad():
             mean, logvar = vae.moments(x)
-            z = mean + torch.randn(mean.shape, generator=gen) * torch.exp(0.5 * logvar)
+            z = _posterior_sample(mean, logvar, gen)
         rec = vae.decoder(z)
         loss = _reconstruction_loss(rec, x)
         if cfg.adv_weight:
