@@ -21,7 +21,6 @@ _EXPORTS = {
     "model_config": "repa.models",
     "MODELS": "repa.models",
     "export_model": "repa.checkpoint",
-    "sample_images": "repa.visualize",
     "generate_images": "repa.evaluation.generate",
     "SampleConfig": "repa.config",
     "train": "repa.training",

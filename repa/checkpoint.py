@@ -216,7 +216,7 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
     """Rebuild the ModelConfig of a reference SiT/REPA (or REG) state dict from its shapes (and its args when
     given)."""
     args = args or {}
-    required = ("pos_embed", "x_embedder.proj.weight", "y_embedder.embedding_table.weight", "final_layer.linear.weight")
+    required = ("pos_embed", "x_embedder.proj.weight", "final_layer.linear.weight")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"not a SiT/REPA state dict: missing {missing}")
@@ -227,7 +227,8 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
     in_channels, patch = patch_weight.shape[1], patch_weight.shape[2]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     grid = int(round(num_tokens ** 0.5))
-    rows = state["y_embedder.embedding_table.weight"].shape[0]
+    table = state.get("y_embedder.embedding_table.weight")    # absent: an unconditional network
+    rows = 0 if table is None else table.shape[0]
     out_channels = state["final_layer.linear.weight"].shape[0] // (patch * patch)
     encoder_dims, projector_dim = [], 2048
     i = 0
@@ -235,7 +236,7 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
         encoder_dims.append(int(state[f"projectors.{i}.4.weight"].shape[0]))
         projector_dim = int(state[f"projectors.{i}.0.weight"].shape[0])
         i += 1
-    num_classes = int(args.get("num_classes", rows - 1 if rows % 10 == 1 else rows))
+    num_classes = 0 if table is None else int(args.get("num_classes", rows - 1 if rows % 10 == 1 else rows))
     class_dropout = float(args.get("cfg_prob", 0.1 if rows == num_classes + 1 else 0.0))
     size = size_of(int(depth), int(width))
     name = f"SiT-{size}/{patch}" if size else str(args.get("model", f"SiT-custom/{patch}"))
@@ -245,7 +246,7 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
     return ModelConfig(
         name=name, depth=depth, hidden_size=int(width), num_heads=heads, patch_size=int(patch),
         input_size=grid * patch, in_channels=int(in_channels), num_classes=num_classes,
-        class_dropout=class_dropout if rows == num_classes + 1 else 0.0,
+        class_dropout=class_dropout if table is not None and rows == num_classes + 1 else 0.0,
         encoder_depth=encoder_depth, encoder_dims=tuple(encoder_dims), projector_dim=projector_dim,
         qk_norm="blocks.0.attn.q_norm.weight" in state, learn_sigma=out_channels == 2 * in_channels,
         space="latent", class_token=class_token,

@@ -105,7 +105,7 @@ def _default_device() -> str:
 def _run_sample_grid(opts) -> int:
     from repa.preflight import check_output_file
     from repa.runlock import clean_stale_temp_files
-    from repa.visualize import sample_grid_png
+    from repa.evaluation.generate import sample_grid_png
     for flag, value in (("--num", opts.num), ("--steps", opts.sampling.steps)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")

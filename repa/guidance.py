@@ -13,20 +13,25 @@ Also here: the per-sample noise that makes a sample independent of the batch it 
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
 
 import torch
 
-Transform = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+from repa.conditions import ClassLabels, Condition, cat, condition_of
+from repa.config import ConfigError, ModelConfig
 
 
 def check_guidance(cfg_scale: float, guidance_interval: tuple[float, float]) -> None:
-    """Raise ValueError for a guidance scale < 0 or an interval outside [0, 1] or reversed."""
+    """Raise ConfigError for a guidance scale that is not a finite number >= 0, or an interval outside [0, 1] or
+    reversed."""
     low, high = guidance_interval
-    if not (0.0 <= low <= high <= 1.0):
-        raise ValueError(f"guidance interval ({low}, {high}) must satisfy 0 <= low <= high <= 1")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high <= 1.0):
+        raise ConfigError(f"guidance interval ({low}, {high}) must satisfy 0 <= low <= high <= 1")
+    if not math.isfinite(cfg_scale) or cfg_scale < 0 or cfg_scale > MAX_CFG_SCALE:
+        raise ConfigError(f"cfg_scale must be a finite number in [0, {MAX_CFG_SCALE:g}], got {cfg_scale}")
+
+
+MAX_CFG_SCALE = 1e4     # far beyond any useful scale; larger ones overflow the guided output
 
 
 def model_dtype(model, default: torch.dtype = torch.float32) -> torch.dtype:
@@ -36,15 +41,30 @@ def model_dtype(model, default: torch.dtype = torch.float32) -> torch.dtype:
     return first.dtype if first is not None else default
 
 
-def null_class_of(model, null_class: int | None) -> int:
-    """The unconditional label: ``null_class`` when given, else the network's ``config.null_class``."""
+class _UnknownNull:
+    """The condition of a network without a ``.config`` when no ``null_class`` is given: guidance is refused."""
+    guidable = False
+
+    def null(self, values):
+        return None
+
+    def check_guidable(self, cfg_scale: float) -> None:
+        if cfg_scale != 1.0:
+            raise ConfigError("guidance needs the null (unconditional) class: pass null_class=..., or use a network "
+                              "with a .config (repa.build_model, repa.load_model)")
+
+
+def condition_for(model, null_class: int | None = None) -> Condition:
+    """The condition guidance works with: class labels with the given ``null_class``, else the network's own
+    (``repa.conditions.condition_of(model.config)``)."""
     if null_class is not None:
-        return int(null_class)
+        return ClassLabels(int(null_class), dropout=1.0)
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "null_class", None) is None:
-        raise ValueError("guidance needs the null (unconditional) class: pass null_class=..., or use a network "
-                         "with a .config (repa.build_model, repa.load_model)")
-    return int(config.null_class)
+    if not isinstance(config, ModelConfig):
+        if config is not None and getattr(config, "null_class", None) is not None:    # a duck-typed test network
+            return ClassLabels(int(config.null_class), dropout=1.0)
+        return _UnknownNull()
+    return condition_of(config)
 
 
 REFERENCE_GUIDED_CHANNELS = 3     # DiT's and willisma/SiT's forward_with_cfg: ``model_out[:, :3]``
@@ -76,7 +96,7 @@ def guided_channels_of(model, guided_channels: int | str | None, channels: int) 
         return channels
     if isinstance(guided_channels, bool) or not isinstance(guided_channels, int) \
             or not 1 <= guided_channels <= channels:
-        raise ValueError(f"guided_channels must be 'all' or an integer in 1..{channels} (the data channels), "
+        raise ConfigError(f"guided_channels must be 'all' or an integer in 1..{channels} (the data channels), "
                          f"got {guided_channels!r}")
     return guided_channels
 
@@ -86,66 +106,65 @@ def per_sample_noise(shape, generator, device) -> torch.Tensor:
     so a sample does not depend on the batch it is drawn in."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
-            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+            raise ConfigError(f"{len(generator)} generators for a batch of {shape[0]}")
         return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=torch.float64)
                             for g in generator]).to(device)
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float64)
 
 
 class GuidedModel:
-    """A network with classifier-free guidance inside an interval; call it as ``guided(x, t)`` with a float t.
+    """The denoiser every sampler calls: a network with its condition bound and classifier-free guidance inside an
+    interval; ``guided(x, t)`` with a float t returns the (guided) output in float64.
 
     Args:
-        model: the network, ``model(x, t, y) -> (B, C_out, H, W)``.
-        labels: (B,) class labels of the batch being sampled.
+        model: the network, ``model(x, t, cond) -> (B, C_out, ...)``.
+        cond: the condition values of the batch being sampled (class labels (B,), or None: unconditional).
         cfg_scale: guidance scale w (1 = none).
         interval: (low, high): guidance only where low <= the step's start time <= high.
-        null_class: the unconditional label (default: ``model.config.null_class``); only read when guiding.
+        null_class: the unconditional label of a network without a ``.config`` (default: the network's condition).
         dtype: the dtype the network's inputs are cast to (default: its parameters' dtype, else float32).
         time_dtype: the dtype of the time input (default: ``dtype``; DDPM passes float64 so t = k / 1000 is exact).
         channels: output channels kept (default: all); the velocity samplers keep C and drop a learned variance.
         guided_channels: how many leading channels the guidance mixes (default: all kept channels); the others
             come from the conditional half (DDPM: epsilon is guided, the learned variance is conditional).
+        path: the network's training interpolant (``repa.paths``), for samplers that convert its output (the SDE).
     """
 
-    def __init__(self, model, labels: torch.Tensor, *, cfg_scale: float = 1.0,
-                 interval: tuple[float, float] = (0.0, 1.0), null_class: int | None = None,
-                 dtype: torch.dtype | None = None, time_dtype: torch.dtype | None = None,
-                 channels: int | None = None, guided_channels: int | None = None):
+    def __init__(self, model, cond, *, cfg_scale: float = 1.0, interval: tuple[float, float] = (0.0, 1.0),
+                 null_class: int | None = None, dtype: torch.dtype | None = None,
+                 time_dtype: torch.dtype | None = None, channels: int | None = None,
+                 guided_channels: int | None = None, path=None):
         check_guidance(cfg_scale, interval)
-        self.model, self.labels = model, labels
+        self.model, self.cond, self.path = model, cond, path
         self.cfg_scale, self.interval = float(cfg_scale), (float(interval[0]), float(interval[1]))
         self.dtype = dtype or model_dtype(model)
         self.time_dtype = time_dtype or self.dtype
         self.channels, self.guided_channels = channels, guided_channels
         self.guides = self.cfg_scale != 1.0
-        self.null_labels = (torch.full_like(labels, null_class_of(model, null_class)) if self.guides else None)
+        condition = condition_for(model, null_class)
+        condition.check_guidable(self.cfg_scale)
+        self.null_cond = condition.null(cond) if self.guides else None
 
     def is_guided(self, t: float) -> bool:
         """Whether a step starting at time ``t`` is guided."""
         return self.guides and self.interval[0] <= t <= self.interval[1]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: float, *, step_start: float | None = None,
-                 transform: Transform | None = None) -> torch.Tensor:
-        """The (guided) output at (x, t) in float64, (B, channels, H, W).
+    def __call__(self, x: torch.Tensor, t: float, *, step_start: float | None = None) -> torch.Tensor:
+        """The (guided) output at (x, t) in float64, (B, channels, ...).
 
         Args:
-            x: (B, C, H, W) state (any float dtype; cast to ``dtype`` for the network).
+            x: (B, ...) state (any float dtype; cast to ``dtype`` for the network).
             t: the time the network is evaluated at.
             step_start: the time the step starts at (default ``t``): it decides whether to guide, so both
                 evaluations of a Heun step are guided or neither, as in the reference sampler.
-            transform: ``transform(out, x, t)`` maps the network output to the quantity that is guided (the SDE
-                guides its whole drift); applied to both halves before mixing.
         """
         guided = self.is_guided(t if step_start is None else step_start)
         x_in = torch.cat([x, x]) if guided else x
-        y_in = torch.cat([self.labels, self.null_labels]) if guided else self.labels
+        cond_in = cat(self.cond, self.null_cond) if guided else self.cond
         t_in = torch.full((x_in.shape[0],), t, device=x.device, dtype=self.time_dtype)
-        out = self.model(x_in.to(self.dtype), t_in, y_in)
+        out = self.model(x_in.to(self.dtype), t_in, cond_in)
         out = (out if self.channels is None else out[:, : self.channels]).double()
-        if transform is not None:
-            out = transform(out, x_in, t)
         if not guided:
             return out
         cond, uncond = out.chunk(2)
@@ -155,4 +174,4 @@ class GuidedModel:
 
 
 __all__ = ["GuidedModel", "REFERENCE_GUIDED_CHANNELS", "check_guidance", "default_guided_channels",
-           "guided_channels_of", "model_dtype", "null_class_of", "per_sample_noise"]
+           "guided_channels_of", "condition_for", "model_dtype", "per_sample_noise"]

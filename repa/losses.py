@@ -6,19 +6,12 @@ interpolant of SiT, DiT's improved DDPM) are in ``repa.objectives``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from repa.models.sit import ModelOutput
-
-
-def drop_labels(labels: torch.Tensor, uniforms: torch.Tensor, prob: float, null_class: int) -> torch.Tensor:
-    """Replace label i by the null class where uniforms[i] < prob (classifier-free guidance training)."""
-    if prob <= 0:
-        return labels
-    return torch.where(uniforms < prob, torch.full_like(labels, null_class), labels)
 
 
 def denoising_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -90,20 +83,19 @@ def attention_alignment_loss(student_logits: list[torch.Tensor], teacher_probs: 
 
 @dataclass
 class LossOutput:
-    """Scalar losses of one batch: ``total`` = ``denoise`` + lambda * ``align`` (+ attn_coeff * ``attn``)
-    (+ class_token_coeff * ``cls``, REG's class-token velocity loss)."""
+    """One batch's loss: ``total`` (the scalar that is backpropagated) and its named, detached ``terms``, which the
+    training loop logs as they are (``metrics.jsonl``, TensorBoard, W&B) without knowing them: REPA's
+    ``denoise_loss``, ``align_loss`` and the weight ``lam``; the successors add theirs (``attn_loss``, ``cls_loss``)."""
     total: torch.Tensor
-    denoise: torch.Tensor
-    align: torch.Tensor
-    attn: torch.Tensor | None = None
-    cls: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list[torch.Tensor] | None,
                    lam: float, *, attn_coeff: float = 0.0, student_attention: list[torch.Tensor] | None = None,
-                   teacher_attention: list[torch.Tensor] | None = None) -> LossOutput:
+                   teacher_attention: list[torch.Tensor] | None = None, attention_term: bool = False) -> LossOutput:
     """Eq. 8: total = denoising loss + lambda * alignment loss of the model output's projected tokens; with
-    ``attn_coeff`` > 0, plus HASTE's attention term of ``student_attention`` against ``teacher_attention``."""
+    ``attn_coeff`` > 0, plus HASTE's attention term of ``student_attention`` against ``teacher_attention``
+    (``attention_term``: log ``attn_loss`` even while its weight is 0)."""
     if lam > 0:
         if not encoder_tokens:
             raise ValueError("REPA (lambda > 0) needs encoder tokens for every batch")
@@ -111,15 +103,18 @@ def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list
     else:
         align = torch.zeros((), device=denoise.device)
     total = denoise + lam * align
-    attn = None
+    terms = {"denoise_loss": denoise.detach(), "align_loss": align.detach(),
+             "lam": torch.tensor(float(lam), device=denoise.device)}
     if attn_coeff > 0:
         if not teacher_attention or not student_attention:
             raise ValueError("attention alignment (attn_coeff > 0) needs the model's and the teacher's attention maps")
         attn = attention_alignment_loss(student_attention, teacher_attention).mean()
         total = total + attn_coeff * attn
-        attn = attn.detach()
-    return LossOutput(total, denoise.detach(), align.detach(), attn)
+        terms["attn_loss"] = attn.detach()
+    elif attention_term:
+        terms["attn_loss"] = torch.zeros((), device=denoise.device)
+    return LossOutput(total, terms)
 
 
-__all__ = ["LossOutput", "alignment_loss", "attention_alignment_loss", "denoising_loss", "drop_labels",
+__all__ = ["LossOutput", "alignment_loss", "attention_alignment_loss", "denoising_loss",
            "spatial_normalize", "with_alignment"]

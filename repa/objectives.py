@@ -26,15 +26,21 @@ The alignment term's successors are options of the same objective (docs/VARIANTS
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
-from repa.config import OBJECTIVE_PREDICTIONS, ConfigError, ObjectiveConfig
+from repa.autoencoder import sample_latents
+from repa.conditions import condition_of
+from repa.config import ConfigError, ObjectiveConfig, TrainConfig, validate_train
 from repa.diffusion.objective import iddpm_repa_loss
 from repa.losses import LossOutput, denoising_loss, spatial_normalize, with_alignment
 from repa.paths import get_path
+from repa.teachers import TeacherNeeds, Teachers
+from repa.utils import from_uint8
 
 
 def sample_time(batch_size: int, cfg: ObjectiveConfig, *, generator: torch.Generator | None = None,
@@ -125,30 +131,194 @@ def interpolant_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_t
     prediction = out.prediction[:, : x0.shape[1]]       # learned-sigma nets: the first C channels
     student_attention = [out.attention[i] for i in cfg.attn_layers] if attn_lam > 0 else None
     loss = with_alignment(denoising_loss(prediction, target).mean(), out, tokens, lam, attn_coeff=attn_lam,
-                          student_attention=student_attention, teacher_attention=teacher_attention)
+                          student_attention=student_attention, teacher_attention=teacher_attention,
+                          attention_term=cfg.attn_coeff > 0)
     if class_tokens is not None:
         cls = denoising_loss(out.class_token, class_target).mean()
-        loss.total, loss.cls = loss.total + cfg.class_token_coeff * cls, cls.detach()
+        loss.total, loss.terms["cls_loss"] = loss.total + cfg.class_token_coeff * cls, cls.detach()
     return loss
 
 
-@dataclass(frozen=True)
+# ---- one step's inputs --------------------------------------------------------------------------------------------
+
+def step_generator(seed: int, step: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of named random stream ``stream`` at training step ``step``: a function of (seed, step,
+    stream) only, so ranks, micro-batches and resumed runs draw the same numbers, and adding a stream changes no
+    other stream's draws."""
+    key = zlib.crc32(stream.encode())
+    state = np.random.SeedSequence([seed % 2 ** 64, step, key]).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass
+class StepContext:
+    """What the training loop gives an objective at one step.
+
+    Randomness is drawn for the whole global batch from a named stream (``draw``), then cut to this rank's
+    ``rows``: one process and N processes with the same global batch compute the same thing.
+    """
+    cfg: TrainConfig
+    step: int
+    batch: dict                   # this rank's share of the global batch, as loaded
+    rows: slice                   # this rank's rows of the global batch
+    device: torch.device
+    teachers: Teachers
+    ema_features: Callable        # the EMA network's ``forward_features`` (SRA's targets)
+
+    def generator(self, stream: str) -> torch.Generator:
+        return step_generator(self.cfg.seed, self.step, stream, self.device)
+
+    def normal(self, generator: torch.Generator, *shape: int) -> torch.Tensor:
+        """Standard normal draws (G, *shape) for the global batch from ``generator``, this rank's rows."""
+        g = self.cfg.global_batch_size
+        return torch.randn((g, *shape), generator=generator, device=self.device)[self.rows]
+
+    def uniform(self, generator: torch.Generator) -> torch.Tensor:
+        """U(0, 1) draws (G,) for the global batch from ``generator``, this rank's rows."""
+        return torch.rand(self.cfg.global_batch_size, generator=generator, device=self.device)[self.rows]
+
+
+def clean_inputs(ctx: StepContext) -> torch.Tensor:
+    """Model-space clean inputs (B, C, H, W): a fresh posterior sample of the stored latents (stream
+    ``posterior``), or pixels scaled to [-1, 1]."""
+    batch = ctx.batch
+    if ctx.cfg.model.space == "latent":
+        if "latent_mean" not in batch:
+            raise ConfigError("model.space is 'latent' but the dataset has no latents; prepare it with "
+                              "`repa prepare --vae ...`, or train in pixel space (model.space=pixel)")
+        mean = batch["latent_mean"].to(ctx.device, non_blocking=True)
+        eps = ctx.normal(ctx.generator("posterior"), *mean.shape[1:])
+        return sample_latents(mean, batch["latent_std"].to(ctx.device, non_blocking=True), eps=eps)
+    return from_uint8(batch["image"].to(ctx.device, non_blocking=True))
+
+
+def condition_inputs(ctx: StepContext):
+    """The condition values of the batch with the condition's training dropout (stream ``condition``)."""
+    condition = condition_of(ctx.cfg.model)
+    values = condition.values(ctx.batch, ctx.device)
+    return condition.drop(values, ctx.uniform(ctx.generator("condition")))
+
+
+def schedule(o: ObjectiveConfig, step: int, coeff: float) -> float:
+    """A loss weight at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step`` (HASTE)."""
+    stop, decay = o.align_stop_step, o.align_decay_steps
+    if stop <= 0:
+        return coeff
+    if step >= stop:
+        return 0.0
+    if decay > 0 and step >= stop - decay:
+        return coeff * (stop - step) / decay
+    return coeff
+
+
+# ---- the registry ----------------------------------------------------------------------------------------------------
+
 class Objective:
-    """One denoising objective: its loss (the signature above) and how its times are drawn."""
-    name: str
-    loss: Callable[..., LossOutput]
-    sample_time: Callable[..., torch.Tensor] = sample_time
+    """One training objective: what a network trained with it predicts, what it needs from the teachers, the
+    inputs it draws for a step, and its loss. A new objective is a subclass and one ``OBJECTIVES`` entry.
 
-    @property
-    def prediction(self) -> str:
-        """What a network trained with it predicts (``velocity`` or ``epsilon``)."""
-        return OBJECTIVE_PREDICTIONS[self.name]
+    ``inputs(ctx)`` returns a dict of this rank's per-sample tensors (first dimension the batch, or lists of such)
+    and other values; the loop cuts the tensors into micro-batches and calls ``loss(features, inputs, cfg)``, which
+    returns a ``LossOutput`` (a total and named terms, all logged).
+    """
+    name: str = ""
+    prediction: str = "velocity"
+
+    def check(self, cfg: TrainConfig) -> None:
+        """Raise ConfigError where ``cfg`` does not fit this objective (called before anything is built)."""
+        _require(cfg.model.prediction == self.prediction, "model.prediction",
+                 f"objective.kind={self.name!r} trains a {self.prediction} network; set "
+                 f"model.prediction={self.prediction} (got {cfg.model.prediction!r})")
+
+    def teacher_needs(self, cfg: TrainConfig) -> TeacherNeeds:
+        return TeacherNeeds()
+
+    def inputs(self, ctx: StepContext) -> dict:
+        raise NotImplementedError
+
+    def loss(self, features, inputs: dict, cfg: ObjectiveConfig) -> LossOutput:
+        raise NotImplementedError
 
 
-OBJECTIVES: dict[str, Objective] = {
-    "interpolant": Objective("interpolant", interpolant_loss),
-    "iddpm": Objective("iddpm", iddpm_repa_loss),       # uniform t, mapped to timesteps floor(1000 t)
-}
+def _require(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: {message}")
+
+
+class Interpolant(Objective):
+    """SiT's velocity matching with REPA's alignment term and its successors' options (module docstring)."""
+    name, prediction = "interpolant", "velocity"
+
+    def teacher_needs(self, cfg: TrainConfig) -> TeacherNeeds:
+        o = cfg.objective
+        if o.target == "self":
+            return TeacherNeeds()
+        return TeacherNeeds(tokens=o.proj_coeff > 0 or bool(o.align_stop_step), attention=o.attn_teacher_layers
+                            if o.attn_coeff > 0 else (), class_token=cfg.model.class_token)
+
+    def inputs(self, ctx: StepContext) -> dict:
+        cfg, o = ctx.cfg, ctx.cfg.objective
+        x0 = clean_inputs(ctx)
+        diffusion = ctx.generator("diffusion")
+        t = sample_time(cfg.global_batch_size, o, generator=diffusion, device=ctx.device)[ctx.rows]
+        noise = ctx.normal(diffusion, *x0.shape[1:])
+        lam, attn_lam = schedule(o, ctx.step, o.proj_coeff), schedule(o, ctx.step, o.attn_coeff)
+        class_token = cfg.model.class_token
+        tokens, attention, classes = (None, None, None)
+        if (lam > 0 and o.target == "encoders") or attn_lam > 0 or class_token:
+            tokens, attention, classes = ctx.teachers.outputs(
+                ctx.batch, ctx.device, attention=o.attn_teacher_layers if attn_lam > 0 else (),
+                class_token=class_token)
+        inputs = dict(x0=x0, cond=condition_inputs(ctx), encoder_tokens=tokens, t=t, noise=noise, proj_coeff=lam)
+        if o.attn_coeff > 0:                         # HASTE
+            inputs.update(attn_coeff=attn_lam, teacher_attention=attention)
+        if class_token:                              # REG
+            inputs.update(class_tokens=classes, class_noise=ctx.normal(ctx.generator("class-token"),
+                                                                        cfg.model.class_token_dim))
+        if o.target == "self":                       # SRA
+            inputs.update(ema_features=ctx.ema_features, gap_uniforms=ctx.uniform(ctx.generator("time-gap")))
+        return inputs
+
+    def loss(self, features, inputs: dict, cfg: ObjectiveConfig) -> LossOutput:
+        inputs = dict(inputs)
+        return interpolant_loss(features, inputs.pop("x0"), inputs.pop("cond"), inputs.pop("encoder_tokens"), cfg,
+                                **inputs)
+
+
+class IDDPM(Objective):
+    """DiT's improved-DDPM hybrid loss with REPA's alignment term (epsilon and learned variance)."""
+    name, prediction = "iddpm", "epsilon"
+
+    def check(self, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        o = cfg.objective
+        _require(o.time_sampling == "uniform", "objective.time_sampling",
+                 "the iddpm objective samples timesteps uniformly; use 'uniform'")
+        _require(o.attn_coeff == 0, "objective.attn_coeff", "attention alignment (HASTE) runs on the interpolant "
+                 f"objective; got objective.kind={o.kind!r}")
+        _require(o.target == "encoders", "objective.target", "self-alignment (SRA) runs on the interpolant "
+                 f"objective; got objective.kind={o.kind!r}")
+
+    def teacher_needs(self, cfg: TrainConfig) -> TeacherNeeds:
+        return TeacherNeeds(tokens=cfg.objective.proj_coeff > 0 or bool(cfg.objective.align_stop_step))
+
+    def inputs(self, ctx: StepContext) -> dict:
+        o = ctx.cfg.objective
+        x0 = clean_inputs(ctx)
+        diffusion = ctx.generator("diffusion")
+        t = sample_time(ctx.cfg.global_batch_size, o, generator=diffusion, device=ctx.device)[ctx.rows]
+        noise = ctx.normal(diffusion, *x0.shape[1:])
+        lam = schedule(o, ctx.step, o.proj_coeff)
+        tokens = ctx.teachers.outputs(ctx.batch, ctx.device)[0] if lam > 0 else None
+        return dict(x0=x0, cond=condition_inputs(ctx), encoder_tokens=tokens, t=t, noise=noise, proj_coeff=lam)
+
+    def loss(self, features, inputs: dict, cfg: ObjectiveConfig) -> LossOutput:
+        inputs = dict(inputs)
+        return iddpm_repa_loss(features, inputs.pop("x0"), inputs.pop("cond"), inputs.pop("encoder_tokens"), cfg,
+                               **inputs)
+
+
+OBJECTIVES: dict[str, Objective] = {"interpolant": Interpolant(), "iddpm": IDDPM()}
 
 
 def get_objective(kind: str) -> Objective:
@@ -158,13 +328,23 @@ def get_objective(kind: str) -> Objective:
     return OBJECTIVES[kind]
 
 
+def validate(cfg: TrainConfig) -> None:
+    """Validate a whole training config: every field (``repa.config.validate_train``), then its objective's own
+    checks (``objective.kind`` must be registered, the model must predict what it trains, options it lacks)."""
+    validate_train(cfg)
+    get_objective(cfg.objective.kind).check(cfg)
+
+
 def repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,
               cfg: ObjectiveConfig, *, t: torch.Tensor, noise: torch.Tensor,
               proj_coeff: float | None = None, **alignment) -> LossOutput:
     """One evaluation of the REPA objective ``cfg.kind`` (arguments as ``interpolant_loss``)."""
-    return get_objective(cfg.kind).loss(features, x0, labels, encoder_tokens, cfg, t=t, noise=noise,
-                                        proj_coeff=proj_coeff, **alignment)
+    inputs = dict(x0=x0, cond=labels, encoder_tokens=encoder_tokens, t=t, noise=noise, **alignment)
+    if proj_coeff is not None:
+        inputs["proj_coeff"] = proj_coeff
+    return get_objective(cfg.kind).loss(features, inputs, cfg)
 
 
-__all__ = ["OBJECTIVES", "Objective", "alignment_targets", "class_token_terms", "get_objective", "interpolant_loss",
-           "repa_loss", "sample_time", "self_alignment_targets"]
+__all__ = ["OBJECTIVES", "IDDPM", "Interpolant", "Objective", "StepContext", "alignment_targets",
+           "class_token_terms", "clean_inputs", "condition_inputs", "get_objective",
+           "interpolant_loss", "repa_loss", "sample_time", "schedule", "self_alignment_targets", "step_generator", "validate"]

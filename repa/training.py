@@ -1,8 +1,10 @@
 """``train(cfg)``: REPA training from one CPU process to many GPUs, with exact resume.
 
-Randomness of step s (diffusion times, noise, label dropout, posterior samples) is drawn for the whole global batch
-from a generator seeded by (seed, s), and each rank / micro-batch takes its slice: one process and N processes with
-the same global batch compute the same thing, and a resumed run repeats exactly what an uninterrupted one does.
+The loop knows no objective: the objective (``repa.objectives``, chosen by ``objective.kind``) draws the inputs of
+each step from named random streams of (seed, step) for the whole global batch, each rank and micro-batch taking
+its slice (one process and N processes with the same global batch compute the same thing, and a resumed run
+repeats exactly what an uninterrupted one does), and returns its loss as a total and named terms, which the loop
+sums over micro-batches and logs without knowing them.
 """
 from __future__ import annotations
 
@@ -16,19 +18,18 @@ from pathlib import Path
 import torch
 
 from repa import distributed
-from repa.autoencoder import sample_latents
 from repa.checkpoint import TrainingState, list_checkpoints
-from repa.config import ConfigError, TrainConfig, diff, to_json, train_config_from_dict, validate_train
+from repa.conditions import condition_of
+from repa.config import ConfigError, TrainConfig, diff, to_json, train_config_from_dict
 from repa.data.loader import BatchLoader
-from repa.encoders import check_train_encoders, load_encoder, pool_tokens, pooled_class_token
 from repa.interrupt import GracefulStop, Interrupted
-from repa.losses import drop_labels
 from repa.models import FeaturesView, build_model
-from repa.objectives import get_objective
+from repa.objectives import StepContext, get_objective, validate
 from repa.preflight import check_dataset_for_model, check_output_dir
 from repa.runlock import claim_folder, clean_stale_temp_files
-from repa.training_utils import MetricsLog, NonFiniteError, autocast_context, lambda_at, lr_at, sample_preview
-from repa.utils import atomic_write_text, from_uint8
+from repa.teachers import Teachers
+from repa.training_utils import MetricsLog, NonFiniteError, autocast_context, lr_at, sample_preview
+from repa.utils import atomic_write_text
 
 # Fields that may change when a run resumes without --allow-config-change.
 RESUME_SAFE_FIELDS = {"max_steps", "log_every", "ckpt_every", "keep_last", "milestone_every", "sample_every", "sample_steps", "sample_vae",
@@ -59,74 +60,10 @@ def _check_run_dir(cfg: TrainConfig, allow_config_change: bool, is_main: bool) -
         atomic_write_text(saved, to_json(cfg))
 
 
-def _step_randomness(cfg: TrainConfig, step: int, x_shape: tuple, need_eps: bool, device: torch.device):
-    """Global-batch draws of step ``step`` on ``device``: times (G,), noise (G, ...), label-dropout uniforms (G,),
-    posterior noise. A function of (seed, step) only, so ranks, micro-batches and resumes all agree."""
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-    G = cfg.global_batch_size
-    t = get_objective(cfg.objective.kind).sample_time(G, cfg.objective, generator=gen, device=device)
-    noise = torch.randn((G, *x_shape), generator=gen, device=device)
-    eps = torch.randn((G, *x_shape), generator=gen, device=device) if need_eps else None
-    labels_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 7_777_777)
-    uniforms = torch.rand(G, generator=labels_gen, device=device)
-    return t, noise, uniforms, eps
-
-
-def _clean_inputs(batch: dict, space: str, eps: torch.Tensor | None, device) -> torch.Tensor:
-    """Model-space clean inputs: a fresh posterior sample of the stored latents, or pixels scaled to [-1, 1]."""
-    if space == "latent":
-        if "latent_mean" not in batch:
-            raise ConfigError("model.space is 'latent' but the dataset has no latents; prepare it with "
-                              "`repa prepare --vae ...`, or train in pixel space (model.space=pixel)")
-        return sample_latents(batch["latent_mean"].to(device, non_blocking=True),
-                              batch["latent_std"].to(device, non_blocking=True), eps=eps)
-    return from_uint8(batch["image"].to(device, non_blocking=True))
-
-
-def _teacher_tokens(batch: dict, encoders: list, cache_keys: list, precision: str, device,
-                    attention_layers: tuple[int, ...] = (), class_token: bool = False):
-    """Frozen-encoder tokens of the clean images (from the token cache when valid, else computed now); for
-    HASTE (``attention_layers``) the teacher's attention maps of those blocks (always computed now); for REG
-    (``class_token``) the teacher's class tokens (B, E) (pooled from cached tokens, else computed now)."""
-    tokens, attention, classes = [], None, None
-    for encoder, key in zip(encoders, cache_keys):
-        if key is not None:
-            tokens.append(batch[key].to(device, non_blocking=True).float())
-            if class_token:                        # cached only for teachers whose class token is the pooled one
-                classes = pool_tokens(tokens[-1])
-            continue
-        with torch.no_grad(), autocast_context(precision, device):
-            images = batch["image"].to(device, non_blocking=True)
-            if attention_layers:
-                got, attention = encoder.tokens_and_attention(images, attention_layers)
-                tokens.append(got)
-            elif class_token:
-                got, classes = encoder.tokens_and_class_token(images)
-                tokens.append(got.float())
-                classes = classes.float()
-            else:
-                tokens.append(encoder(images).float())
-    return tokens, attention, classes
-
-
 def _micro_batch(inputs: dict, part: slice) -> dict:
     """``inputs`` with its per-sample entries (tensors, lists of tensors) sliced to the micro-batch ``part``."""
     return {k: v[part] if isinstance(v, torch.Tensor) else [m[part] for m in v] if isinstance(v, list) else v
             for k, v in inputs.items()}
-
-
-def _gap_uniforms(cfg: TrainConfig, step: int, device: torch.device) -> torch.Tensor:
-    """SRA's per-sample time-gap uniforms (G,) of step ``step``: a function of (seed, step) only, from a generator
-    of their own so that the other draws of the step are those of every other objective."""
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 13_131_313)
-    return torch.rand(cfg.global_batch_size, generator=gen, device=device)
-
-
-def _class_token_noise(cfg: TrainConfig, step: int, device: torch.device) -> torch.Tensor:
-    """REG's class-token noise (G, E) of step ``step``: a function of (seed, step) only, from a generator of its
-    own so that the other draws of the step are those of every other objective."""
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step + 17_171_717)
-    return torch.randn(cfg.global_batch_size, cfg.model.class_token_dim, generator=gen, device=device)
 
 
 def _projectors_may_idle(cfg: TrainConfig) -> bool:
@@ -135,33 +72,6 @@ def _projectors_may_idle(cfg: TrainConfig) -> bool:
     o = cfg.objective
     has_projectors = bool(cfg.model.encoder_dims)
     return has_projectors and (o.proj_coeff == 0 or o.align_stop_step > 0)
-
-
-def _resolve_encoders(cfg: TrainConfig, dataset, encoders, device) -> tuple[list, list]:
-    """Encoders and token-cache keys (None where the cache is not valid) for each configured encoder."""
-    o = cfg.objective
-    if o.target == "self" or (o.proj_coeff == 0 and o.attn_coeff == 0 and not o.align_stop_step
-                              and not cfg.model.class_token):
-        return [], []
-    grid = cfg.model.grid_size
-    # HASTE's attention maps and a ViT's class token (REG) are not cached: the teacher runs live
-    live = [o.attn_coeff > 0 or (cfg.model.class_token and not pooled_class_token(name)) for name in cfg.encoders]
-    keys = [dataset.token_cache_key(name, dataset.resolution, grid)
-            if cfg.data.use_token_cache and hasattr(dataset, "token_cache_key") and not run_live else None
-            for name, run_live in zip(cfg.encoders, live)]
-    if encoders is None:
-        check_train_encoders(cfg)
-        weights = cfg.encoder_weights or (None,) * len(cfg.encoders)
-        encoders = [None if key is not None else
-                    load_encoder(name, resolution=dataset.resolution, token_grid=grid, weights=w or None,
-                                 device=device)
-                    for name, key, w in zip(cfg.encoders, keys, weights)]
-    if len(encoders) != len(cfg.encoders):
-        raise ConfigError(f"{len(encoders)} encoder objects given for {len(cfg.encoders)} configured encoders")
-    encoders = [e.to(device) if isinstance(e, torch.nn.Module) else e for e in encoders]
-    if cfg.compile:
-        encoders = [torch.compile(e) if e is not None else None for e in encoders]
-    return list(encoders), keys
 
 
 def _open_dataset(cfg: TrainConfig, dataset):
@@ -200,7 +110,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
         device: default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
         stop_at_step: stop early at this step (tests use it to simulate an interruption).
     """
-    validate_train(cfg)
+    validate(cfg)
+    objective = get_objective(cfg.objective.kind)
     from repa.preflight import check_logging_packages
     check_logging_packages(cfg)
     process = distributed.init(device)
@@ -216,14 +127,13 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     dataset = _open_dataset(cfg, dataset)
     check_dataset_for_model(cfg, dataset)          # against the manifest, before anything is built or written
-    encoders, cache_keys = _resolve_encoders(cfg, dataset, encoders, dev)
+    teachers = Teachers.load(cfg, objective.teacher_needs(cfg), dataset, encoders, dev)
     if process.is_main:
         check_output_dir(cfg.run_dir, "run_dir")
     _check_run_dir(cfg, allow_config_change, process.is_main)
     if process.is_main:                            # half-written files of a killed writer of this run
         clean_stale_temp_files(cfg.run_dir)
         clean_stale_temp_files(Path(cfg.run_dir) / "checkpoints")
-    objective = get_objective(cfg.objective.kind)
 
     # -- model, EMA, optimiser (identical init on every rank: seeded before building) --------------------------
     torch.manual_seed(cfg.seed)
@@ -241,10 +151,10 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     scaler = torch.amp.GradScaler(dev.type) if cfg.precision == "fp16" else None
 
     per_rank = cfg.global_batch_size // process.world_size
-    keys = ["label", *(k for k in cache_keys if k is not None)]
+    condition_key = condition_of(cfg.model).batch_key
+    keys = ([condition_key] if condition_key else []) + teachers.batch_keys
     keys += ["latent_mean", "latent_std"] if cfg.model.space == "latent" else ["image"]
-    if any(key is None for key in cache_keys) and "image" not in keys:
-        keys.append("image")                       # a teacher runs live on the images
+    keys = list(dict.fromkeys(keys))               # a live teacher and a pixel model both read the images
     loader = BatchLoader(dataset, per_rank, seed=cfg.seed, rank=process.rank, world_size=process.world_size,
                          num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda", keys=keys)
     log = None
@@ -265,7 +175,7 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
 
         log = MetricsLog(cfg, enabled=process.is_main, start_step=state.step, progress=progress)
         with GracefulStop() as stop:               # Ctrl-C / SIGTERM: checkpoint at the end of the current step
-            last_ckpt = _train_loop(cfg, state, objective, features, params, encoders, cache_keys, log, process,
+            last_ckpt = _train_loop(cfg, state, objective, features, params, teachers, log, process,
                                     stop_at_step, last_ckpt, stop)
     except NonFiniteError as exc:
         raise NonFiniteError(exc.step, f"{exc.reason}; the last good checkpoint is {exc.checkpoint}. Likely causes: "
@@ -278,7 +188,7 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     return TrainResult(state.step, last_ckpt, log.last)
 
 
-def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, params, encoders, cache_keys,
+def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, params, teachers: Teachers,
                 log: MetricsLog, process, stop_at_step: int | None, last_ckpt: Path | None,
                 stop: GracefulStop | None = None) -> Path | None:
     """The labelled phases of every step, until ``max_steps`` (or ``stop_at_step``); returns the last checkpoint.
@@ -288,66 +198,37 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
     dev = process.device
     fsdp = state.sharded
     per_rank = cfg.global_batch_size // process.world_size
-    x_shape = (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size)
+    mine = slice(process.rank * per_rank, (process.rank + 1) * per_rank)
     micro = per_rank // cfg.grad_accum_steps
     first_bad = torch.full((), -1, dtype=torch.long, device=dev)
     skipped = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = distributed.local_tensors(ema.parameters()), distributed.local_tensors(net.parameters())
-    ema_features = FeaturesView(ema)               # SRA's targets come from the EMA network
+    ema_features = FeaturesView(ema)
     while state.step < end:
         step = state.step
-        # -- data and this step's randomness (global batch, then this rank's slice) ------------------------------
-        batch = next(loader)
-        t_all, noise_all, uniforms, eps_all = _step_randomness(cfg, step, x_shape, cfg.model.space == "latent", dev)
-        mine = slice(process.rank * per_rank, (process.rank + 1) * per_rank)
-        labels = batch["label"].to(dev, non_blocking=True)      # pinned: no host sync
-        labels = drop_labels(labels, uniforms[mine], cfg.model.class_dropout, cfg.model.null_class)
-        x0 = _clean_inputs(batch, cfg.model.space, None if eps_all is None else eps_all[mine], dev)
-        lam = lambda_at(cfg.objective, step)
-        # the variants' inputs (docs/VARIANTS.md): HASTE's attention weight and maps, SRA's EMA and time gaps,
-        # REG's class tokens and their noise
-        attn_lam = lambda_at(cfg.objective, step, coeff=cfg.objective.attn_coeff)
-        reg = cfg.model.class_token                # REG: the teacher's class token is denoised at every step
-        tokens, attention, classes = (_teacher_tokens(batch, encoders, cache_keys, cfg.precision, dev,
-                                                      cfg.objective.attn_teacher_layers if attn_lam > 0 else (), reg)
-                                      if lam > 0 or attn_lam > 0 or reg else (None, None, None))
-        variant = {}
-        if reg:
-            variant.update(class_tokens=classes, class_noise=_class_token_noise(cfg, step, dev)[mine])
-        if cfg.objective.attn_coeff > 0:
-            variant.update(attn_coeff=attn_lam, teacher_attention=attention)
-        if cfg.objective.target == "self":
-            variant.update(ema_features=ema_features, gap_uniforms=_gap_uniforms(cfg, step, dev)[mine])
+        # -- data, and the objective's inputs for this step (its draws: global batch, then this rank's rows) ----
+        ctx = StepContext(cfg, step, next(loader), mine, dev, teachers, ema_features)
+        inputs = objective.inputs(ctx)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg.optim, step)
 
         # -- forward/backward over micro-batches ----------------------------------------------------------------
         loss_sum = torch.zeros((), device=dev)
-        denoise_sum = torch.zeros((), device=dev)
-        align_sum = torch.zeros((), device=dev)
-        attn_sum = torch.zeros((), device=dev)                  # HASTE's attention term (0 when off)
-        cls_sum = torch.zeros((), device=dev)                   # REG's class-token velocity loss (0 when off)
+        terms: dict[str, torch.Tensor] = {}
         for k in range(cfg.grad_accum_steps):
             part = slice(k * micro, (k + 1) * micro)
             sync = k == cfg.grad_accum_steps - 1 or process.world_size == 1
             if fsdp:
                 net.set_requires_gradient_sync(sync)
-            ctx = contextlib.nullcontext() if sync or fsdp else features.no_sync()
-            with ctx, autocast_context(cfg.precision, dev):
-                out = objective.loss(features, x0[part], labels[part],
-                                     [tok[part] for tok in tokens] if tokens else None, cfg.objective,
-                                     proj_coeff=lam, t=t_all[mine][part], noise=noise_all[mine][part],
-                                     **_micro_batch(variant, part))
+            ctx_sync = contextlib.nullcontext() if sync or fsdp else features.no_sync()
+            with ctx_sync, autocast_context(cfg.precision, dev):
+                out = objective.loss(features, _micro_batch(inputs, part), cfg.objective)
                 loss = out.total / cfg.grad_accum_steps
                 (scaler.scale(loss) if scaler is not None else loss).backward()
             loss_sum += out.total.detach() / cfg.grad_accum_steps
-            denoise_sum += out.denoise / cfg.grad_accum_steps
-            align_sum += out.align / cfg.grad_accum_steps
-            if out.attn is not None:
-                attn_sum += out.attn.detach() / cfg.grad_accum_steps
-            if out.cls is not None:
-                cls_sum += out.cls.detach() / cfg.grad_accum_steps
+            for name, value in out.terms.items():
+                terms[name] = terms.get(name, 0.0) + value.detach() / cfg.grad_accum_steps
 
         # -- optimiser step, clipping, non-finite guard, EMA ----------------------------------------------------
         if scaler is not None:
@@ -376,13 +257,13 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         step = state.step
 
         # -- logging, checkpoints, previews (host syncs happen only here) ----------------------------------------
-        log.accumulate(loss_sum, denoise_sum, align_sum, grad_norm, attn_sum, cls_sum)
+        log.accumulate({"loss": loss_sum, **terms, "grad_norm": grad_norm})
         stop_signal = stop.check(step, cfg.log_every, process.world_size, dev) if stop is not None else 0
         at_ckpt = step % cfg.ckpt_every == 0 or step == end or bool(stop_signal)
         if step % cfg.log_every == 0 or at_ckpt:
             if int(first_bad) >= 0:
                 raise NonFiniteError(int(first_bad), "loss or gradient norm is not finite", last_ckpt)
-            log.write(step, state.images_seen, lr=opt.param_groups[0]["lr"], lam=lam)
+            log.write(step, state.images_seen, lr=opt.param_groups[0]["lr"])
         if at_ckpt:
             last_ckpt = state.save(cfg.run_dir, cfg.keep_last, cfg.milestone_every)
         if stop_signal:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from repa.config import ObjectiveConfig, OptimConfig, TrainConfig
+from repa.config import OptimConfig, TrainConfig
 
 
 class NonFiniteError(RuntimeError):
@@ -18,20 +18,6 @@ class NonFiniteError(RuntimeError):
     def __init__(self, step: int, reason: str, checkpoint=None):
         super().__init__(f"non-finite training at step {step}: {reason}")
         self.step, self.reason, self.checkpoint = step, reason, checkpoint
-
-
-def lambda_at(objective: ObjectiveConfig, step: int, coeff: float | None = None) -> float:
-    """The REPA coefficient at ``step``: constant, optionally decayed linearly to 0 at ``align_stop_step``.
-    ``coeff`` (default ``objective.proj_coeff``) is the weight scheduled, e.g. HASTE's ``attn_coeff``."""
-    lam = objective.proj_coeff if coeff is None else coeff
-    stop, decay = objective.align_stop_step, objective.align_decay_steps
-    if stop <= 0:
-        return lam
-    if step >= stop:
-        return 0.0
-    if decay > 0 and step >= stop - decay:
-        return lam * (stop - step) / decay
-    return lam
 
 
 def lr_at(optim: OptimConfig, step: int) -> float:
@@ -77,7 +63,7 @@ class MetricsLog:
 
     def __init__(self, cfg: TrainConfig, *, enabled: bool, start_step: int, progress: bool):
         self.cfg, self.enabled = cfg, enabled
-        self.sums: list[torch.Tensor] | None = None
+        self.sums: dict[str, torch.Tensor] | None = None
         self.count = 0
         self.last: dict = {}
         self.t0, self.step0 = time.perf_counter(), start_step
@@ -101,9 +87,14 @@ class MetricsLog:
             self.wandb = wandb.init(project="repa", name=Path(cfg.run_dir).name, config=json.loads(
                 json.dumps(__import__("dataclasses").asdict(cfg))), resume="allow")
 
-    def accumulate(self, *values: torch.Tensor) -> None:
-        values = [v.detach().float() for v in values]
-        self.sums = values if self.sums is None else [s + v for s, v in zip(self.sums, values)]
+    def accumulate(self, values: dict[str, torch.Tensor]) -> None:
+        """Add one step's named scalars (the loss, its terms, the gradient norm), kept on the device."""
+        values = {k: torch.as_tensor(v).detach().float() for k, v in values.items()}
+        if self.sums is None:
+            self.sums = values
+        else:
+            for key, value in values.items():
+                self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.count += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -113,22 +104,19 @@ class MetricsLog:
             return
         # every rank calls write: the logged values are the means over all ranks (each rank holds its share of
         # the global batch), as the reference reduces its logged loss
-        local = [s.full_tensor() if hasattr(s, "full_tensor") else s for s in self.sums]   # FSDP: DTensor norms
+        names = sorted(self.sums)
+        local = [self.sums[k].full_tensor() if hasattr(self.sums[k], "full_tensor") else self.sums[k]
+                 for k in names]                  # FSDP: DTensor norms
         totals = torch.stack(local) / self.count
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(totals)
             totals /= torch.distributed.get_world_size()
-        loss, denoise, align, grad_norm, attn, cls = (float(v) for v in totals.cpu())
+        means = dict(zip(names, (float(v) for v in totals.cpu())))
         now = time.perf_counter()
         steps_per_s = (step - self.step0) / max(now - self.t0, 1e-9)
-        record = {"step": step, "images_seen": images_seen, "loss": loss, "denoise_loss": denoise,
-                  "align_loss": align, "grad_norm": grad_norm, "steps_per_s": steps_per_s,
+        record = {"step": step, "images_seen": images_seen, **means, "steps_per_s": steps_per_s,
                   "images_per_s": steps_per_s * self.cfg.global_batch_size, **extra}
-        if self.cfg.objective.attn_coeff > 0:            # the variants' own terms (docs/VARIANTS.md)
-            record["attn_loss"] = attn
-        if self.cfg.model.class_token:
-            record["cls_loss"] = cls
         if torch.cuda.is_available():
             record["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         self.sums, self.count, self.t0, self.step0 = None, 0, now, step
@@ -138,7 +126,8 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", align=f"{align:.3f}", img_s=f"{record['images_per_s']:.0f}")
+            shown = {k: f"{record[k]:.4f}" for k in ("loss", "align_loss") if k in record}
+            self.bar.set_postfix(**shown, img_s=f"{record['images_per_s']:.0f}")
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step":
@@ -161,21 +150,23 @@ _preview_warned = False
 
 
 def sample_preview(ema, cfg: TrainConfig, step: int) -> None:
-    """Write a PNG grid of 16 EMA samples (``SampleConfig()`` with ``cfg.sample_steps`` steps) to
-    ``run_dir/samples/STEP.png``; latent models are decoded by ``cfg.sample_vae``, loaded once per process."""
+    """Write a PNG grid of 16 EMA samples (``SampleConfig()`` with ``cfg.sample_steps`` steps, seed ``cfg.seed``)
+    to ``run_dir/samples/STEP.png`` through the one in-process generator; latent models are decoded by
+    ``cfg.sample_vae``, loaded once per process."""
     global _preview_warned
     from repa.config import SampleConfig
-    from repa.visualize import latent_decoder, sample_grid_png
-    decode = None
+    from repa.evaluation.generate import sample_grid_png
+    vae = None
     if cfg.model.space == "latent":
+        from repa.autoencoder import cached_vae
         try:
-            decode = latent_decoder(cfg.sample_vae, next(ema.parameters()).device)
-        except Exception as exc:  # previews are optional; training goes on
+            vae = cached_vae(cfg.sample_vae, next(ema.parameters()).device)
+        except Exception as exc:  # noqa: BLE001  previews are optional; training goes on
             if not _preview_warned:
                 warnings.warn(f"sample previews are off: the VAE {cfg.sample_vae!r} could not be loaded ({exc})")
                 _preview_warned = True
             return
     rng_state = torch.get_rng_state()
     sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", SampleConfig(steps=cfg.sample_steps),
-                    num=16, seed=cfg.seed, decode=decode)
+                    num=16, seed=cfg.seed, vae=vae)
     torch.set_rng_state(rng_state)

@@ -8,10 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repa.checkpoint import as_loaded
-from repa.config import SampleConfig
-from repa.samplers import sample
-from repa.utils import atomic_write, to_uint8
+from repa.utils import atomic_write
 
 
 def image_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
@@ -37,45 +34,3 @@ def save_png(grid: np.ndarray, path: str | Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-@torch.no_grad()
-def sample_images(model, num: int, config: SampleConfig | None = None, *, seed: int = 0,
-                  labels: torch.Tensor | None = None, decode=None, vae=None, **overrides) -> torch.Tensor:
-    """Draw ``num`` samples (labels cycling through the classes unless given) and return uint8 (B, C, H, W).
-
-    ``model`` is a ``LoadedModel`` (``repa.load_model``) or a network with ``.config``; ``config`` the sampling
-    settings (default ``SampleConfig()``), ``overrides`` any of ``repa.sample``'s keyword arguments. Latent models
-    are decoded by ``decode`` (latents -> uint8 images) or else by the VAE ``vae`` (hub id or folder, default
-    sd-vae-ft-ema; loaded once per process, ``repa.autoencoder.cached_vae``); pixel models need neither.
-    """
-    loaded = as_loaded(model)
-    cfg = loaded.config
-    device = next(loaded.model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(num, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen).to(device)
-    if labels is None:
-        labels = torch.arange(num) % cfg.num_classes
-    generator = torch.Generator(device).manual_seed(seed)
-    x = sample(loaded, noise, labels.to(device), config, generator=generator, **overrides)
-    if cfg.space == "latent":
-        if decode is None:
-            decode = latent_decoder(vae, device)
-        return decode(x)
-    if vae is not None:
-        raise ValueError(f"{cfg.name} is a pixel-space model: it needs no VAE, but vae={vae!r} was given")
-    return to_uint8(x)
-
-
-def latent_decoder(vae=None, device="cpu"):
-    """latents -> uint8 images through a VAE: a loaded one, or a hub id / folder loaded once per process."""
-    from repa.autoencoder import DECODE_VAE, cached_vae, decode
-    model = vae if vae is not None and not isinstance(vae, (str, Path)) else cached_vae(vae or DECODE_VAE, device)
-    return lambda z: decode(model, z)
-
-
-def sample_grid_png(model, path, config: SampleConfig | None = None, *, num: int = 16, seed: int = 0,
-                    decode=None, vae=None, **overrides) -> None:
-    """Sample ``num`` images (as ``sample_images``) and write them as one PNG grid."""
-    images = sample_images(model, num, config, seed=seed, decode=decode, vae=vae, **overrides)
-    save_png(image_grid(images), path)

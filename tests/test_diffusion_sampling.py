@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import repa
-from repa.diffusion import base_diffusion, ddpm, space_timesteps
+from repa.diffusion import base_diffusion, ddpm, ddpm_times, space_timesteps
+from repa.guidance import GuidedModel
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ def _noise(n=2000, seed=0):
 def test_ddpm_with_exact_epsilon_and_variance_recovers_the_gaussian():
     model = GaussianEpsilon([1.0, -0.5], s=0.5, steps=250)
     labels = torch.zeros(2000, dtype=torch.long)
-    x = ddpm(model, _noise(), labels, steps=250, generator=torch.Generator().manual_seed(1))
+    x = repa.sample(model, _noise(), labels, sampler="ddpm", steps=250, generator=torch.Generator().manual_seed(1))
     mean, var = _stats(x)
     assert mean == pytest.approx(1.0, abs=0.03) and var == pytest.approx(0.25, rel=0.06)
     v = torch.cat(model.v_seen)
@@ -74,7 +75,8 @@ def test_ddpm_with_exact_epsilon_and_variance_recovers_the_gaussian():
 
 def test_ddpm_with_fixed_large_variance_is_close_at_250_steps():
     model = GaussianEpsilon([-1.0, 0.0], s=0.6, learned=False)
-    x = ddpm(model, _noise(seed=2), torch.zeros(2000, dtype=torch.long), generator=torch.Generator().manual_seed(3))
+    x = repa.sample(model, _noise(seed=2), torch.zeros(2000, dtype=torch.long), sampler="ddpm",
+                    generator=torch.Generator().manual_seed(3))
     mean, var = _stats(x)
     assert mean == pytest.approx(-1.0, abs=0.03) and var == pytest.approx(0.36, rel=0.08)
 
@@ -83,7 +85,8 @@ def test_guidance_mixes_epsilon_and_keeps_the_conditional_variance():
     """Equal-variance Gaussians: guided epsilon is the epsilon of mean mu_u + w (mu_c - mu_u), same s."""
     model = GaussianEpsilon([1.0, -0.5], s=0.2, steps=50, bad_null_variance=True)
     labels = torch.zeros(2000, dtype=torch.long)
-    x = ddpm(model, _noise(seed=4), labels, steps=50, cfg_scale=1.5, generator=torch.Generator().manual_seed(5))
+    x = repa.sample(model, _noise(seed=4), labels, sampler="ddpm", steps=50, cfg_scale=1.5,
+                    generator=torch.Generator().manual_seed(5))
     mean, var = _stats(x)
     # the null half's variance (v = +1) would give about 0.050 here
     assert mean == pytest.approx(-0.5 + 1.5 * 1.5, abs=0.01) and var == pytest.approx(0.04, rel=0.08)
@@ -93,12 +96,12 @@ def test_guidance_mixes_epsilon_and_keeps_the_conditional_variance():
 def test_guidance_interval_is_read_on_timestep_over_1000():
     model = GaussianEpsilon([1.0, -0.5], steps=50)
     labels = torch.zeros(8, dtype=torch.long)
-    ddpm(model, _noise(8), labels, steps=50, cfg_scale=2.0, guidance_interval=(0.0, 0.5))
+    repa.sample(model, _noise(8), labels, sampler="ddpm", steps=50, cfg_scale=2.0, guidance_interval=(0.0, 0.5))
     kept = sorted(space_timesteps(1000, 50), reverse=True)
     assert [t for _, t in model.calls] == [k / 1000 for k in kept]
     assert [n for n, _ in model.calls] == [16 if k <= 500 else 8 for k in kept]
     model.calls.clear()
-    ddpm(model, _noise(8), labels, steps=50, cfg_scale=1.0)
+    repa.sample(model, _noise(8), labels, sampler="ddpm", steps=50, cfg_scale=1.0)
     assert all(n == 8 for n, _ in model.calls)
 
 
@@ -107,8 +110,8 @@ def test_repa_sample_dispatches_to_ddpm_and_is_reproducible():
     labels = torch.zeros(16, dtype=torch.long)
     a = repa.sample(model, _noise(16), labels, sampler="ddpm", steps=20, cfg_scale=1.5,
                     guidance_interval=(0.0, 0.7), generator=torch.Generator().manual_seed(0))
-    b = ddpm(model, _noise(16), labels, steps=20, cfg_scale=1.5, guidance_interval=(0.0, 0.7),
-             generator=torch.Generator().manual_seed(0))
+    guided = GuidedModel(model, labels, cfg_scale=1.5, interval=(0.0, 0.7), time_dtype=torch.float64)
+    b = ddpm(guided, _noise(16), ddpm_times(20), torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.dtype == torch.float64
 
 

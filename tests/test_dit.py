@@ -125,14 +125,16 @@ def test_released_dit_state_dict_loads_and_gives_same_outputs(tmp_path):
 
 
 def test_iddpm_objective_needs_epsilon_and_uniform_timesteps(tmp_path):
+    from repa.objectives import validate as check_objective
     validate_objective(IDDPM)
-    validate_train(tiny_train_config(tmp_path, model=_tiny_dit(), objective=IDDPM))
+    check_objective(tiny_train_config(tmp_path, model=_tiny_dit(), objective=IDDPM))
     with pytest.raises(ConfigError, match="model.prediction"):    # a velocity network with the iddpm objective
-        validate_train(tiny_train_config(tmp_path, objective=IDDPM))
+        check_objective(tiny_train_config(tmp_path, objective=IDDPM))
     with pytest.raises(ConfigError, match="model.prediction"):
-        validate_train(tiny_train_config(tmp_path, model=_tiny_dit()))
+        check_objective(tiny_train_config(tmp_path, model=_tiny_dit()))
     with pytest.raises(ConfigError, match="objective.time_sampling"):
-        validate_objective(dataclasses.replace(IDDPM, time_sampling="lognormal"))
+        check_objective(tiny_train_config(tmp_path, model=_tiny_dit(),
+                                          objective=dataclasses.replace(IDDPM, time_sampling="lognormal")))
 
 
 def test_timesteps_from_uniform_time():
@@ -146,7 +148,7 @@ def test_iddpm_repa_loss_combines_terms_and_reaches_projector_and_variance():
     t, noise = torch.tensor([0.0, 0.3, 0.6, 0.99]), torch.randn(4, 1, 8, 8)
     labels, tokens = torch.tensor([0, 1, 2, 3]), [torch.randn(4, 16, 16)]
     out = iddpm_repa_loss(model.forward_features, x0, labels, tokens, IDDPM, t=t, noise=noise)
-    assert torch.isfinite(out.total) and torch.allclose(out.total, out.denoise + 0.5 * out.align)
+    assert torch.isfinite(out.total) and torch.allclose(out.total, out.terms["denoise_loss"] + 0.5 * out.terms["align_loss"])
     out.total.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads["projectors.0.4.weight"].abs().sum() > 0
@@ -159,7 +161,7 @@ def test_iddpm_repa_loss_combines_terms_and_reaches_projector_and_variance():
                              noise=noise)
     assert torch.equal(same.total, out.total) and torch.equal(direct.total, out.total)
     vanilla = repa_loss(model.forward_features, x0, labels, None, dataclasses.replace(IDDPM, proj_coeff=0.0), t=t, noise=noise)
-    assert torch.equal(vanilla.total, out.denoise) and vanilla.align == 0
+    assert torch.equal(vanilla.total, out.terms["denoise_loss"]) and vanilla.terms["align_loss"] == 0
 
 
 def test_ten_step_iddpm_training_run_checkpoints_a_loadable_dit(tmp_path, tiny_dataset, teacher):

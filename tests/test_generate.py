@@ -99,14 +99,14 @@ def test_resumed_sampling_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     kwargs = dict(num=7, seed=4, sampler="euler", steps=3, cfg_scale=1.5, batch_size=2, progress=False)
     full = sample_to_npz(ckpt, str(tmp_path / "full"), **kwargs)
 
-    real, calls = generate_mod._generate_batch, []
+    real, calls = generate_mod.generate_batch, []
 
     def flaky(*args, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated interruption")
         return real(*args, **kw)
-    monkeypatch.setattr(generate_mod, "_generate_batch", flaky)
+    monkeypatch.setattr(generate_mod, "generate_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         sample_to_npz(ckpt, str(tmp_path / "resumed"), **kwargs)
     assert len(list((tmp_path / "resumed" / "shards").glob("*.npz"))) == 2

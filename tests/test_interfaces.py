@@ -114,7 +114,8 @@ def test_yaml_and_json_config_files(capsys, tmp_path):
 def test_sample_config_is_shared_with_documented_defaults():
     defaults = parse_command("sample", ["c.pt", "--num", "1", "--out", "o"]).sampling
     assert defaults == SampleConfig() == parse_command("sample-grid", ["c.pt"]).sampling
-    assert (SampleConfig().sampler_for("velocity"), SampleConfig().sampler_for("epsilon")) == ("sde", "ddpm")
+    from repa.samplers import auto_sampler
+    assert (auto_sampler("velocity"), auto_sampler("epsilon")) == ("sde", "ddpm")
     assert (SampleConfig().steps, SampleConfig().cfg_scale) == (250, 1.0)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from repa.config import ObjectiveConfig
-from repa.losses import alignment_loss, denoising_loss, drop_labels
+from repa.conditions import ClassLabels
+from repa.losses import alignment_loss, denoising_loss
 from repa.objectives import repa_loss, sample_time
 from repa.models import build_model
 from repa.paths import get_path
@@ -87,9 +88,9 @@ def test_denoising_loss_is_per_sample_mean():
     assert torch.equal(denoising_loss(pred, target), torch.tensor([1.0, 4.0]))
 
 
-def test_drop_labels_uses_null_class():
+def test_class_label_dropout_uses_the_null_class():
     labels = torch.tensor([0, 1, 2, 0])
-    out = drop_labels(labels, torch.tensor([0.05, 0.5, 0.09, 0.11]), 0.1, 3)
+    out = ClassLabels(3, dropout=0.1).drop(labels, torch.tensor([0.05, 0.5, 0.09, 0.11]))
     assert out.tolist() == [3, 1, 3, 0]
 
 
@@ -119,7 +120,7 @@ def test_repa_loss_total_combines_terms_with_lambda():
     tokens = [torch.randn(4, 16, 16)]
     out = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), tokens, ObjectiveConfig(proj_coeff=0.5),
                     t=t, noise=noise)
-    assert torch.allclose(out.total, out.denoise + 0.5 * out.align)
+    assert torch.allclose(out.total, out.terms["denoise_loss"] + 0.5 * out.terms["align_loss"])
     vanilla = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), None, ObjectiveConfig(proj_coeff=0.0),
                         t=t, noise=noise)
-    assert torch.equal(vanilla.total, out.denoise) and vanilla.align == 0
+    assert torch.equal(vanilla.total, out.terms["denoise_loss"]) and vanilla.terms["align_loss"] == 0

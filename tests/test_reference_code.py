@@ -78,8 +78,8 @@ def test_repa_loss_equals_reference_siloss(ref, pair):
     t = torch.rand(4, 1, 1, 1).flatten()
     noise = torch.randn_like(x0)
     got = repa_loss(ours.model.forward_features, x0, y, [tokens], ObjectiveConfig(path="linear", proj_coeff=0.5), t=t, noise=noise)
-    assert torch.allclose(got.denoise, denoise.mean(), rtol=1e-5, atol=0)
-    assert torch.allclose(got.align, proj.mean(), rtol=1e-5, atol=0)
+    assert torch.allclose(got.terms["denoise_loss"], denoise.mean(), rtol=1e-5, atol=0)
+    assert torch.allclose(got.terms["align_loss"], proj.mean(), rtol=1e-5, atol=0)
     assert torch.allclose(got.total, denoise.mean() + 0.5 * proj.mean(), rtol=1e-5, atol=0)
 
 

@@ -101,9 +101,9 @@ def test_reg_loss_is_the_reference_loss():
     denoise_cls = ((out.class_token - v_c) ** 2).mean()
     dense = torch.cat([cls[:, None], tokens], dim=1)
     proj = -(F.normalize(out.projected[0], dim=-1) * F.normalize(dense, dim=-1)).sum(-1).mean()
-    torch.testing.assert_close(got.denoise, denoise.detach())
-    torch.testing.assert_close(got.cls, denoise_cls.detach())
-    torch.testing.assert_close(got.align, proj.detach())
+    torch.testing.assert_close(got.terms["denoise_loss"], denoise.detach())
+    torch.testing.assert_close(got.terms["cls_loss"], denoise_cls.detach())
+    torch.testing.assert_close(got.terms["align_loss"], proj.detach())
     torch.testing.assert_close(got.total, denoise + 0.5 * proj + 0.03 * denoise_cls)
     model.zero_grad()
     got.total.backward()
@@ -337,7 +337,8 @@ def test_reg_trains_from_a_cnn_token_cache_without_running_the_teacher(tmp_path)
         def forward(self, images):
             raise AssertionError("no teacher may run: the token cache gives the tokens and the pooled class token")
     result = train(cfg, dataset=dataset, encoders=[Refuse()], progress=False)
-    assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] < 0
+    # the alignment term ran on the cached tokens (after 4 steps its sign is still the luck of the draws)
+    assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] != 0
     # the class-token noise depends on (seed, step) only: a run interrupted at step 2 ends with the same weights
     from repa.checkpoint import load_checkpoint
     cfg2 = dataclasses.replace(cfg, run_dir=str(tmp_path / "resumed"))

@@ -433,10 +433,10 @@ def test_eval_checks_an_unwritable_output_folder_before_any_network_runs(ctx):
 # ---- encoder objects follow the training device ----------------------------------------------------------------------
 
 def test_encoder_objects_given_to_train_move_to_the_training_device(tmp_path, tiny_dataset, teacher):
-    from repa.training import _resolve_encoders
+    from repa.teachers import TeacherNeeds, Teachers
     cfg = tiny_train_config(tmp_path / "run")
-    encoders, keys = _resolve_encoders(cfg, tiny_dataset, [teacher], torch.device("meta"))
-    assert encoders[0].weight.device.type == "meta" and keys == [None]
+    teachers = Teachers.load(cfg, TeacherNeeds(tokens=True), tiny_dataset, [teacher], torch.device("meta"))
+    assert teachers.encoders[0].weight.device.type == "meta" and teachers.cache_keys == [None]
 
 
 @pytest.mark.gpu

@@ -147,9 +147,9 @@ def test_vanilla_twin_has_identical_init_and_untrained_projector(tmp_path, tiny_
 
 def test_lambda_schedule_stops_and_decays():
     from repa.config import ObjectiveConfig
-    from repa.training_utils import lambda_at
+    from repa.objectives import schedule
     cfg = ObjectiveConfig(proj_coeff=0.5, align_stop_step=100, align_decay_steps=50)
-    assert [lambda_at(cfg, s) for s in (0, 49, 50, 75, 99, 100, 500)] == [0.5, 0.5, 0.5, 0.25, 0.01, 0.0, 0.0]
+    assert [schedule(cfg, s, cfg.proj_coeff) for s in (0, 49, 50, 75, 99, 100, 500)] == [0.5, 0.5, 0.5, 0.25, 0.01, 0.0, 0.0]
 
 
 def test_latent_space_run_uses_stored_posterior_and_cached_tokens(tmp_path):

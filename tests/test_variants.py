@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repa.config import ConfigError, ObjectiveConfig, validate_train
+from repa.config import ConfigError, ObjectiveConfig
+from repa.objectives import validate as validate_train
 from repa.losses import attention_alignment_loss, spatial_normalize
 from repa.models import build_model
 from repa.models.sit import ConvProjector
@@ -74,8 +75,8 @@ def test_irepa_objective_aligns_with_the_normalised_tokens():
                       dataclasses.replace(cfg, target_norm="none"), t=t, noise=noise)
     unnormalised = repa_loss(model.forward_features, x0, labels, [tokens],
                              dataclasses.replace(cfg, target_norm="none"), t=t, noise=noise)
-    torch.testing.assert_close(got.align, plain.align)
-    assert not torch.allclose(got.align, unnormalised.align)     # the option changes the target
+    torch.testing.assert_close(got.terms["align_loss"], plain.terms["align_loss"])
+    assert not torch.allclose(got.terms["align_loss"], unnormalised.terms["align_loss"])     # the option changes the target
     got.total.backward()
     assert model.projectors[0].conv.weight.grad.abs().sum() > 0
 
@@ -141,7 +142,7 @@ def test_sra_loss_is_the_cosine_to_the_ema_and_trains_only_the_student():
     t_ema = (t - 0.2 * u).clamp(0, 1)
     target = ema.forward_features(path.interpolate(x0, noise, t_ema), t_ema, labels, layers=(3,)).hidden[3]
     want = -F.cosine_similarity(student.projected[0], target, dim=-1).mean()
-    torch.testing.assert_close(out.align, want.detach())
+    torch.testing.assert_close(out.terms["align_loss"], want.detach())
     out.total.backward()
     assert model.projectors[0][0].weight.grad.abs().sum() > 0
     assert model.x_embedder.proj.weight.grad.abs().sum() > 0     # through the blocks below the projector
@@ -301,10 +302,10 @@ def test_haste_loss_reaches_the_aligned_blocks_and_stops_with_the_schedule(tmp_p
     x0, noise, t = images.float() / 127.5 - 1, torch.randn(4, 1, 8, 8), torch.rand(4)
     out = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), [tokens], cfg.objective, t=t,
                     noise=noise, attn_coeff=0.5, teacher_attention=maps)
-    assert out.attn is not None and out.attn > 0
+    assert out.terms["attn_loss"] is not None and out.terms["attn_loss"] > 0
     without = repa_loss(model.forward_features, x0, torch.tensor([0, 1, 2, 0]), [tokens], cfg.objective, t=t,
                         noise=noise, attn_coeff=0.0)
-    torch.testing.assert_close(out.total.detach(), without.total.detach() + 0.5 * out.attn)
+    torch.testing.assert_close(out.total.detach(), without.total.detach() + 0.5 * out.terms["attn_loss"])
     model.zero_grad()
     (out.total - without.total).backward()                   # the attention term alone
     assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

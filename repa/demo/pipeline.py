@@ -108,16 +108,16 @@ def _tokens(encoder, images: np.ndarray) -> np.ndarray:
                            for i in range(0, len(images), 500)])
 
 
-def generate(model, vae, noise: torch.Tensor, labels: torch.Tensor, demo: DemoConfig,
-             cfg_scale: float = 1.0) -> np.ndarray:
-    """uint8 images (N, 1, 28, 28) from fixed noise and labels: EMA weights, ``demo.sampler``, ``cfg_scale``
-    guidance."""
-    import repa
-    with torch.no_grad():
-        latents = torch.cat([repa.sample(model, noise[i:i + 500], labels[i:i + 500], sampler=demo.sampler,
-                                         steps=demo.sample_steps, cfg_scale=cfg_scale)
-                             for i in range(0, len(noise), 500)])
-        return vae.decode(latents).numpy()
+SAMPLE_SEED = 12345     # the evaluation samples' seed: the same noise and labels for every arm and evaluation
+
+
+def generate(model, vae, num: int, demo: DemoConfig, cfg_scale: float = 1.0) -> np.ndarray:
+    """uint8 images (num, 1, 28, 28), samples 0..num-1 of seed ``SAMPLE_SEED`` with balanced labels, through the one
+    in-process generator (``repa.generate_images``, the same images as ``repa sample``): EMA weights,
+    ``demo.sampler``, ``cfg_scale`` guidance, decoded by the job's VAE."""
+    from repa.evaluation.generate import generate_images
+    return generate_images(model, num, seed=SAMPLE_SEED, labels="balanced", sampler=demo.sampler,
+                           steps=demo.sample_steps, cfg_scale=cfg_scale, batch_size=500, decode=vae.decode)
 
 
 @dataclass(frozen=True)
@@ -159,11 +159,6 @@ class _ArmInputs:
             self.teacher_pooled = torch.cat([
                 teacher(torch.from_numpy(data["test_x"][self.align_idx[i:i + 250]])).float().mean(dim=1)
                 for i in range(0, len(self.align_idx), 250)])
-        gen = torch.Generator().manual_seed(12345)
-        num = max(demo.curve_samples, demo.final_samples)
-        size = demo.autoencoder.latent_size
-        self.noise = torch.randn(num, demo.autoencoder.latent_channels, size, size, generator=gen)
-        self.labels = torch.arange(num) % 10
 
 
 _INPUTS: dict[Prepared, _ArmInputs] = {}          # per process: the inputs of the demo being run
@@ -210,8 +205,7 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
         run.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded = load_model(checkpoint_path(run.run_dir, step), device=demo.device)
-        images = generate(loaded, inputs.vae, inputs.noise[:demo.curve_samples], inputs.labels[:demo.curve_samples],
-                          demo)
+        images = generate(loaded, inputs.vae, demo.curve_samples, demo)
         fd = fd_domain(inputs.clf, images, inputs.clf_ref)
         align = None          # a REG network needs a class token on every forward: no CKNNA curve
         if not loaded.config.class_token:
@@ -225,8 +219,7 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
         if step == demo.steps:           # scored with TF-Inception by the parent, at full thread count
             t0 = time.perf_counter()
             reuse = demo.final_samples <= demo.curve_samples and demo.cfg_scale == 1
-            final = images if reuse else generate(loaded, inputs.vae, inputs.noise[:demo.final_samples],
-                                                  inputs.labels[:demo.final_samples], demo, demo.cfg_scale)
+            final = images if reuse else generate(loaded, inputs.vae, demo.final_samples, demo, demo.cfg_scale)
             final = final[:demo.final_samples]
             atomic_write(out / f"samples_{arm}_seed{seed}.npy", lambda f: np.save(f, final[:100]))
             atomic_write(final_file, lambda f: np.save(f, final))

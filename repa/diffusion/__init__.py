@@ -8,8 +8,8 @@
 from repa.diffusion.gaussian import (NUM_TIMESTEPS, GaussianDiffusion, ReverseStep,
                                      discretized_gaussian_log_likelihood, linear_betas, normal_kl, space_timesteps)
 from repa.diffusion.objective import VLB_WEIGHT, base_diffusion, iddpm_repa_loss, timesteps_from_time
-from repa.diffusion.sampling import DEFAULT_STEPS, ddpm
+from repa.diffusion.sampling import DEFAULT_STEPS, ddpm, ddpm_times
 
 __all__ = ["NUM_TIMESTEPS", "GaussianDiffusion", "ReverseStep", "discretized_gaussian_log_likelihood",
            "linear_betas", "normal_kl", "space_timesteps", "VLB_WEIGHT", "base_diffusion", "iddpm_repa_loss",
-           "timesteps_from_time", "DEFAULT_STEPS", "ddpm"]
+           "timesteps_from_time", "DEFAULT_STEPS", "ddpm", "ddpm_times"]

@@ -15,7 +15,6 @@ images; rerunning with other settings into the same folder is an error.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import zipfile
@@ -25,11 +24,12 @@ import numpy as np
 import torch
 
 from repa.checkpoint import LoadedModel, as_loaded, load_model
-from repa.config import ModelConfig, SampleConfig
+from repa.config import ConfigError, ModelConfig, SampleConfig
+from repa.guidance import condition_for
+from repa.samplers import Sampling, resolve_sampling, run_sampling
 from repa.utils import atomic_write, to_uint8
 
 NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
-STOCHASTIC_SAMPLERS = ("sde", "ddpm")      # samplers that draw noise at every step
 LABEL_MODES = ("random", "balanced")
 GRID_SAMPLES = 64
 SETTINGS_FILE, SAMPLES_FILE, GRID_FILE, SHARD_DIR = "settings.json", "samples.npz", "grid.png", "shards"
@@ -50,90 +50,87 @@ def sample_noise(indices, seed: int, shape: tuple[int, ...], stream: int = NOISE
                         for i in indices])
 
 
-def sample_labels(indices, seed: int, num_classes: int, mode: str = "random") -> np.ndarray:
-    """Class labels (B,) int64: ``random`` from (seed, i) alone, ``balanced`` = i mod num_classes."""
+def sample_labels(indices, seed: int, num_classes: int, mode: str = "random") -> np.ndarray | None:
+    """Class labels (B,) int64: ``random`` from (seed, i) alone, ``balanced`` = i mod num_classes; None for an
+    unconditional model (``num_classes`` 0)."""
+    if mode not in LABEL_MODES:
+        raise ConfigError(f"labels must be one of {LABEL_MODES}, got {mode!r}")
+    if num_classes == 0:
+        return None
     idx = np.asarray(indices, dtype=np.int64)
     if mode == "balanced":
         return idx % num_classes
-    if mode == "random":
-        return np.array([np.random.default_rng(sample_seed(seed, int(i), LABEL_STREAM)).integers(num_classes)
-                         for i in idx], dtype=np.int64)
-    raise ValueError(f"labels must be one of {LABEL_MODES}, got {mode!r}")
+    return np.array([np.random.default_rng(sample_seed(seed, int(i), LABEL_STREAM)).integers(num_classes)
+                     for i in idx], dtype=np.int64)
 
 
-def check_sampling_args(*, num: int, seed: int, sampler: str, steps: int, cfg_scale: float,
-                        guidance_interval: tuple[float, float], labels, batch_size: int) -> None:
-    """Raise ValueError for any invalid sampling argument, before a model is loaded."""
-    from repa.guidance import check_guidance
-    from repa.samplers import SAMPLERS
-    check_guidance(cfg_scale, tuple(guidance_interval))
-    if sampler not in SAMPLERS and sampler != "auto":
-        raise ValueError(f"unknown sampler {sampler!r}; known samplers: auto, {', '.join(SAMPLERS)}")
-    for name, value, low in (("num", num, 1), ("steps", steps, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+def check_request(*, num: int, seed: int, labels, batch_size: int) -> None:
+    """Raise ConfigError for an invalid request (how many, which seed, which labels), before a model is loaded."""
+    for name, value, low in (("num", num, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     if isinstance(labels, str) and labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {LABEL_MODES} or an array of class indices, got {labels!r}")
+        raise ConfigError(f"labels must be one of {LABEL_MODES} or an array of class indices, got {labels!r}")
 
 
-def _check_model(cfg: ModelConfig, cfg_scale: float, labels) -> None:
-    if cfg_scale != 1.0 and cfg.class_dropout <= 0:
-        raise ValueError(f"cfg_scale={cfg_scale} needs a null class, but {cfg.name} was built without class dropout "
-                         f"(model.class_dropout=0); sample with cfg_scale 1")
-    if not isinstance(labels, str):
-        arr = np.asarray(labels)
-        if arr.size and (arr.min() < 0 or arr.max() >= cfg.num_classes):
-            raise ValueError(f"labels must lie in [0, {cfg.num_classes}), got {arr.min()}..{arr.max()}")
+def request_labels(cfg: ModelConfig, indices: np.ndarray, seed: int, labels) -> np.ndarray | None:
+    """The class labels of samples ``indices``: from a mode (``sample_labels``) or given, checked against ``cfg``."""
+    if isinstance(labels, str):
+        return sample_labels(indices, seed, cfg.num_classes, labels)
+    if cfg.num_classes == 0:
+        raise ConfigError(f"{cfg.name} is unconditional (model.num_classes=0): it takes no labels")
+    arr = np.asarray(labels).reshape(-1)
+    if len(arr) != len(indices):
+        raise ConfigError(f"got {len(arr)} labels for {len(indices)} images")
+    if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= cfg.num_classes):
+        raise ConfigError(f"labels must lie in [0, {cfg.num_classes}) (integers), got {arr.min()}..{arr.max()}")
+    return arr.astype(np.int64)
 
 
-# ---- one batch -------------------------------------------------------------------------------------------------
+# ---- one batch: the in-process generator of every entry point ----------------------------------------------------
 
 @torch.no_grad()
-def _generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray, *, seed: int, sampler: str, steps: int,
-                    cfg_scale: float, guidance_interval, vae=None, guided_channels=None) -> np.ndarray:
-    """uint8 (B, C, H, W) images of samples ``indices`` with class ``labels``."""
-    from repa.samplers import sample
+def generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray | None, settings: Sampling, *,
+                   seed: int, decode=None) -> np.ndarray:
+    """uint8 (B, C, H, W) images of samples ``indices`` with class ``labels`` (None: unconditional).
+
+    The one generator behind ``repa sample``, ``generate_images`` (the default job, previews, ``sample-grid``):
+    sample i's start noise, class-token noise and step noise come from (seed, i) alone. ``decode`` maps a latent
+    model's samples to uint8 images (``decoder``); pixel models need none.
+    """
     cfg = loaded.config
     device = next(loaded.model.parameters()).device
     noise = sample_noise(indices, seed, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
-    y = torch.as_tensor(labels, dtype=torch.long, device=device)
-    kwargs = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=tuple(guidance_interval),
-                  guided_channels=guided_channels)
-    if cfg.class_token:                  # REG: the class token's start noise, per sample like the image's
-        kwargs["class_token_noise"] = sample_noise(indices, seed, (cfg.class_token_dim,), CLASS_TOKEN_STREAM).to(device)
-    if sampler in STOCHASTIC_SAMPLERS:   # one generator per sample: its step noise is independent of the batch
-        generators = [torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
-        x = sample(loaded, noise, y, generator=generators, **kwargs)
-    else:
-        x = sample(loaded, noise, y, **kwargs)
+    y = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
+    ctn = (sample_noise(indices, seed, (cfg.class_token_dim,), CLASS_TOKEN_STREAM).to(device)
+           if cfg.class_token else None)       # REG: the class token's start noise, per sample like the image's
+    generators = ([torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
+                  if settings.sampler.stochastic else None)   # per sample: step noise independent of the batch
+    x, _ = run_sampling(loaded, noise, y, settings, generator=generators, class_token_noise=ctn)
+    if not torch.isfinite(x).all():
+        first = int(indices[0])
+        raise NonFiniteSamples(f"samples {first}..{int(indices[-1])} are not finite (NaN or inf) with {settings}; "
+                               "lower cfg_scale, or check the checkpoint (repa eval would score garbage)")
     if cfg.space == "latent":
-        from repa.autoencoder import decode
-        if vae is None:
-            raise ValueError(f"{cfg.name} samples latents; give a VAE (vae=load_vae(...), --vae) to decode them")
-        images = decode(vae, x)
-    else:
-        images = to_uint8(x)
-    return images.cpu().numpy()
+        if decode is None:
+            raise ConfigError(f"{cfg.name} samples latents; give a VAE (vae=load_vae(...), --vae) to decode them")
+        return np.asarray(decode(x).cpu())
+    if decode is not None:
+        raise ConfigError(f"{cfg.name} is a pixel-space model: it needs no VAE")
+    return to_uint8(x).cpu().numpy()
 
 
-def sample_config(config: SampleConfig | None = None, *, sampler=None, steps=None, cfg_scale=None,
-                  guidance_interval=None, guided_channels=None) -> SampleConfig:
-    """``config`` (default ``SampleConfig()``) with the given (non-None) fields replaced."""
-    config = config if config is not None else SampleConfig()
-    if not isinstance(config, SampleConfig):
-        raise TypeError(f"config must be a repa.SampleConfig, got {type(config).__name__}")
-    changes = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guided_channels=guided_channels)
-    if guidance_interval is not None:
-        changes.update(guidance_low=float(guidance_interval[0]), guidance_high=float(guidance_interval[1]))
-    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+class NonFiniteSamples(ConfigError):
+    """A batch of samples came out NaN or inf: nothing is written for it."""
 
 
 def generate_images(model, num: int, config: SampleConfig | None = None, *, seed: int = 0, sampler: str | None = None,
                     steps: int | None = None, cfg_scale: float | None = None,
                     guidance_interval: tuple[float, float] | None = None,
-                    labels="random", batch_size: int = 64, vae=None, start: int = 0,
+                    labels="random", batch_size: int = 64, vae=None, decode=None, start: int = 0,
                     progress: bool = False, guided_channels: int | str | None = None) -> np.ndarray:
-    """Generate images in-process (demo, training previews); same images as ``repa sample`` for the same seed.
+    """Generate images in-process (the default job, training previews, ``repa sample-grid``); the same images as
+    ``repa sample`` for the same seed.
 
     Args:
         model: a ``LoadedModel`` (``repa.load_model``; its training interpolant is used) or a network with
@@ -143,49 +140,53 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
             the network, 250 steps, no guidance).
         seed: base seed; sample i depends on (seed, i) only.
         sampler, steps, cfg_scale, guidance_interval, guided_channels: override the fields of ``config``.
-        labels: ``random``, ``balanced`` or an int array of ``num`` class indices.
+        labels: ``random``, ``balanced`` or an int array of ``num`` class indices (ignored: unconditional models).
         batch_size: samples per forward batch (does not change the result).
         vae: a loaded ``AutoencoderKL`` (``repa.autoencoder.load_vae``) or a hub id / folder; latent models only.
+        decode: instead of ``vae``, any function latents -> uint8 images (the default job's own VAE).
     Returns:
         uint8 numpy (num, C, H, W): C = 3 for latent models, the model's channels for pixel models.
     """
     from tqdm.auto import tqdm
-    sc = sample_config(config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                       guidance_interval=guidance_interval, guided_channels=guided_channels)
-    check_sampling_args(num=num, seed=seed, sampler=sc.sampler, steps=sc.steps, cfg_scale=sc.cfg_scale,
-                        guidance_interval=sc.guidance_interval, labels=labels, batch_size=batch_size)
+    check_request(num=num, seed=seed, labels=labels, batch_size=batch_size)
+    resolve_sampling(None, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                     guidance_interval=guidance_interval, guided_channels=guided_channels)  # before the model
     loaded = as_loaded(model)
-    sampler = sc.sampler_for(loaded.config.prediction)
-    steps, cfg_scale, guidance_interval, guided_channels = (sc.steps, sc.cfg_scale, sc.guidance_interval,
-                                                            sc.guided_channels)
-    _check_model(loaded.config, cfg_scale, labels)
-    vae = _resolve_vae(loaded, vae)
+    settings = resolve_sampling(loaded, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                                guidance_interval=guidance_interval, guided_channels=guided_channels)
+    decode = decode or decoder(loaded, vae)
     indices = np.arange(start, start + num)
-    if isinstance(labels, str):
-        all_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
-    else:
-        all_labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if len(all_labels) != num:
-            raise ValueError(f"got {len(all_labels)} labels for {num} images")
+    all_labels = request_labels(loaded.config, indices, seed, labels)
     out = []
     for b in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
-        out.append(_generate_batch(loaded, indices[b:b + batch_size], all_labels[b:b + batch_size], seed=seed,
-                                   sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                   guidance_interval=guidance_interval, vae=vae, guided_channels=guided_channels))
+        part = slice(b, b + batch_size)
+        out.append(generate_batch(loaded, indices[part], None if all_labels is None else all_labels[part], settings,
+                                  seed=seed, decode=decode))
     return np.concatenate(out)
 
 
-def _resolve_vae(loaded: LoadedModel, vae):
-    """None for pixel models; a loaded VAE for latent models (loading a hub id / folder, default sd-vae-ft-ema)."""
+def sample_grid_png(model, path, config: SampleConfig | None = None, *, num: int = 16, seed: int = 0,
+                    decode=None, vae=None, **overrides) -> None:
+    """Sample ``num`` images with ``generate_images`` (labels cycle through the classes) and write them as one PNG
+    grid (``repa sample-grid``, training previews)."""
+    from repa.visualize import image_grid, save_png
+    images = generate_images(model, num, config, seed=seed, labels="balanced", decode=decode, vae=vae,
+                             batch_size=num, **overrides)
+    save_png(image_grid(images), path)
+
+
+def decoder(loaded: LoadedModel, vae):
+    """None for pixel models; for latent models latents -> uint8 images through ``vae`` (a loaded AutoencoderKL,
+    or a hub id / folder loaded once per process; default sd-vae-ft-ema)."""
     if loaded.config.space != "latent":
         if vae is not None:
-            raise ValueError(f"{loaded.config.name} is a pixel-space model: it needs no VAE, but vae={vae!r} was "
-                             "given")
+            raise ConfigError(f"{loaded.config.name} is a pixel-space model: it needs no VAE, but vae={vae!r} was "
+                              "given")
         return None
-    if vae is None or isinstance(vae, (str, os.PathLike)):
-        from repa.autoencoder import DECODE_VAE, load_vae
-        return load_vae(vae or DECODE_VAE, device=next(loaded.model.parameters()).device)
-    return vae
+    from repa.autoencoder import DECODE_VAE, cached_vae, decode
+    model = vae if vae is not None and not isinstance(vae, (str, os.PathLike)) else \
+        cached_vae(vae or DECODE_VAE, next(loaded.model.parameters()).device)
+    return lambda z: decode(model, z)
 
 
 # ---- files -----------------------------------------------------------------------------------------------------
@@ -230,12 +231,10 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
     ``origin`` is ``repa.load_model``'s (which network a checkpoint without this project's config holds).
     Returns the path of ``samples.npz``. One process (one ``torchrun`` job) writes a folder at a time.
     """
-    sc = sample_config(config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                       guidance_interval=guidance_interval, guided_channels=guided_channels)
-    sampler, steps, cfg_scale, guidance_interval, guided_channels = (sc.sampler, sc.steps, sc.cfg_scale,
-                                                                     sc.guidance_interval, sc.guided_channels)
-    check_sampling_args(num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                        guidance_interval=guidance_interval, labels=labels, batch_size=batch_size)
+    overrides = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
+                     guided_channels=guided_channels)
+    check_request(num=num, seed=seed, labels=labels, batch_size=batch_size)
+    resolve_sampling(None, config, **overrides)          # the settings alone, before anything is loaded
     from repa.hub import looks_like_hub_id
     if not os.path.exists(checkpoint) and not looks_like_hub_id(str(checkpoint)):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
@@ -246,45 +245,41 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
     if is_main:
         check_output_dir(out, "--out")
     with claim_folder(out, "sample folder", enabled=is_main):    # one writer per sample folder
-        return _sample_claimed(checkpoint, out, num=num, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                               guidance_interval=guidance_interval, labels=labels, batch_size=batch_size, vae=vae,
-                               which=which, device=device, progress=progress, guided_channels=guided_channels,
+        return _sample_claimed(checkpoint, out, config, overrides, num=num, seed=seed, labels=labels,
+                               batch_size=batch_size, vae=vae, which=which, device=device, progress=progress,
                                origin=origin)
 
 
-def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_scale, guidance_interval, labels,
-                    batch_size, vae, which, device, progress, guided_channels, origin) -> Path:
+def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labels, batch_size, vae, which, device,
+                    progress, origin) -> Path:
     """The work of ``sample_to_npz`` once the arguments are checked and ``out`` is locked."""
     from tqdm.auto import tqdm
     from repa import distributed
     from repa.config import to_dict
     from repa.runlock import clean_stale_temp_files
     from repa.visualize import image_grid, save_png
-    settings = {"checkpoint": str(Path(checkpoint).resolve()) if os.path.exists(checkpoint) else str(checkpoint),
-                "which": which, "num": num, "seed": seed,
-                "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,
-                "guidance_interval": [float(v) for v in guidance_interval], "labels": labels, "vae": vae}
-    if guided_channels is not None or origin != "auto":       # absent when default: older settings files still match
-        settings.update(guided_channels=guided_channels, origin=origin)
+    target = out / SAMPLES_FILE
     settings_path = out / SETTINGS_FILE
-    done_any = (out / SAMPLES_FILE).is_file() or any((out / SHARD_DIR).glob("*.npz"))
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    process = distributed.init(device)
+    loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
+    sampling = resolve_sampling(loaded, config, **overrides)
+    condition_for(loaded.model).check_guidable(sampling.cfg_scale)     # before any file is written
+    settings = {"checkpoint": str(Path(checkpoint).resolve()) if os.path.exists(checkpoint) else str(checkpoint),
+                "which": which, "num": num, "seed": seed, **sampling.as_settings(), "labels": labels, "vae": vae}
+    if sampling.guided_channels is not None or origin != "auto":   # absent when default: older files still match
+        settings.update(guided_channels=sampling.guided_channels, origin=origin)
+    done_any = target.is_file() or any((out / SHARD_DIR).glob("*.npz"))
     if settings_path.is_file() and done_any:          # settings without any finished batch claim nothing
         previous = json.loads(settings_path.read_text()).get("settings", {})
         changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
         if changed:
-            raise ValueError(f"{out} holds samples made with other settings {changed} (old, new); use another --out "
-                             f"or delete the folder")
-    target = out / SAMPLES_FILE
+            raise ConfigError(f"{out} holds samples made with other settings {changed} (old, new); use another "
+                              f"--out or delete the folder")
     if target.is_file():
         print(f"{target} is complete; nothing to do")
         return target
-
-    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    process = distributed.init(device)
-    loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
-    _check_model(loaded.config, cfg_scale, labels)
-    sampler = SampleConfig(sampler=sampler).sampler_for(loaded.config.prediction)
-    vae_model = _resolve_vae(loaded, vae)
+    decode = decoder(loaded, vae)
     if process.is_main:
         clean_stale_temp_files(out)                # half-written files of a killed run
         clean_stale_temp_files(out / SHARD_DIR)
@@ -302,11 +297,10 @@ def _sample_claimed(checkpoint, out: Path, *, num, seed, sampler, steps, cfg_sca
     for start, end in tqdm(todo, disable=not (progress and process.is_main), desc="sampling", unit="batch"):
         indices = np.arange(start, end)
         batch_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
-        images = _generate_batch(loaded, indices, batch_labels, seed=seed, sampler=sampler, steps=steps,
-                                 cfg_scale=cfg_scale, guidance_interval=guidance_interval, vae=vae_model,
-                                 guided_channels=guided_channels)
+        images = generate_batch(loaded, indices, batch_labels, sampling, seed=seed, decode=decode)
+        stored = np.full(len(indices), -1, np.int64) if batch_labels is None else batch_labels
         atomic_write(_shard_file(out, start, end),
-                      lambda f: np.savez(f, images=images, labels=batch_labels, indices=indices))
+                     lambda f: np.savez(f, images=images, labels=stored, indices=indices))
     distributed.barrier()
 
     if process.is_main:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from repa.conditions import condition_of
 from repa.config import ModelConfig
 
 
@@ -248,7 +249,9 @@ class SiT(nn.Module):
         c = config
         self.x_embedder = PatchEmbed(c.in_channels, c.hidden_size, c.patch_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
-        self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size, with_null_class=c.class_dropout > 0)
+        # an unconditional network (num_classes 0, repa.conditions.Unconditional) has no label table
+        self.y_embedder = (LabelEmbedder(c.num_classes, c.hidden_size, with_null_class=c.class_dropout > 0)
+                           if c.num_classes > 0 else None)
         pos_embed = sincos_2d(c.hidden_size, c.grid_size)                          # (N, D)
         if c.class_token:                       # the class token's position embedding is zero (the reference)
             pos_embed = torch.cat([torch.zeros(1, c.hidden_size), pos_embed])       # (1 + N, D)
@@ -273,7 +276,8 @@ class SiT(nn.Module):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in self.blocks:
@@ -297,9 +301,25 @@ class SiT(nn.Module):
         """Time conditioning; SiT embeds the raw t in [0, 1] (DiT overrides this)."""
         return self.t_embedder(t)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The prediction (B, C_out, H, W) for x_t (B, C, H, W) at times t (B,) with labels y (B,)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The prediction (B, C_out, H, W) for x_t (B, C, H, W) at times t (B,) with labels y (B,) (None for an
+        unconditional network)."""
         return self.forward_features(x, t, y).prediction
+
+    @property
+    def condition(self):
+        """What the network is conditioned on (``repa.conditions``): its null value, its dropout."""
+        return condition_of(self.config)
+
+    def embed_condition(self, y: torch.Tensor | None) -> torch.Tensor | float:
+        """Label embeddings (B, D), or 0 for an unconditional network (which must be given y=None)."""
+        if self.y_embedder is None:
+            if y is not None:
+                raise ValueError("this network is unconditional (model.num_classes=0): pass y=None")
+            return 0.0
+        if y is None:
+            raise ValueError(f"this network is class-conditional ({self.config.num_classes} classes): pass labels y")
+        return self.y_embedder(y)
 
     def embed_class_token(self, class_token: torch.Tensor | None, batch: int) -> torch.Tensor:
         """REG: the noisy class token (B, E) -> its input token (B, 1, D)."""
@@ -341,7 +361,7 @@ class SiT(nn.Module):
         if reg:
             h = torch.cat([self.embed_class_token(class_token, x.shape[0]), h], dim=1)     # (B, 1 + N, D)
         h = h + self.pos_embed
-        c = self.embed_time(t) + self.y_embedder(y)                 # (B, D)
+        c = self.embed_time(t) + self.embed_condition(y)             # (B, D)
         projected: list[torch.Tensor] = []
         hidden: dict[int, torch.Tensor] = {}
         maps: dict[int, torch.Tensor] = {}
