@@ -126,6 +126,8 @@ def check_dataset_for_model(cfg, dataset) -> None:
             raise ConfigError(f"{where} does not match its manifest: {'; '.join(problems[:3])}"
                               f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; run "
                               f"`repa prepare --verify {where}` and prepare it again")
+    if m.num_classes == 0:                         # an unconditional model reads no labels
+        return
     labels = getattr(dataset, "labels", None)
     if labels is not None and len(labels):
         low, high = int(labels.min()), int(labels.max())
