@@ -23,7 +23,8 @@ class Dataset(Protocol):
         class_names: class names, index = label.
         labels: int64 (N,), the label of every item.
         has_latents: ``get_batch`` can return ``"latent_mean"`` and ``"latent_std"`` (the VAE posterior moments).
-        path: the dataset folder, or None for data held only in memory (nothing to verify, nothing to cache by).
+        path: the folder ``repa prepare`` wrote (training checks it against its manifest; evaluation caches
+            reference statistics by it), or None for data with no such folder, e.g. held in memory.
     """
 
     resolution: int
