@@ -1,4 +1,7 @@
-"""Checks that run before anything is built or written: devices, output paths, a dataset against the model.
+"""Checks that run before anything is built or written: devices, output paths, logging packages, the compiler.
+
+This module sits below every other part of the package and imports none of them but ``repa.config``; the checks of a
+dataset against the model live with the data (``repa.data.checks``).
 
 Every function raises an error whose message names the argument or file and says how to fix it (``ValueError``
 and its subclasses, ``FileNotFoundError``, ``OSError`` with a readable reason); the command line prints it as one
@@ -80,63 +83,6 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, f"{where} is a file, not a folder; give a folder path",
                                  str(existing))
     _probe_writable(existing, target, flag)
-
-
-# ---- a dataset against the model that will train on it ------------------------------------------------------------
-
-def _item_shape(dataset, key: str):
-    manifest = getattr(dataset, "manifest", None) or {}
-    spec = manifest.get("arrays", {}).get(key)
-    if spec is not None:
-        return tuple(spec["item_shape"])
-    extra = getattr(dataset, "extra", {})
-    return tuple(extra[key].shape[1:]) if key in extra else None
-
-
-def check_dataset_for_model(cfg, dataset) -> None:
-    """Refuse a dataset whose images (or latents), resolution or labels do not fit ``cfg`` (a TrainConfig).
-
-    For a prepared dataset the shard files are also checked against the manifest (sizes, shapes, dtypes; the full
-    hashes stay with ``repa prepare --verify``).
-    """
-    m, where = cfg.model, getattr(dataset, "path", "the dataset")
-    if m.space == "pixel":
-        have = (dataset.channels, dataset.resolution)
-        if have != (m.in_channels, m.input_size):
-            raise ConfigError(f"{where} holds {dataset.channels}x{dataset.resolution}x{dataset.resolution} images, "
-                              f"the pixel-space model expects {m.in_channels}x{m.input_size}x{m.input_size}: set "
-                              f"--model.in-channels {dataset.channels} --model.input-size {dataset.resolution} "
-                              f"--data.resolution {dataset.resolution}, or prepare the data at that size")
-    else:
-        shape = _item_shape(dataset, "latent_mean")
-        if shape is None:
-            raise ConfigError(f"model.space is 'latent' but {where} has no VAE latents; prepare it with "
-                              f"`repa prepare SOURCE OUT --latents`, or train in pixel space (--model.space pixel)")
-        if tuple(shape) != (m.in_channels, m.input_size, m.input_size):
-            raise ConfigError(f"{where} holds latents of shape {tuple(shape)}, the model expects "
-                              f"{(m.in_channels, m.input_size, m.input_size)}: set --model.in-channels {shape[0]} "
-                              f"--model.input-size {shape[1]}")
-    if cfg.data.resolution != dataset.resolution:
-        raise ConfigError(f"data.resolution is {cfg.data.resolution} but {where} holds {dataset.resolution}px "
-                          f"images: set --data.resolution {dataset.resolution}")
-    if getattr(dataset, "path", None) and hasattr(dataset, "manifest") and "arrays" in dataset.manifest:
-        from repa.data.verify import verify_dataset
-        problems = verify_dataset(dataset.path, check_hashes=False)
-        if problems:
-            raise ConfigError(f"{where} does not match its manifest: {'; '.join(problems[:3])}"
-                              f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; run "
-                              f"`repa prepare --verify {where}` and prepare it again")
-    if m.num_classes == 0:                         # an unconditional model reads no labels
-        return
-    labels = getattr(dataset, "labels", None)
-    if labels is not None and len(labels):
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= m.num_classes:
-            raise ConfigError(f"{where} has labels {low}..{high}, outside the model's classes 0..{m.num_classes - 1}:"
-                              f" set --model.num-classes {max(high + 1, dataset.num_classes)}")
-    if dataset.num_classes > m.num_classes:
-        raise ConfigError(f"model.num_classes={m.num_classes} but {where} has {dataset.num_classes} classes: set "
-                          f"--model.num-classes {dataset.num_classes}")
 
 
 def check_logging_packages(cfg) -> None:

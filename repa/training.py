@@ -25,7 +25,8 @@ from repa.data.loader import BatchLoader
 from repa.interrupt import GracefulStop, Interrupted
 from repa.models import FeaturesView, build_model
 from repa.objectives import StepContext, get_objective, validate
-from repa.preflight import check_dataset_for_model, check_output_dir
+from repa.data.checks import check_dataset_for_model
+from repa.preflight import check_output_dir
 from repa.runlock import claim_folder, clean_stale_temp_files
 from repa.teachers import Teachers
 from repa.training_utils import MetricsLog, NonFiniteError, autocast_context, lr_at, sample_preview

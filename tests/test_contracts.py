@@ -1,5 +1,6 @@
 """The seams between the parts: every registered model trains through its objective, guidance is one wrapper,
-configs derive what they can, old configs still load, and ``repa/`` has no import circles."""
+configs derive what they can, old configs still load, and ``repa/`` has no import circles and no import that runs
+back up its layers."""
 import ast
 import dataclasses
 import json
@@ -160,3 +161,61 @@ def test_repa_has_no_import_circles():
     cycles = _cycles(graph)
     assert [c for c in cycles if c not in ALLOWED_CYCLES] == []
     assert all(c in cycles for c in ALLOWED_CYCLES), "an allowed cycle is gone: remove it from ALLOWED_CYCLES"
+
+
+# The package in layers, bottom first: a module imports only modules of its own layer or of layers below it
+# (function-body imports count). Each module belongs to the layer of the longest name below that it starts with.
+LAYERS = [
+    ("foundation: config, paths, file and device guards",
+     ["repa", "repa.config", "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
+      "repa.runlock", "repa.preflight", "repa.guidance"]),
+    ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
+     ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.encoders", "repa.autoencoder",
+      "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.evaluation.fid", "repa.evaluation.inception",
+      "repa.evaluation.npz", "repa.evaluation.prdc", "repa.analysis.metrics", "repa.analysis.probe",
+      "repa.analysis.plots", "repa.analysis.features"]),
+    ("pipelines: checkpoints, sampling, training, evaluation, analysis",
+     ["repa.checkpoint", "repa.samplers", "repa.presets", "repa.visualize", "repa.training", "repa.training_utils",
+      "repa.evaluation", "repa.analysis"]),
+    ("the demo", ["repa.demo"]),
+    ("the command line", ["repa.cli", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
+                          "repa.data.prepare_cli"]),
+]
+
+
+def _layer_of(module: str) -> int | None:
+    best = None
+    for level, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (level, len(prefix))
+    return None if best is None else best[0]
+
+
+def _upward_imports(graph: dict[str, set[str]], module: str) -> list[str]:
+    """The imports of ``module`` that reach a higher layer than its own, as "a (layer) -> b (layer)"."""
+    own = _layer_of(module)
+    return [f"{module} ({LAYERS[own][0]}) -> {target} ({LAYERS[_layer_of(target)][0]})"
+            for target in sorted(graph[module]) if _layer_of(target) > own]
+
+
+def test_layer_checker_finds_a_planted_upward_import():
+    graph = {"repa.preflight": {"repa.config", "repa.data.checks"}, "repa.cli": {"repa.preflight"}}
+    assert _upward_imports(graph, "repa.cli") == []
+    assert _upward_imports(graph, "repa.preflight") == [
+        f"repa.preflight ({LAYERS[0][0]}) -> repa.data.checks ({LAYERS[1][0]})"]
+    assert _layer_of("repa.data.prepare_cli") == 4 and _layer_of("repa.data.store") == 1
+    assert _layer_of("repa.evaluation.generate") == 2 and _layer_of("repa.evaluation.fid") == 1
+
+
+GRAPH = _import_graph()       # read once for the cases below
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in sorted(GRAPH) if _layer_of(m) is None] == []
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_no_import_runs_back_up_the_layers(module):
+    """One case per module, so a failure names the module (e.g. ``[repa.preflight]``) and the import."""
+    assert _upward_imports(GRAPH, module) == []

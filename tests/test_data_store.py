@@ -42,6 +42,30 @@ def test_get_batch_equals_the_arrays_in_any_order(arrays, tmp_path):
         ds.get_batch([-1])
 
 
+def test_both_datasets_implement_the_dataset_protocol_alike(arrays, tmp_path):
+    """The members a dataset is read through (``repa.data.Dataset``) agree between a folder and the same arrays."""
+    import typing
+
+    from repa.data import Dataset
+    path = save_arrays(tmp_path / "ds", arrays["image"], arrays["label"], latent_mean=arrays["latent_mean"],
+                       latent_std=arrays["latent_std"], chunk_size=8)
+    disk = open_dataset(path)
+    memory = ArrayDataset(arrays["image"], arrays["label"], num_classes=disk.num_classes,
+                          latent_mean=arrays["latent_mean"], latent_std=arrays["latent_std"])
+    members = set(typing.get_type_hints(Dataset)) | {"__len__", "get_batch", "array_shape", "token_cache_key"}
+    for ds in (disk, memory):
+        assert isinstance(ds, Dataset) and Dataset in type(ds).__mro__                 # declared, not duck-typed
+        assert all(hasattr(ds, name) for name in members)
+    for name in ("resolution", "channels", "num_classes", "has_latents", "class_names"):
+        assert getattr(disk, name) == getattr(memory, name), name
+    assert len(disk) == len(memory) == 37
+    assert np.array_equal(disk.labels, memory.labels)
+    assert disk.path == str(path) and memory.path is None
+    for key, shape in (("image", (3, 8, 8)), ("label", ()), ("latent_mean", (4, 1, 1)), ("tokens:x", None)):
+        assert disk.array_shape(key) == memory.array_shape(key) == shape, key
+    assert disk.token_cache_key("enc", 8, 2) is None and memory.token_cache_key("enc", 8, 2) is None
+
+
 def test_loader_over_a_prepared_dataset_matches_memory(arrays, tmp_path):
     path = save_arrays(tmp_path / "ds", arrays["image"], arrays["label"], chunk_size=8)
     disk = BatchLoader(open_dataset(path), 6, seed=3)
@@ -76,3 +100,25 @@ def test_shard_shape_mismatch_is_reported(arrays, tmp_path):
     np.save(os.path.join(path, "image", "000001.npy"), arrays["image"][:7])
     with pytest.raises(DataError, match="image/000001.npy: shape"):
         open_dataset(path).get_batch([9])
+
+
+def test_a_dataset_is_checked_against_the_model_through_the_protocol(arrays, tmp_path):
+    """``repa.data.checks.check_dataset_for_model`` reads latents' shapes with ``array_shape`` (folder or memory)."""
+    import dataclasses
+
+    from repa.config import ConfigError
+    from repa.data.checks import check_dataset_for_model
+    from tests.conftest import tiny_model_config, tiny_train_config
+    latents = np.zeros((37, 4, 2, 2), np.float32)
+    path = save_arrays(tmp_path / "ds", arrays["image"], arrays["label"], latent_mean=latents, latent_std=latents + 1,
+                       chunk_size=8)
+    memory = ArrayDataset(arrays["image"], arrays["label"], latent_mean=latents, latent_std=latents + 1)
+    cfg = tiny_train_config(tmp_path / "run", model=tiny_model_config(space="latent", in_channels=4, input_size=2,
+                                                                        num_classes=5))
+    for ds in (open_dataset(path), memory):
+        check_dataset_for_model(cfg, ds)
+        bigger = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_size=4))
+        with pytest.raises(ConfigError, match=r"latents of shape \(4, 2, 2\).*--model.input-size 2"):
+            check_dataset_for_model(bigger, ds)
+    with pytest.raises(ConfigError, match="the dataset has no VAE latents"):
+        check_dataset_for_model(cfg, ArrayDataset(arrays["image"], arrays["label"]))

@@ -28,6 +28,7 @@ from repa.analysis.features import FeatureSet, check_time, encoder_features, ext
 from repa.analysis.metrics import cka, cknna, l2_normalize, mutual_knn
 from repa.analysis.probe import linear_probe
 from repa.checkpoint import LoadedModel, load_model
+from repa.data.protocol import Dataset
 from repa.utils import from_uint8
 
 
@@ -159,12 +160,16 @@ def fixed_subset(dataset_size: int, num_samples: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(dataset_size, size=num_samples, replace=False))
 
 
-def dataset_batches(dataset, indices: np.ndarray, batch_size: int, *, space: str, seed: int) -> Iterable[dict]:
+def dataset_batches(dataset: Dataset, indices: np.ndarray, batch_size: int, *, space: str,
+                    seed: int) -> Iterable[dict]:
     """Batches of the prepared dataset as the analysis needs them: ``x0`` (model space), ``label``, ``image``.
 
     Pixel models take images mapped to [-1, 1]; latent models take one posterior sample per image drawn with a
     generator seeded by (seed, position in the subset), so every checkpoint sees identical inputs.
     """
+    if space == "latent" and not dataset.has_latents:
+        raise ValueError("the model works on VAE latents but the dataset has none; prepare it with a VAE "
+                         "(repa prepare --vae ...)")
     for start in range(0, len(indices), batch_size):
         wanted = ["image", "label"] + (["latent_mean", "latent_std"] if space == "latent" else [])
         batch = dataset.get_batch(indices[start:start + batch_size], keys=wanted)
@@ -172,9 +177,6 @@ def dataset_batches(dataset, indices: np.ndarray, batch_size: int, *, space: str
         if space == "pixel":
             x0 = from_uint8(image)
         elif space == "latent":
-            if "latent_mean" not in batch:
-                raise ValueError("the model works on VAE latents but the dataset has none; prepare it with a VAE "
-                                 "(repa prepare --vae ...)")
             from repa.autoencoder import sample_latents
             mean = torch.from_numpy(np.asarray(batch["latent_mean"])).float()
             std = torch.from_numpy(np.asarray(batch["latent_std"])).float()
@@ -225,8 +227,8 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
 
     Args:
         checkpoints: checkpoint files (one run at several steps, or several runs, e.g. REPA and vanilla).
-        data: prepared dataset directory (``repa.data.open_dataset``), or a dataset object with the same interface
-            (``len``, ``get_batch``, ``resolution``, ``num_classes``), e.g. ``repa.data.memory.ArrayDataset``.
+        data: prepared dataset directory (``repa.data.open_dataset``), or a ``repa.data.Dataset`` object, e.g.
+            ``repa.data.memory.ArrayDataset``.
         out: output folder for ``analysis.json`` and the PNG plots.
         opts: analysis settings.
         encoder: encoder name (``repa.encoders.load_encoder``) or an encoder object (uint8 images -> (B, N, E),

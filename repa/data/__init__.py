@@ -1,11 +1,12 @@
 """Dataset preparation (``repa prepare``) and fast random access to prepared datasets.
 
 ``open_dataset(path)`` opens a directory written by ``prepare_dataset``; ``BatchLoader`` (repa.data.loader) streams
-it. Preparation, verification and token caches are imported on first use, so importing this package stays cheap.
+it. ``Dataset`` is the interface that an opened dataset and ``repa.data.memory.ArrayDataset`` implement. Preparation, verification and token caches are imported on first use, so importing this package stays cheap.
 """
+from repa.data.protocol import Dataset
 from repa.data.store import DataError, PreparedDataset, open_dataset
 
-__all__ = ["DataError", "PreparedDataset", "open_dataset", "prepare_dataset", "verify_dataset", "build_token_cache"]
+__all__ = ["DataError", "Dataset", "PreparedDataset", "open_dataset", "prepare_dataset", "verify_dataset", "build_token_cache"]
 
 
 def __getattr__(name: str):

