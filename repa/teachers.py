@@ -13,7 +13,7 @@ import torch
 
 from repa.config import ConfigError, TrainConfig
 from repa.encoders import check_train_encoders, load_encoder, pool_tokens, pooled_class_token
-from repa.training_utils import autocast_context
+from repa.utils import autocast_context
 
 
 @dataclass(frozen=True)

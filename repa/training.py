@@ -29,8 +29,8 @@ from repa.data.checks import check_dataset_for_model
 from repa.preflight import check_output_dir
 from repa.runlock import claim_folder, clean_stale_temp_files
 from repa.teachers import Teachers
-from repa.training_utils import MetricsLog, NonFiniteError, autocast_context, lr_at, sample_preview
-from repa.utils import atomic_write_text
+from repa.training_utils import MetricsLog, NonFiniteError, lr_at, sample_preview
+from repa.utils import atomic_write_text, autocast_context
 
 # Fields that may change when a run resumes without --allow-config-change.
 RESUME_SAFE_FIELDS = {"max_steps", "log_every", "ckpt_every", "keep_last", "milestone_every", "sample_every", "sample_steps", "sample_vae",

@@ -1,7 +1,6 @@
 """Small helpers of the training loop: schedules, precision contexts, metrics logging, previews."""
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import warnings
@@ -25,14 +24,6 @@ def lr_at(optim: OptimConfig, step: int) -> float:
     if optim.warmup_steps > 0 and step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
     return optim.lr
-
-
-def autocast_context(precision: str, device: torch.device):
-    """Autocast for bf16/fp16 on the given device; nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -1,6 +1,7 @@
 """Small utilities shared across the package: atomic writes, file digests, library versions, image scaling."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -68,3 +69,11 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["atomic_write", "atomic_write_text", "from_uint8", "library_versions", "sha256_file", "to_uint8"]
+
+
+def autocast_context(precision: str, device: torch.device):
+    """Autocast for bf16/fp16 on the given device; nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

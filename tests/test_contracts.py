@@ -168,9 +168,9 @@ def test_repa_has_no_import_circles():
 LAYERS = [
     ("foundation: config, paths, file and device guards",
      ["repa", "repa.config", "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
-      "repa.runlock", "repa.preflight", "repa.guidance"]),
+      "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
-     ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.encoders", "repa.autoencoder",
+     ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
       "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.evaluation.fid", "repa.evaluation.inception",
       "repa.evaluation.npz", "repa.evaluation.prdc", "repa.analysis.metrics", "repa.analysis.probe",
       "repa.analysis.plots", "repa.analysis.features"]),
