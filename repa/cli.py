@@ -294,7 +294,8 @@ def _merge(base, data: dict):
     if set(data) - set(names):
         raise ConfigError(f"unknown option(s) {sorted(set(data) - set(names))}; known: {names}")
     return dataclasses.replace(base, **{k: _merge(getattr(base, k), v) if isinstance(v, dict) and
-                                        dataclasses.is_dataclass(getattr(base, k)) else v for k, v in data.items()})
+                                        dataclasses.is_dataclass(getattr(base, k)) else
+                                        tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def _flags(cls: type, prefix: str = "") -> dict[str, bool]:
