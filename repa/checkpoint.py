@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from repa import distributed
-from repa.config import ModelConfig, TrainConfig, to_json, train_config_from_dict
+from repa.config import ConfigError, ModelConfig, TrainConfig, to_json, train_config_from_dict
 from repa.integrity import (add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
                             verify_state_digest)
 from repa.models import build_model, heads_of, size_of
@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 CKPT_PATTERN = re.compile(r"^(\d{8})\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConfigError):
     """A checkpoint is missing, truncated, corrupt, or not a REPA/SiT checkpoint."""
 
 
@@ -315,9 +315,9 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
         A ``LoadedModel``: the network (``.model``, with ``.config``), the training config (or None) and the step.
     """
     if which not in ("ema", "model"):
-        raise ValueError(f"which must be 'ema' or 'model', got {which!r}")
+        raise ConfigError(f"which must be 'ema' or 'model', got {which!r}")
     if origin not in ORIGINS:
-        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
+        raise ConfigError(f"origin must be one of {ORIGINS}, got {origin!r}")
     from repa import hub
     if not os.path.exists(path) and hub.looks_like_hub_id(str(path)):
         path = hub.hub_folder(str(path))
@@ -368,10 +368,10 @@ def _build_and_load(model_cfg: ModelConfig, state: dict, path, device) -> torch.
 
 def _config_is_embedded(path, origin: str, encoder_depth: int | None) -> None:
     if origin != "auto":
-        raise ValueError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
+        raise ConfigError(f"{path} embeds its config; origin={origin!r} applies only to reference and released "
                          "checkpoints")
     if encoder_depth is not None:
-        raise ValueError(f"{path} embeds its config (encoder_depth included); encoder_depth applies only to state "
+        raise ConfigError(f"{path} embeds its config (encoder_depth included); encoder_depth applies only to state "
                          "dicts that do not record it")
 
 
@@ -380,7 +380,7 @@ def _settle_encoder_depth(cfg: ModelConfig, encoder_depth: int | None, recorded:
     paper's 8 with a warning (the shapes of a state dict cannot tell)."""
     if encoder_depth is not None:
         if not 1 <= encoder_depth <= cfg.depth:
-            raise ValueError(f"encoder_depth must be in 1..{cfg.depth} (the model depth), got {encoder_depth}")
+            raise ConfigError(f"encoder_depth must be in 1..{cfg.depth} (the model depth), got {encoder_depth}")
         return dataclasses.replace(cfg, encoder_depth=int(encoder_depth))
     if not recorded and cfg.encoder_dims:
         warnings.warn(f"{path} does not record which block its REPA projectors read; assuming block "
@@ -399,7 +399,7 @@ def _load_folder(folder: Path, *, which: str, device, origin: str, encoder_depth
     except hub.ModelFolderError as exc:
         raise CheckpointError(str(exc)) from None
     if which != meta_which:
-        raise ValueError(f"{folder} holds the {meta_which!r} weights only (exported with which={meta_which!r}); "
+        raise ConfigError(f"{folder} holds the {meta_which!r} weights only (exported with which={meta_which!r}); "
                          f"export the checkpoint again with `--which {which}`")
     try:
         check_finite(state, folder, f"{which} weights")

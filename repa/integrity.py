@@ -15,6 +15,7 @@ import pickle
 import re
 
 import torch
+from repa.config import ConfigError
 
 DIGEST_KEY = "content_sha256"
 
@@ -56,7 +57,7 @@ def verify_state_digest(state: dict, path) -> None:
     if stored is None:
         return
     if not isinstance(stored, str) or state_digest(state) != stored:
-        raise ValueError(f"checkpoint {path} is corrupt: its content does not match the digest stored inside it "
+        raise ConfigError(f"checkpoint {path} is corrupt: its content does not match the digest stored inside it "
                          f"(a flipped or damaged byte); use another checkpoint")
 
 
@@ -65,7 +66,7 @@ def check_finite(state: dict, path, what: str = "weights") -> None:
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             bad = value[~torch.isfinite(value)].flatten()[0].item()
-            raise ValueError(f"checkpoint {path} holds non-finite {what} ({name} contains {bad}); the file is "
+            raise ConfigError(f"checkpoint {path} holds non-finite {what} ({name} contains {bad}); the file is "
                              f"corrupt or the run diverged before it was written: use an earlier checkpoint")
 
 
@@ -99,10 +100,10 @@ def load_weights_file(path: str | os.PathLike, what: str = "weights"):
         found = _GLOBAL.search(str(exc))
         name = f" (it refers to the Python object {found.group(1)}, which was blocked)" \
             if found else ""
-        raise ValueError(f"{what} file {path} is not a weights-only file{name}; nothing in it was executed. "
+        raise ConfigError(f"{what} file {path} is not a weights-only file{name}; nothing in it was executed. "
                          f"Give a state dict of tensors (torch.save(model.state_dict(), ...))") from None
     except Exception as exc:  # zip errors, truncated files, random bytes
-        raise ValueError(f"{what} file {path} is not a readable torch weights file ({type(exc).__name__}: "
+        raise ConfigError(f"{what} file {path} is not a readable torch weights file ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
 
 
@@ -110,12 +111,12 @@ def load_state_dict_file(path: str | os.PathLike, what: str = "weights") -> dict
     """``load_weights_file`` that also requires a dict whose values are tensors (nested dicts allowed)."""
     obj = load_weights_file(path, what)
     if not isinstance(obj, dict):
-        raise ValueError(f"{what} file {path} holds a {type(obj).__name__}, not a state dict of tensors")
+        raise ConfigError(f"{what} file {path} holds a {type(obj).__name__}, not a state dict of tensors")
 
     def has_tensor(o):
         return isinstance(o, torch.Tensor) or (isinstance(o, dict) and any(has_tensor(v) for v in o.values()))
     if not has_tensor(obj):
-        raise ValueError(f"{what} file {path} holds no tensors (keys {sorted(map(str, obj))[:5]}); it is not a "
+        raise ConfigError(f"{what} file {path} holds no tensors (keys {sorted(map(str, obj))[:5]}); it is not a "
                          f"state dict of weights")
     return obj
 

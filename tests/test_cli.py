@@ -50,3 +50,78 @@ def test_paper_presets_match_the_paper():
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "repa", "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "train" in done.stdout
+
+
+# ---- booleans, config sources, errors (issue 27, part 4) -----------------------------------------------------------
+
+def _dry_run(capsys, *argv):
+    assert main(["train", "--preset", "fmnist-REPA", *argv, "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("argv, fast", [
+    ([], False), (["--fast"], True), (["--no-fast"], False), (["--fast", "false"], False), (["--fast", "true"], True),
+    (["--fast=false"], False), (["--fast=True"], True), (["--fast", "--no-fast"], False),
+])
+def test_fast_means_what_it_says(capsys, argv, fast):
+    cfg = _dry_run(capsys, *argv)
+    assert (cfg["precision"], cfg["optim"]["fused"], cfg["compile"]) == (("bf16", True, True) if fast else
+                                                                         ("fp32", True, False))
+    from repa.cli import parse_command
+    assert parse_command("train", ["--preset", "fmnist-REPA", *argv]).fast is fast
+
+
+def test_explicit_flags_win_over_the_fast_path(capsys):
+    cfg = _dry_run(capsys, "--fast", "--precision", "fp32", "--compile", "false", "--optim.fused", "false")
+    assert (cfg["precision"], cfg["optim"]["fused"], cfg["compile"]) == ("fp32", False, False)
+    cfg = _dry_run(capsys, "--precision", "fp32", "--fast")              # the order does not matter
+    assert (cfg["precision"], cfg["compile"]) == ("fp32", True)
+
+
+@pytest.mark.parametrize("flag", ["--tensorboard", "--optim.fused", "--data.use-token-cache", "--wandb"])
+def test_every_boolean_takes_every_spelling(flag):
+    from repa.cli import parse_command
+    section, _, name = flag[2:].rpartition(".")
+    negative = f"--{section}{'.' if section else ''}no-{name}"
+
+    def value(*argv):
+        cfg = parse_command("train", ["--preset", "fmnist-REPA", *argv]).train
+        return getattr(getattr(cfg, section) if section else cfg, name.replace("-", "_"))
+    for argv, expected in (([flag], True), ([negative], False), ([flag, "true"], True), ([flag, "false"], False),
+                           ([f"{flag}=false"], False), ([f"{flag}=TRUE"], True), ([flag, "0"], False)):
+        assert value(*argv) is expected, argv
+
+
+def test_preset_then_file_then_flags(capsys, tmp_path):
+    (tmp_path / "f.yaml").write_text("max_steps: 11\nmodel:\n  encoder_depth: 3\noptim:\n  lr: 0.002\n")
+    cfg = _dry_run(capsys, "--config", str(tmp_path / "f.yaml"), "--optim.lr", "3e-4")
+    preset = get_preset("fmnist-REPA")
+    assert cfg["model"]["name"] == preset.model.name and cfg["model"]["depth"] == preset.model.depth   # the preset
+    assert (cfg["max_steps"], cfg["model"]["encoder_depth"]) == (11, 3)                            # the file over it
+    assert cfg["optim"]["lr"] == 3e-4                                                              # flags over both
+    (tmp_path / "run.json").write_text(__import__("repa.config", fromlist=["to_json"]).to_json(preset))
+    assert _dry_run(capsys, "--config", str(tmp_path / "run.json"), "--fast")["precision"] == "bf16"
+
+
+def test_a_bad_config_file_value_is_one_line(capsys, tmp_path):
+    (tmp_path / "f.yaml").write_text("max_steps: many\n")
+    assert main(["train", "--config", str(tmp_path / "f.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "f.yaml" in err and "max_steps" in err
+
+
+def test_a_plain_value_error_is_a_bug_and_keeps_its_traceback(monkeypatch):
+    from repa import cli
+
+    def broken(opts):
+        raise ValueError("an internal inconsistency")
+    monkeypatch.setitem(cli.COMMANDS, "presets", cli.Command("list", cli.COMMANDS["presets"].options, broken))
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["presets"])
+
+
+def test_eval_dinov2_alone_means_default():
+    from repa.cli import parse_command
+    assert parse_command("eval", ["s.npz", "--ref", "r.npz", "--dinov2"]).dinov2 == "default"
+    assert parse_command("eval", ["s.npz", "--ref", "r.npz", "--dinov2", "my/dir"]).dinov2 == "my/dir"
+    assert parse_command("eval", ["s.npz", "--ref", "r.npz"]).dinov2 is None

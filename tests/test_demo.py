@@ -59,9 +59,8 @@ def test_report_command_reproduces_the_settings():
     for flag in ("--steps 500", "--cfg-scale 2.0", "--autoencoder.steps=300", "--autoencoder.kl-weight=0.001"):
         assert flag in command
     # the command parses back to the same settings
-    from repa.cli import _demo_command_class
-    from repa.typed_cli import parse
-    parsed = parse(_demo_command_class(), shlex.split(command)[2:], prog="repa demo")
+    from repa.cli import parse_command
+    parsed = parse_command("demo", shlex.split(command)[2:])
     assert (parsed.seeds, parsed.first_seed, parsed.arms, parsed.steps, parsed.cfg_scale, parsed.autoencoder) == \
         (2, 2, demo.arms, 500, 2.0, demo.autoencoder)
     # seeds that are not consecutive: one command per run of consecutive seeds

@@ -10,7 +10,7 @@ from repa.config import ObjectiveConfig
 from repa.objectives import repa_loss
 from repa.models import build_model, model_config
 from repa.utils import autocast_context
-from repa.train_cli import FAST_PATH
+from repa.commands import FAST_PATH
 
 LOSS_RTOL, VELOCITY_TOL = 0.02, 0.05
 

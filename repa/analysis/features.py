@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from repa.paths import get_path
+from repa.config import ConfigError
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]   # uint8 images (B, C, H, W) -> tokens (B, N, E)
 
@@ -55,7 +56,7 @@ def check_time(t: float) -> float:
     """``t`` as a float, or ValueError when it is not a diffusion time in [0, 1]."""
     t = float(t)
     if not 0.0 <= t <= 1.0:
-        raise ValueError(f"t must be a diffusion time in [0, 1] (0 = data, 1 = noise), got {t}")
+        raise ConfigError(f"t must be a diffusion time in [0, 1] (0 = data, 1 = noise), got {t}")
     return t
 
 
@@ -68,10 +69,10 @@ def resolve_layers(model: torch.nn.Module, layers: Sequence[int] | None) -> tupl
         return tuple(range(1, depth + 1))
     layers = tuple(sorted({int(layer) for layer in layers}))
     if not layers:
-        raise ValueError("layers is empty: give at least one 1-based block index")
+        raise ConfigError("layers is empty: give at least one 1-based block index")
     if layers[0] < 1 or (depth is not None and layers[-1] > depth):
         name = getattr(model.config, "name", "the model") if depth is not None else "the model"
-        raise ValueError(f"layers {list(layers)} outside 1..{depth} ({name} has {depth} blocks); block indices "
+        raise ConfigError(f"layers {list(layers)} outside 1..{depth} ({name} has {depth} blocks); block indices "
                          "are 1-based")
     return layers
 

@@ -29,6 +29,7 @@ from repa.analysis.metrics import cka, cknna, l2_normalize, mutual_knn
 from repa.analysis.probe import linear_probe
 from repa.checkpoint import LoadedModel, load_model
 from repa.data.protocol import Dataset
+from repa.config import ConfigError
 from repa.utils import from_uint8
 
 
@@ -51,11 +52,11 @@ class AnalyzeOptions:
         """Raise ValueError naming the bad option."""
         check_time(self.t)
         if self.num_samples < 4:
-            raise ValueError(f"num_samples must be >= 4, got {self.num_samples}")
+            raise ConfigError(f"num_samples must be >= 4, got {self.num_samples}")
         if not 1 <= self.topk < self.num_samples:
-            raise ValueError(f"topk must satisfy 1 <= topk < num_samples ({self.num_samples}), got {self.topk}")
+            raise ConfigError(f"topk must satisfy 1 <= topk < num_samples ({self.num_samples}), got {self.topk}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 # ---- the pure part -----------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def training_curves(entries: Sequence[dict], metric: str = "cknna") -> list[dict
 def fixed_subset(dataset_size: int, num_samples: int, seed: int) -> np.ndarray:
     """The sorted indices of a seeded random subset; the same for every checkpoint of an analysis."""
     if num_samples > dataset_size:
-        raise ValueError(f"--num-samples {num_samples} exceeds the dataset size {dataset_size}")
+        raise ConfigError(f"--num-samples {num_samples} exceeds the dataset size {dataset_size}")
     return np.sort(np.random.default_rng(seed).choice(dataset_size, size=num_samples, replace=False))
 
 
@@ -184,7 +185,7 @@ def dataset_batches(dataset: Dataset, indices: np.ndarray, batch_size: int, *, s
                                            generator=torch.Generator().manual_seed(seed * 1_000_003 + start + i))
                             for i in range(len(mean))])
         else:
-            raise ValueError(f"unknown model space {space!r}; expected 'latent' or 'pixel'")
+            raise ConfigError(f"unknown model space {space!r}; expected 'latent' or 'pixel'")
         yield {"x0": x0, "label": torch.from_numpy(np.asarray(batch["label"])).long(), "image": image}
 
 
@@ -213,7 +214,7 @@ def _pick_encoder(loaded: LoadedModel, checkpoint: str, name: str | None,
     cfg = loaded.train_config
     if cfg is not None and cfg.encoders:
         return cfg.encoders[0], weights or (cfg.encoder_weights[0] if cfg.encoder_weights else None)
-    raise ValueError(f"{checkpoint} has no training config naming an encoder (reference checkpoints do not): pass "
+    raise ConfigError(f"{checkpoint} has no training config naming an encoder (reference checkpoints do not): pass "
                      "--encoder NAME (e.g. dinov2-vit-b)")
 
 
@@ -244,7 +245,7 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
 
     opts.validate()
     if not checkpoints:
-        raise ValueError("give at least one checkpoint")
+        raise ConfigError("give at least one checkpoint")
     missing = [str(c) for c in checkpoints if not Path(c).is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint {missing[0]} does not exist")
@@ -265,7 +266,7 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
         loaded = load_model(path, which=which, device=device)
         model, cfg, train_config = loaded.model, loaded.config, loaded.train_config
         if cfg.prediction != "velocity":
-            raise ValueError(f"{path}: a {cfg.prediction} network (model.prediction); the analysis noises inputs on "
+            raise ConfigError(f"{path}: a {cfg.prediction} network (model.prediction); the analysis noises inputs on "
                              "an interpolant path and supports velocity (interpolant) checkpoints only")
         if encoder_name is None:
             encoder_name, encoder_weights = _pick_encoder(loaded, path, encoder, encoder_weights)
@@ -292,7 +293,7 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
         try:
             result = analyze_model(model, make_batches, encoder_cache[cfg.grid_size], opts, path=loaded.interpolant)
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
+            raise ConfigError(f"{path}: {exc}") from exc
         entries.append({
             "checkpoint": str(path), "run": _run_name(loaded), "step": step, "model": cfg.name,
             "alignment_depth": cfg.encoder_depth,

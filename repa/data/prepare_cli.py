@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import time
 
+from repa.config import ConfigError
+
 
 def _wait_for_manifest(path: str) -> None:
     from repa.data.store import MANIFEST
@@ -31,18 +33,18 @@ def run_prepare(args) -> int:
     if args.verify:
         return _verify(args.verify, check_hashes=not args.no_hash)
     if len(args.paths) not in (1, 2):
-        raise ValueError("give SOURCE OUT (prepare), OUT --tokens ENCODER (add a cache) or --verify DIR")
+        raise ConfigError("give SOURCE OUT (prepare), OUT --tokens ENCODER (add a cache) or --verify DIR")
     if len(args.paths) == 1 and not args.tokens:
-        raise ValueError(f"only one path given ({args.paths[0]!r}): give SOURCE and OUT, or OUT with --tokens")
+        raise ConfigError(f"only one path given ({args.paths[0]!r}): give SOURCE and OUT, or OUT with --tokens")
     if len(args.paths) == 1 and (args.latents or args.vae):
-        raise ValueError("adding latents needs the source: rerun `repa prepare SOURCE OUT --vae ...`")
+        raise ConfigError("adding latents needs the source: rerun `repa prepare SOURCE OUT --vae ...`")
     if args.encoder_weights and len(args.encoder_weights) != len(args.tokens):
-        raise ValueError(f"--encoder-weights: give one path per --tokens encoder ({len(args.tokens)}), "
+        raise ConfigError(f"--encoder-weights: give one path per --tokens encoder ({len(args.tokens)}), "
                          f"got {len(args.encoder_weights)}")
     for flag, value, low in (("--chunk-size", args.chunk_size, 1), ("--workers", args.workers, 0),
                              ("--batch-size", args.batch_size, 1), ("--token-grid", args.token_grid, 1)):
         if value is not None and value < low:
-            raise ValueError(f"{flag} must be >= {low}, got {value}")
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
     rank = int(os.environ.get("RANK", 0))
     out = args.paths[-1]
     if len(args.paths) == 2:
@@ -65,7 +67,7 @@ def run_prepare(args) -> int:
         try:
             from repa.encoders import load_encoder
         except ImportError as exc:
-            raise ValueError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
+            raise ConfigError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
         from repa.runlock import claim_folder
         if rank != 0:
             _wait_for_manifest(out)

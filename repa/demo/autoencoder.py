@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from repa.autoencoder import LATENT_SCALE
 from repa.utils import from_uint8
+from repa.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class TinyVAE(nn.Module):
     def __init__(self, cfg: AutoencoderConfig):
         super().__init__()
         if cfg.factor not in (2, 4):
-            raise ValueError(f"autoencoder.factor: 2 or 4 (28x28 -> 14x14 or 7x7 latents), got {cfg.factor}")
+            raise ConfigError(f"autoencoder.factor: 2 or 4 (28x28 -> 14x14 or 7x7 latents), got {cfg.factor}")
         f2, w, z = cfg.in_channels * cfg.factor ** 2, cfg.width, cfg.latent_channels
         self.config = cfg
         self.encoder = nn.Sequential(

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repa.encoders.base import EncoderSpec, EncoderWeightsError, hub_download_hint, looks_like_path, missing_file_error
+from repa.config import ConfigError
 
 
 def resample_position_table(table: torch.Tensor, grid: int, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -156,7 +157,7 @@ def from_pretrained(spec: EncoderSpec, weights: str | None, class_name: str, **k
     patch = model.config.patch_size
     patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
     if patch != spec.patch_size:
-        raise ValueError(f"encoder {spec.name}: the weights at {source!r} have patch size {patch}, but "
+        raise ConfigError(f"encoder {spec.name}: the weights at {source!r} have patch size {patch}, but "
                          f"{spec.name} has patch size {spec.patch_size}; pick the matching encoder name")
     return model
 

@@ -27,6 +27,7 @@ from torch import nn
 from repa.encoders.base import EncoderSpec, EncoderWeightsError, missing_file_error
 from repa.encoders.hf import HFTokens, use_position_grid
 from repa.integrity import load_state_dict_file
+from repa.config import ConfigError
 
 MOCOV3_URLS = {
     "mocov3-vit-b": "https://dl.fbaipublicfiles.com/moco-v3/vit-b-300ep/vit-b-300ep.pth.tar",
@@ -52,7 +53,7 @@ def mocov3_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             continue                                   # projection MLP of the contrastive objective
         out[key] = value
     if not out:
-        raise ValueError("no 'module.base_encoder.*' keys found: this is not a MoCo v3 training checkpoint")
+        raise ConfigError("no 'module.base_encoder.*' keys found: this is not a MoCo v3 training checkpoint")
     return out
 
 

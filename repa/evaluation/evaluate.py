@@ -27,6 +27,7 @@ from repa.evaluation.npz import (NpzFormatError, SampleFile, check_resolution, c
                                  open_samples)
 from repa.evaluation.prdc import NEIGHBOURHOOD, precision_recall
 from repa.utils import atomic_write_text
+from repa.config import ConfigError
 
 CACHE_DIR = "eval_stats"          # where earlier versions cached inside a dataset folder (still read)
 PR_REFERENCE_MAX = 10_000         # reference points kept for precision/recall (ADM's reference batches: 10,000)
@@ -64,7 +65,7 @@ def _check_images(images, name: str = "images"):
     else:
         check_value_range(arr, name)
     if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise ValueError(f"{name}: expected uint8 (N, C, H, W) with C in (1, 3), got shape {tuple(arr.shape)}")
+        raise ConfigError(f"{name}: expected uint8 (N, C, H, W) with C in (1, 3), got shape {tuple(arr.shape)}")
     return arr
 
 
@@ -197,7 +198,7 @@ def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=
     if kind == "npz":
         folder, num = handle.images.path.parent, handle.images.num
         if max_images is not None and max_images < num:
-            raise ValueError(f"--ref-num applies to dataset references only; {ref} is a fixed ADM reference batch")
+            raise ConfigError(f"--ref-num applies to dataset references only; {ref} is a fixed ADM reference batch")
         batches = lambda: handle.images.iter_batches(batch_size)  # noqa: E731
         indices = None
     else:
@@ -277,9 +278,9 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
     """
     # -- every check before any heavy work --
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if ref_num is not None and ref_num < 2:
-        raise ValueError(f"--ref-num must be >= 2, got {ref_num}")
+        raise ConfigError(f"--ref-num must be >= 2, got {ref_num}")
     from repa.preflight import check_device
     check_device(device)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -290,7 +291,7 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
         sample_file, samples = None, _check_images(samples, "samples")
         num, hw, sample_name = len(samples), tuple(samples.shape[2:]), "samples"
     if num < 2:
-        raise ValueError(f"{sample_name}: FID needs at least 2 samples, got {num}")
+        raise ConfigError(f"{sample_name}: FID needs at least 2 samples, got {num}")
     plan = None
     if isinstance(reference, ReferenceStats):
         ref_hw = reference.resolution
@@ -312,7 +313,7 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
         reference, inception, encoder=encoder, batch_size=batch_size, max_images=ref_num, use_cache=use_cache,
         progress=progress, plan=plan, cache_dir=cache_dir)
     if encoder is not None and encoder.name not in ref.extra:
-        raise ValueError(f"the reference statistics hold no {encoder.name} features; compute them with dinov2")
+        raise ConfigError(f"the reference statistics hold no {encoder.name} features; compute them with dinov2")
     batches = sample_file.iter_batches(batch_size) if sample_file is not None else _array_batches(samples, batch_size)
     res = _feature_pass(batches, num, inception=inception, spatial=ref.mu_s is not None, keep_pool=num,
                         encoder=encoder, batch_size=batch_size, progress=progress, desc="samples")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from repa.config import ConfigError
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -136,5 +137,5 @@ def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
         keys = [k for k in data.files if k != "arr_0"]          # never load a reference batch's images here
         out = {k: data[k] for k in keys}
     if "mu" not in out or "sigma" not in out:
-        raise ValueError(f"{path}: a statistics file needs arrays 'mu' and 'sigma', found {sorted(out)}")
+        raise ConfigError(f"{path}: a statistics file needs arrays 'mu' and 'sigma', found {sorted(out)}")
     return out

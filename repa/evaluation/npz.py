@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from repa.evaluation.inception import POOL_DIM, SPATIAL_DIM
+from repa.config import ConfigError
 
 IMAGE_KEY = "arr_0"
 STAT_SHAPES = {"mu": (POOL_DIM,), "sigma": (POOL_DIM, POOL_DIM), "mu_s": (SPATIAL_DIM,),
@@ -24,7 +25,7 @@ FORMAT_HINT = ("the ADM format is np.savez(path, arr_0=images) with images (N, H
                "convert model outputs x in [-1, 1] with clamp(127.5 * x + 128, 0, 255).astype(uint8)")
 
 
-class NpzFormatError(ValueError):
+class NpzFormatError(ConfigError):
     """A sample or reference ``.npz`` does not follow the ADM format; the message names the file and the fix."""
 
 
