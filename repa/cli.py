@@ -415,7 +415,6 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
     import pickle
 
     from repa.config import ConfigError
-    from repa.data.store import DataError        # a ConfigError once repa/data converts it
     from repa.interrupt import Interrupted
     from repa.runlock import RunLockedError
     from repa.training_utils import NonFiniteError
@@ -431,7 +430,7 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
         return 1, str(exc)
     if isinstance(exc, pickle.UnpicklingError):
         return 2, f"a file is not a weights-only torch file; nothing in it was executed ({' '.join(str(exc).split())[:200]})"
-    if isinstance(exc, (ConfigError, DataError)):
+    if isinstance(exc, ConfigError):
         return 2, str(exc)
     if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
         return 2, _os_error_message(exc)        # a path given wrongly

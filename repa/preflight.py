@@ -3,7 +3,7 @@
 This module sits below every other part of the package and imports none of them but ``repa.config``; the checks of a
 dataset against the model live with the data (``repa.data.checks``).
 
-Every function raises an error whose message names the argument or file and says how to fix it (``ValueError``
+Every function raises an error whose message names the argument or file and says how to fix it (``ConfigError``
 and its subclasses, ``FileNotFoundError``, ``OSError`` with a readable reason); the command line prints it as one
 line.
 """
@@ -24,16 +24,16 @@ def check_device(device: str | None, flag: str = "--device") -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"{flag} {device!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{flag} {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{flag} {device}: CUDA is not available on this machine (torch {torch.__version__}"
+            raise ConfigError(f"{flag} {device}: CUDA is not available on this machine (torch {torch.__version__}"
                              f"{' has no CUDA support' if torch.version.cuda is None else ' finds no GPU'}); "
                              f"use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+        raise ConfigError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
 
 
 def _nearest_existing(path: Path) -> Path:

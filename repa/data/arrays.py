@@ -36,7 +36,7 @@ def save_arrays(out: str | os.PathLike, images, labels, *, class_names=None, lat
     labels = np.asarray(labels, dtype=np.int64)
     n, c, h, w = images.shape
     if n == 0 or len(labels) != n or h != w or c not in (1, 3):
-        raise ValueError(f"images must be (N, 1|3, S, S) with N labels; got {tuple(images.shape)} and {labels.shape}")
+        raise DataError(f"images must be (N, 1|3, S, S) with N labels; got {tuple(images.shape)} and {labels.shape}")
     num_classes = int(labels.max()) + 1 if class_names is None else len(class_names)
     class_names = [str(i) for i in range(num_classes)] if class_names is None else list(class_names)
     chunk_size = chunk_size or default_chunk_size(c * h * w)

@@ -11,6 +11,8 @@ import struct
 
 import numpy as np
 
+from repa.data.protocol import DataError
+
 # IDX type code -> big-endian numpy dtype.
 IDX_DTYPES = {
     0x08: np.dtype(">u1"),
@@ -43,19 +45,19 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
         ValueError: bad magic, unknown type code, or a size that does not match the header (truncated file).
     """
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{name}: not an IDX file (the first two bytes must be zero)")
+        raise DataError(f"{name}: not an IDX file (the first two bytes must be zero)")
     code, ndim = data[2], data[3]
     if code not in IDX_DTYPES:
-        raise ValueError(f"{name}: unknown IDX type code 0x{code:02x}; known: "
+        raise DataError(f"{name}: unknown IDX type code 0x{code:02x}; known: "
                          f"{', '.join(f'0x{c:02x}' for c in IDX_DTYPES)}")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise ValueError(f"{name}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
+        raise DataError(f"{name}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header_len != expected:
-        raise ValueError(f"{name}: IDX header promises shape {shape} ({expected} bytes of data) but the file holds "
+        raise DataError(f"{name}: IDX header promises shape {shape} ({expected} bytes of data) but the file holds "
                          f"{len(data) - header_len} bytes; the file is truncated or corrupt")
     array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=True)
@@ -69,7 +71,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, gzip.BadGzipFile) as exc:
-        raise ValueError(f"{path}: cannot decompress ({exc}); the file is truncated or corrupt") from None
+        raise DataError(f"{path}: cannot decompress ({exc}); the file is truncated or corrupt") from None
     return parse_idx(data, name=path)
 
 
@@ -80,7 +82,7 @@ def fashion_mnist_paths(root: str | os.PathLike = FASHION_MNIST_DIR, split: str 
         FileNotFoundError: with the Debian package to install when the files are missing.
     """
     if split not in FASHION_MNIST_FILES:
-        raise ValueError(f"Fashion-MNIST split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
+        raise DataError(f"Fashion-MNIST split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
     paths = tuple(os.path.join(os.fspath(root), f) for f in FASHION_MNIST_FILES[split])
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -100,5 +102,5 @@ def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DIR, split: str =
     image_path, label_path = fashion_mnist_paths(root, split)
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
+        raise DataError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
     return images.astype(np.uint8, copy=False), labels.astype(np.int64)

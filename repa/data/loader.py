@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from repa.data.protocol import Dataset
+from repa.data.protocol import DataError, Dataset
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
@@ -38,7 +38,7 @@ class BatchLoader:
                  num_workers: int = 0, keys=None, pin_memory: bool = False, prefetch: int = 4):
         global_batch = batch_size * world_size
         if len(dataset) < global_batch:
-            raise ValueError(f"the dataset has {len(dataset)} items, fewer than one global batch of {global_batch}")
+            raise DataError(f"the dataset has {len(dataset)} items, fewer than one global batch of {global_batch}")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.keys = rank, world_size, keys
         self.pin_memory = pin_memory
@@ -58,11 +58,11 @@ class BatchLoader:
         current = self.state_dict()
         for key in ("seed", "num_items"):
             if key in state and state[key] != current[key]:
-                raise ValueError(f"loader state has {key}={state[key]} but this loader has {current[key]}; "
+                raise DataError(f"loader state has {key}={state[key]} but this loader has {current[key]}; "
                                  "the data position cannot be restored")
         if state.get("batch_size", self.batch_size) * state.get("world_size", self.world_size) != \
                 self.batch_size * self.world_size:
-            raise ValueError("the saved data position was for another global batch size; it cannot be restored")
+            raise DataError("the saved data position was for another global batch size; it cannot be restored")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
         self._queue.clear()
 

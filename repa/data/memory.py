@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from repa.data.protocol import Dataset
+from repa.data.protocol import DataError, Dataset
 
 
 class ArrayDataset(Dataset):
@@ -18,12 +18,12 @@ class ArrayDataset(Dataset):
         images = np.asarray(images)
         labels = np.asarray(labels, dtype=np.int64)
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
+            raise DataError(f"images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
         if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
         for key, value in extra.items():
             if len(value) != len(images):
-                raise ValueError(f"extra array {key!r} has {len(value)} items, expected {len(images)}")
+                raise DataError(f"extra array {key!r} has {len(value)} items, expected {len(images)}")
         self.images, self.labels, self.extra = images, labels, {k: np.asarray(v) for k, v in extra.items()}
         self.num_classes = int(num_classes if num_classes is not None else labels.max() + 1)
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]

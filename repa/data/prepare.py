@@ -49,18 +49,18 @@ def make_plan(listing: SourceListing, *, resolution: int | None, channels: int, 
               chunk_size: int | None, latents: dict | None) -> dict:
     """The JSON plan of a preparation; a resumed run must produce the identical plan."""
     if small not in SMALL_POLICIES:
-        raise ValueError(f"small-image policy must be one of {SMALL_POLICIES}, got {small!r}")
+        raise DataError(f"small-image policy must be one of {SMALL_POLICIES}, got {small!r}")
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise DataError(f"channels must be 1 or 3, got {channels}")
     side = resolution or listing.native_size
     if side is None:
-        raise ValueError(f"{listing.root}: images of a folder have different sizes; give --resolution (e.g. 256)")
+        raise DataError(f"{listing.root}: images of a folder have different sizes; give --resolution (e.g. 256)")
     if resolution is not None and resolution < 8:
-        raise ValueError(f"resolution must be >= 8, got {resolution}")
+        raise DataError(f"resolution must be >= 8, got {resolution}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"--chunk-size must be a positive number of items, got {chunk_size}")
+        raise DataError(f"--chunk-size must be a positive number of items, got {chunk_size}")
     if latents is not None and (channels != 3 or side % 8):
-        raise ValueError(f"VAE latents need RGB images (channels 3) with a side divisible by 8; got channels "
+        raise DataError(f"VAE latents need RGB images (channels 3) with a side divisible by 8; got channels "
                          f"{channels}, side {side}")
     chunk_size = chunk_size or default_chunk_size(channels * side * side)
     n = len(listing.refs)
@@ -370,7 +370,7 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
         resolution = None if listing.native_size else 256
     channels = channels or (1 if listing.native_size else 3)
     if latent_dtype not in LATENT_DTYPES:
-        raise ValueError(f"latent dtype must be one of {LATENT_DTYPES}, got {latent_dtype!r}")
+        raise DataError(f"latent dtype must be one of {LATENT_DTYPES}, got {latent_dtype!r}")
     latents = {"vae": vae, "dtype": latent_dtype} if vae else None
     plan = make_plan(listing, resolution=resolution, channels=channels, hflip=hflip, small=small,
                      chunk_size=chunk_size, latents=latents)

@@ -11,6 +11,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from repa.config import ConfigError
+
+
+class DataError(ConfigError):
+    """A dataset or source problem the user must fix; the message names the file and the fix."""
+
 
 @runtime_checkable
 class Dataset(Protocol):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from repa.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, fashion_mnist_paths, load_fashion_mnist
+from repa.data.protocol import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm")
 SPLIT_NAMES = ("train", "val", "validation", "test")
@@ -57,12 +58,12 @@ def _list_class_folders(root: str, split: str | None) -> SourceListing:
     class_dirs = [d for d in entries if os.path.isdir(os.path.join(root, d)) and not d.startswith(".")]
     stray = [d for d in entries if os.path.isfile(os.path.join(root, d))]
     if split is None and class_dirs and set(class_dirs) <= set(SPLIT_NAMES):
-        raise ValueError(f"{root!r} looks like a dataset root with splits {class_dirs}, not a folder of classes; "
+        raise DataError(f"{root!r} looks like a dataset root with splits {class_dirs}, not a folder of classes; "
                          f"pass the split (e.g. --split {class_dirs[0]}) or the split folder itself")
     if not class_dirs:
         hint = (f" It holds {sum(map(_is_image, stray))} image files directly: put them into one sub-folder per "
                 f"class (for the ILSVRC val set, move each image into the folder of its synset)") if stray else ""
-        raise ValueError(f"no class folders in {root!r}: labels come from sub-folder names.{hint}")
+        raise DataError(f"no class folders in {root!r}: labels come from sub-folder names.{hint}")
     refs: list[str] = []
     labels: list[int] = []
     empty: list[str] = []
@@ -80,7 +81,7 @@ def _list_class_folders(root: str, split: str | None) -> SourceListing:
         refs.extend(sorted(found))
         labels.extend([label] * len(found))
     if not refs:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root!r}")
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {root!r}")
     return SourceListing(kind="folder", root=root, class_names=tuple(class_dirs), refs=tuple(refs),
                          labels=np.asarray(labels, dtype=np.int64), split=split, empty_classes=tuple(empty),
                          ignored=tuple(ignored))
@@ -117,7 +118,7 @@ def list_source(source: str | os.PathLike, split: str | None = None) -> SourceLi
         raise FileNotFoundError(f"source {source!r} does not exist (give a folder of class folders, or "
                                 f"'fashion-mnist')")
     if not os.path.isdir(root):
-        raise ValueError(f"source {source!r} is a file; give a folder of class folders, or 'fashion-mnist'")
+        raise DataError(f"source {source!r} is a file; give a folder of class folders, or 'fashion-mnist'")
     if os.path.isfile(os.path.join(root, "train-images-idx3-ubyte.gz")):
         return _list_fashion_mnist(root, split)
     return _list_class_folders(root, split)

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from repa.data.protocol import Dataset
+from repa.data.protocol import DataError, Dataset  # noqa: F401  (DataError: imported from here too)
 from repa.utils import atomic_write
 
 log = logging.getLogger("repa.data")
@@ -40,9 +40,6 @@ PROGRESS = ".progress"
 TOKENS = "tokens"
 LATENT_FIELDS = ("latent_mean", "latent_std")
 
-
-class DataError(ValueError):
-    """A dataset or source problem the user must fix; the message names the file and the fix."""
 
 
 # ---- atomic writes with hashes ----------------------------------------------------------------------------------
