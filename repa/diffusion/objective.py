@@ -45,7 +45,7 @@ def iddpm_repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_to
         vlb_weight: weight of the variational-bound term (1.0 as in DiT).
         diffusion: the process (default: ``base_diffusion()``, 1000 linear steps).
     Returns:
-        ``LossOutput`` with ``denoise`` = mean of L_simple + vlb_weight L_vlb and ``align`` the REPA term.
+        ``LossOutput`` whose ``denoise_loss`` term is the mean of L_simple + vlb_weight L_vlb, ``align_loss`` the REPA term.
     """
     if (t is None) == (timesteps is None):
         raise ValueError("give exactly one of t (uniform in [0, 1)) and timesteps (integers)")
