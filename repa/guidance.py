@@ -1,9 +1,10 @@
 """Classifier-free guidance with a guidance interval, written once for every sampler.
 
-``GuidedModel`` wraps a network ``model(x, t, y)`` as DiT's ``forward_with_cfg`` does (Ho & Salimans 2022,
+``GuidedModel`` wraps a network ``model(x, t, cond)`` as DiT's ``forward_with_cfg`` does (Ho & Salimans 2022,
 "Classifier-Free Diffusion Guidance"; the interval is Kynkaanniemi et al. 2024, "Applying Guidance in a Limited
-Interval"): inside the interval the batch is doubled with the null label and the output becomes
-u + w (c - u); outside it, or for w == 1, only the conditional half is evaluated. The velocity samplers
+Interval"): inside the interval the batch is doubled with the condition's null value (``repa.conditions``) and the
+output becomes u + w (c - u); outside it, or for w == 1, only the conditional half is evaluated. A condition without
+a null value (an unconditional network) refuses guidance in one line. The velocity samplers
 (``repa.samplers``) and DDPM ancestral sampling (``repa.diffusion.sampling``) both call it; neither writes the rule.
 
 Which channels are guided is a per-family default (``guided_channels``): DiT's and willisma/SiT's

@@ -131,6 +131,12 @@ def test_an_unconditional_model_trains_resumes_and_samples(tmp_path, tiny_datase
         np.testing.assert_array_equal(data["arr_0"][:, :, :, 0],
                                       repa.generate_images(loaded, 5, sampler="euler", steps=3)[:, 0])
 
+    # analysis reads its hidden tokens without labels
+    from repa.analysis.features import extract_features
+    feats = extract_features(loaded.model, [{"x0": torch.randn(4, 1, 8, 8), "label": torch.zeros(4, dtype=torch.long)}],
+                             t=0.5, layers=(1, 2))
+    assert feats.pooled[2].shape == (4, 32) and torch.isfinite(feats.pooled[2]).all()
+
     # guidance needs a null condition: refused in one line, nothing written
     code = main(["sample", str(full.checkpoint), "--num", "2", "--out", str(tmp_path / "guided"), "--cfg-scale", "2"])
     err = capsys.readouterr().err.strip()

@@ -129,6 +129,7 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: floa
     enc_tokens: list[list] = [[] for _ in encoders]
     labels = []
     position = 0
+    unconditional = getattr(getattr(model, "config", None), "num_classes", None) == 0
     try:
         for batch in batches:
             missing = [key for key in ("x0", "label") + (("image",) if encoders else ()) if key not in batch]
@@ -140,7 +141,8 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: floa
             noise = sample_noise(x0.shape, position, seed).to(device)
             t_batch = torch.full((x0.shape[0],), t, device=device)
             x_t = interpolant.interpolate(x0, noise, t_batch)
-            out = model.forward_features(x_t, t_batch, y, project=project, layers=layers)
+            cond = None if unconditional else y       # an unconditional network takes no labels
+            out = model.forward_features(x_t, t_batch, cond, project=project, layers=layers)
             for layer in layers:
                 h = out.hidden[layer].float()                                             # (B, N, D)
                 pooled[layer].append(h.mean(dim=1).cpu())
