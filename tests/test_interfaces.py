@@ -128,18 +128,6 @@ def test_wandb_without_the_package_is_a_config_error(capsys):
 # ---- 3: sample-grid on latent models, a cached decoder ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=16)
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def latent_checkpoint(tmp_path_factory):
     """A reference-layout checkpoint of a tiny latent SiT (4 x 4 x 4 latents, 2 classes)."""
     from repa.models import build_model
@@ -156,22 +144,22 @@ def latent_checkpoint(tmp_path_factory):
     return path
 
 
-def test_sample_grid_decodes_latent_models_with_the_given_vae(capsys, tmp_path, latent_checkpoint, vae_dir):
+def test_sample_grid_decodes_latent_models_with_the_given_vae(capsys, tmp_path, latent_checkpoint, tiny_vae_dir):
     from PIL import Image
     out = tmp_path / "grid.png"
     argv = ["sample-grid", str(latent_checkpoint), "--out", str(out), "--num", "4", "--steps", "2",
-            "--sampler", "euler", "--vae", str(vae_dir), "--device", "cpu", "--which", "model"]
+            "--sampler", "euler", "--vae", str(tiny_vae_dir), "--device", "cpu", "--which", "model"]
     assert main(argv) == 0, capsys.readouterr().err
     assert Image.open(out).size[0] > 8                            # 8 x 8 decoded images in a grid
     assert main([*argv[:-4], "--vae", str(tmp_path / "missing-vae")]) == 2
     assert "missing-vae" in _one_line(capsys.readouterr().err, "sample-grid")
 
 
-def test_the_decoder_is_loaded_once_and_diffusers_does_not_warn(vae_dir, caplog):
+def test_the_decoder_is_loaded_once_and_diffusers_does_not_warn(tiny_vae_dir, caplog):
     from repa.autoencoder import cached_vae
     with caplog.at_level(logging.WARNING):
-        first = cached_vae(str(vae_dir), "cpu")
-    assert cached_vae(str(vae_dir), "cpu") is first
+        first = cached_vae(str(tiny_vae_dir), "cpu")
+    assert cached_vae(str(tiny_vae_dir), "cpu") is first
     assert "accelerate" not in caplog.text
 
 

@@ -148,19 +148,7 @@ def test_an_unconditional_model_trains_resumes_and_samples(tmp_path, tiny_datase
 
 # ---- one in-process generator --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=16)
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)
-    return path
-
-
-def test_previews_the_demo_and_repa_sample_generate_the_same_images(tmp_path, vae_dir):
+def test_previews_the_demo_and_repa_sample_generate_the_same_images(tmp_path, tiny_vae_dir):
     """One tiny latent model, the same seed: a training preview, the default job's generator and `repa sample`
     give identical images (they are one generator). All decode the 16 latents as one batch: the VAE's convolutions
     are not bit-identical across batch sizes (one uint8 step in about 1e-4 of the pixels)."""
@@ -177,13 +165,13 @@ def test_previews_the_demo_and_repa_sample_generate_the_same_images(tmp_path, va
 
     def npz(seed, sampler, steps, cfg_scale=1.0):
         out = sample_to_npz(ckpt, str(tmp_path / f"s{seed}-{sampler}"), num=16, seed=seed, sampler=sampler,
-                            steps=steps, cfg_scale=cfg_scale, labels="balanced", batch_size=16, vae=str(vae_dir),
+                            steps=steps, cfg_scale=cfg_scale, labels="balanced", batch_size=16, vae=str(tiny_vae_dir),
                             progress=False)
         with np.load(out) as data:
             return data["arr_0"]
 
     # the training preview: 16 EMA samples, seed cfg.seed, the default sampler with cfg.sample_steps steps
-    cfg = tiny_train_config(tmp_path / "run", seed=3, sample_steps=4, sample_vae=str(vae_dir), model=model.config)
+    cfg = tiny_train_config(tmp_path / "run", seed=3, sample_steps=4, sample_vae=str(tiny_vae_dir), model=model.config)
     sample_preview(model, cfg, step=7)
     preview = np.asarray(Image.open(tmp_path / "run" / "samples" / "00000007.png"))
     from repa.visualize import image_grid
@@ -191,6 +179,6 @@ def test_previews_the_demo_and_repa_sample_generate_the_same_images(tmp_path, va
 
     # the default job's generator: seed SAMPLE_SEED, its sampler, steps and guidance, decoded by the job's VAE
     demo = DemoConfig(sampler="heun", sample_steps=3)
-    kl = load_vae(str(vae_dir))
+    kl = load_vae(str(tiny_vae_dir))
     job = generate(repa.load_model(ckpt), types.SimpleNamespace(decode=lambda z: decode(kl, z)), 16, demo, 1.5)
     assert np.array_equal(job.transpose(0, 2, 3, 1), npz(SAMPLE_SEED, "heun", 3, cfg_scale=1.5))
