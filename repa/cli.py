@@ -118,8 +118,13 @@ def _run_analyze(opts) -> int:
 
 
 def _run_prepare(opts) -> int:
-    from repa.data.prepare_cli import run_prepare
-    return run_prepare(opts)
+    from repa.data.prepare import prepare_command
+    return prepare_command(*opts.paths, verify=opts.verify, check_hashes=not opts.no_hash, tokens=opts.tokens,
+                           encoder_weights=opts.encoder_weights, token_grid=opts.token_grid, latents=opts.latents,
+                           vae=opts.vae, resolution=opts.resolution, num_workers=opts.workers,
+                           batch_size=opts.batch_size, device=opts.device, progress=not opts.quiet, split=opts.split,
+                           channels=opts.channels, hflip=opts.hflip, small=opts.small, chunk_size=opts.chunk_size,
+                           latent_dtype=opts.latent_dtype, overwrite=opts.overwrite)
 
 
 def _run_encoders(opts) -> int:
