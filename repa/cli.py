@@ -25,183 +25,27 @@ import shlex
 import sys
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Optional
 
 
-# ---- commands ------------------------------------------------------------------------------------------------------
-
-def _run_train(opts) -> int:
-    from repa.config import to_json
-    from repa.encoders import check_train_encoders
-    from repa.objectives import validate
-    from repa.preflight import check_logging_packages
-    validate(opts.train)
-    check_train_encoders(opts.train)
-    check_logging_packages(opts.train)
-    if opts.dry_run:
-        print(to_json(opts.train))
-        return 0
-    from repa.training import train
-    result = train(opts.train, allow_config_change=opts.allow_config_change, device=opts.device)
-    if int(os.environ.get("RANK", "0")) == 0:          # the end-of-run line once, not once per torchrun process
-        print(f"finished at step {result.step}; last checkpoint: {result.checkpoint}")
-    return 0
-
-
-def _run_presets(opts) -> int:
-    from repa.presets import PRESETS
-    print(f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders")
-    for name, make in PRESETS.items():
-        c = make()
-        print(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
-              f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
-    return 0
-
-
-def _demo_options() -> type:
-    """``repa demo``'s options: ``repa.demo.DemoConfig``'s fields, with ``seeds`` given as a count and a first seed."""
-    from repa.demo.config import DemoConfig
-
-    @dataclass(frozen=True)
-    class DemoCommand(DemoConfig):
-        """The default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report."""
-        seeds: int = len(DemoConfig.seeds)   # number of seed pairs (3 or more give a median and range)
-        first_seed: int = DemoConfig.seeds[0]  # seed 0 was used to choose the settings: headline seeds start at 1
-        config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
-    return DemoCommand
-
-
-def _run_demo(opts) -> int:
-    from repa.config import ConfigError
-    from repa.demo import DemoConfig, run_demo
-    if opts.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {opts.seeds}")
-    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(DemoConfig)}
-    run_demo(DemoConfig(**{**values, "seeds": tuple(range(opts.first_seed, opts.first_seed + opts.seeds))}))
-    return 0
-
-
-def _load(opts):
-    import torch
-
-    from repa.checkpoint import load_model
-    return load_model(opts.checkpoint, which=opts.which, origin=opts.origin, encoder_depth=opts.encoder_depth,
-                      device=opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _run_sample_grid(opts) -> int:
-    from repa.config import ConfigError
-    from repa.preflight import check_output_file
-    from repa.runlock import clean_stale_temp_files
-    from repa.evaluation.generate import sample_grid_png
-    for flag, value in (("--num", opts.num), ("--steps", opts.sampling.steps)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    check_output_file(opts.out, "--out")
-    clean_stale_temp_files(os.path.dirname(os.path.abspath(opts.out)), prefix=f".{os.path.basename(opts.out)}.tmp")
-    sample_grid_png(_load(opts), opts.out, opts.sampling, num=opts.num, seed=opts.seed, vae=opts.vae)
-    print(f"wrote {opts.out}")
-    return 0
-
-
-def _run_analyze(opts) -> int:
-    from repa.analysis.run import AnalyzeOptions, run_analysis
-    from repa.config import ConfigError
-    if not opts.checkpoints:
-        raise ConfigError("give at least one checkpoint (CKPT [CKPT ...])")
-    settings = AnalyzeOptions(num_samples=opts.num_samples, t=opts.t, layers=tuple(opts.layers) or None,
-                              topk=opts.topk, batch_size=opts.batch_size, seed=opts.seed, probe=not opts.no_probe,
-                              probe_epochs=opts.probe_epochs)
-    run_analysis(list(opts.checkpoints), opts.data, opts.out, settings, encoder=opts.encoder,
-                 encoder_weights=opts.encoder_weights, which=opts.which, device=opts.device)
-    return 0
-
-
-def _run_prepare(opts) -> int:
-    from repa.data.prepare import prepare_command
-    return prepare_command(*opts.paths, verify=opts.verify, check_hashes=not opts.no_hash, tokens=opts.tokens,
-                           encoder_weights=opts.encoder_weights, token_grid=opts.token_grid, latents=opts.latents,
-                           vae=opts.vae, resolution=opts.resolution, num_workers=opts.workers,
-                           batch_size=opts.batch_size, device=opts.device, progress=not opts.quiet, split=opts.split,
-                           channels=opts.channels, hflip=opts.hflip, small=opts.small, chunk_size=opts.chunk_size,
-                           latent_dtype=opts.latent_dtype, overwrite=opts.overwrite)
-
-
-def _run_encoders(opts) -> int:
-    from repa.config import ConfigError
-    from repa.encoders import describe
-    if (opts.resolution is None) != (opts.token_grid is None):
-        raise ConfigError("--resolution and --token-grid go together")
-    print(describe(opts.names, resolution=opts.resolution, token_grid=opts.token_grid))
-    return 0
-
-
-def _run_sample(opts) -> int:
-    from repa.config import ConfigError
-    from repa.evaluation.generate import sample_to_npz
-    if opts.encoder_depth is not None:
-        raise ConfigError("--encoder-depth does not change samples (the projectors are not used); leave it out")
-    sample_to_npz(opts.checkpoint, opts.out, opts.sampling, num=opts.num_samples, seed=opts.seed,
-                  labels=opts.labels, batch_size=opts.batch_size, vae=opts.vae, which=opts.which,
-                  device=opts.device, origin=opts.origin)
-    return 0
-
-
-def _run_eval(opts) -> int:
-    import json
-
-    from repa.evaluation.evaluate import evaluate_samples
-    metrics = evaluate_samples(opts.samples, opts.ref, out=opts.out, inception_path=opts.inception,
-                               logits=opts.logits, dinov2=opts.dinov2, dinov2_model=opts.dinov2_model,
-                               ref_num=opts.ref_num, batch_size=opts.batch_size, use_cache=not opts.no_cache,
-                               cache_dir=opts.cache_dir, device=opts.device)
-    print(json.dumps(metrics, indent=2))
-    if "inception_score" not in metrics:
-        print("note: no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; see "
-              "docs/EVALUATION.md)", file=sys.stderr)
-    return 0
-
-
-def _run_export(opts) -> int:
-    from repa.checkpoint import export_model
-    folder = export_model(opts.checkpoint, opts.out, which=opts.which, origin=opts.origin,
-                          encoder_depth=opts.encoder_depth)
-    print(f"wrote {folder}/model.safetensors and {folder}/config.json; load with repa.load_model({str(folder)!r})")
-    return 0
-
-
-@dataclass(frozen=True)
-class Command:
-    help: str
-    options: Callable[[], type]     # the options class (imported when the command runs)
-    run: Callable[[Any], int]
-
-
-def _options(name: str) -> Callable[[], type]:
-    return lambda: getattr(__import__("repa.commands", fromlist=[name]), name)
-
-
-COMMANDS: dict[str, Command] = {
-    "prepare": Command("prepare a dataset folder (images, VAE latents, token caches); reruns resume",
-                       _options("PrepareCommand"), _run_prepare),
-    "train": Command("train a SiT/DiT with (or without) REPA; reruns resume", _options("TrainCommand"), _run_train),
-    "presets": Command("list the training presets (the paper's runs and small offline ones)",
-                       _options("PresetsCommand"), _run_presets),
-    "demo": Command("the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report",
-                    _demo_options, _run_demo),
-    "sample": Command("N samples of a model to an ADM .npz (+ grid, settings); torchrun shards it, reruns resume",
-                      _options("SampleCommand"), _run_sample),
-    "eval": Command("FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)",
-                    _options("EvalCommand"), _run_eval),
-    "sample-grid": Command("write a PNG grid of samples from a model (quick look)", _options("SampleGridCommand"),
-                           _run_sample_grid),
-    "analyze": Command("CKNNA alignment with a frozen encoder and linear probes, per block; analysis.json, plots, "
-                       "a summary table", _options("AnalyzeCommand"), _run_analyze),
-    "encoders": Command("list the frozen encoders: width, input resolution, weights source",
-                        _options("EncodersCommand"), _run_encoders),
-    "export": Command("export a checkpoint as model.safetensors + config.json (repa.load_model, torch.hub, the Hub)",
-                      _options("ExportCommand"), _run_export),
+COMMANDS: dict[str, str] = {       # the lines of `repa --help`; each command's options and run: repa.commands
+    "prepare": "prepare a dataset folder (images, VAE latents, token caches); reruns resume",
+    "train": "train a SiT/DiT with (or without) REPA; reruns resume",
+    "presets": "list the training presets (the paper's runs and small offline ones)",
+    "demo": "the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report",
+    "sample": "N samples of a model to an ADM .npz (+ grid, settings); torchrun shards it, reruns resume",
+    "eval": "FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)",
+    "sample-grid": "write a PNG grid of samples from a model (quick look)",
+    "analyze": "CKNNA alignment with a frozen encoder and linear probes, per block; analysis.json, plots, a summary table",
+    "encoders": "list the frozen encoders: width, input resolution, weights source",
+    "export": "export a checkpoint as model.safetensors + config.json (repa.load_model, torch.hub, the Hub)",
 }
+
+
+def options_class(command: str) -> type:
+    """The options class of ``command`` (``sample-grid``: ``repa.commands.SampleGridCommand``), imported now."""
+    from repa import commands
+    return getattr(commands, command.title().replace("-", "") + "Command")
 
 
 # ---- parsing -------------------------------------------------------------------------------------------------------
@@ -223,7 +67,7 @@ class Sources:
 def parse_command(command: str, argv: list[str]):
     """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
     from repa.config import ConfigError, apply_overrides, from_dict, to_dict
-    cls, prog = COMMANDS[command].options(), f"repa {command}"
+    cls, prog = options_class(command), f"repa {command}"
     argv = _boolean_values(list(argv), _flags(cls))
     sources, _ = _tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
     start = _start(cls, sources)
@@ -387,7 +231,7 @@ def _top_level_help() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: repa [--debug] [--version] COMMAND [options]", "",
              "REPA: representation alignment for generation (Yu et al., ICLR 2025).", "", "commands:"]
-    lines += [f"  {name:{width}s}  {spec.help}" for name, spec in COMMANDS.items()]
+    lines += [f"  {name:{width}s}  {text}" for name, text in COMMANDS.items()]
     lines += ["", "options:", "  -h, --help  this message; `repa COMMAND --help` lists a command's options",
               "  --version   print the version and exit",
               f"  --debug     show the full traceback of an error (or set {DEBUG_ENV}=1)"]
@@ -479,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(opts, "device", None) is not None:
                 from repa.preflight import check_device
                 check_device(opts.device)
-            result = COMMANDS[command].run(opts)
+            result = opts.run()
     except (Exception, KeyboardInterrupt) as exc:  # user errors and interruptions: one clear line
         described = describe_error(exc, command, [command, *rest])
         if described is None or debug:
