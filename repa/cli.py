@@ -1,202 +1,45 @@
-"""The ``repa`` command line: every command's options are one typed dataclass (``repa.commands``) parsed by tyro;
-the command then calls one library function. Heavy imports happen inside the commands, so ``--help`` is instant.
+"""The ``repa`` command line: every command is a typed dataclass (``repa.commands``) parsed by tyro, whose ``run``
+calls one library function. ``repa --help`` imports no command, so it is instant.
 
-``parse_command`` parses in two tyro stages:
-
-1. ``tyro.cli(Sources, return_unknown_args=True)`` reads only the options that choose where the others start:
-   ``--preset``, ``--config FILE``, ``--fast`` (and whether ``--model.encoder-dims`` is given);
-2. ``tyro.cli(Options, default=start)`` reads every option, starting from the preset, then the file's values, then
-   the fast path. Flags override all three, and ``--help`` shows the values they give as the defaults.
-
-tyro makes a boolean either a ``--flag`` / ``--no-flag`` pair or an option with a value, never both; the pairs are
-kept and ``--flag true|false`` / ``--flag=false`` are rewritten to them first (``_boolean_values``, the only pass
-over argv). A list option also takes ``a,b`` (a tyro constructor rule). tyro's parse-error hook turns a rejected
-command line into a UsageError: like every ConfigError, one line and exit 2; any other exception is a bug and keeps
-its traceback.
-
-Adding a command: a dataclass in ``repa.commands``, a ``_run_<name>(opts)`` function below, one COMMANDS entry.
+``parse_command`` parses in two tyro stages: ``Sources`` reads only ``--preset``, ``--config FILE`` and ``--fast``
+(and whether ``--model.encoder-dims`` is given); then the command's class is read starting from the preset, the
+file's values and the fast path, in that order, so flags override all three and ``--help`` shows the result as the
+defaults. tyro makes a boolean a ``--flag`` / ``--no-flag`` pair; ``--flag true|false``, ``--flag=false`` and a
+list option's ``a,b`` are rewritten for it first (``_rewrite``, the only pass over argv). tyro's parse-error hook
+turns a rejected command line into a UsageError: like every ConfigError, one line and exit 2; any other exception
+is a bug and keeps its traceback. Adding a command: a class with ``run`` in ``repa.commands``, a COMMANDS line.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import os
 import shlex
 import sys
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Optional
 
 
-# ---- commands ------------------------------------------------------------------------------------------------------
-
-def _run_train(opts) -> int:
-    from repa.config import to_json
-    from repa.encoders import check_train_encoders
-    from repa.objectives import validate
-    from repa.preflight import check_logging_packages
-    validate(opts.train)
-    check_train_encoders(opts.train)
-    check_logging_packages(opts.train)
-    if opts.dry_run:
-        print(to_json(opts.train))
-        return 0
-    from repa.training import train
-    result = train(opts.train, allow_config_change=opts.allow_config_change, device=opts.device)
-    if int(os.environ.get("RANK", "0")) == 0:          # the end-of-run line once, not once per torchrun process
-        print(f"finished at step {result.step}; last checkpoint: {result.checkpoint}")
-    return 0
-
-
-def _run_presets(opts) -> int:
-    from repa.presets import PRESETS
-    print(f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders")
-    for name, make in PRESETS.items():
-        c = make()
-        print(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
-              f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
-    return 0
-
-
-def _demo_options() -> type:
-    """``repa demo``'s options: ``repa.demo.DemoConfig``'s fields, with ``seeds`` given as a count and a first seed."""
-    from repa.demo.config import DemoConfig
-
-    @dataclass(frozen=True)
-    class DemoCommand(DemoConfig):
-        """The default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report."""
-        seeds: int = len(DemoConfig.seeds)   # number of seed pairs (3 or more give a median and range)
-        first_seed: int = DemoConfig.seeds[0]  # seed 0 was used to choose the settings: headline seeds start at 1
-        config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
-    return DemoCommand
-
-
-def _run_demo(opts) -> int:
-    from repa.config import ConfigError
-    from repa.demo import DemoConfig, run_demo
-    if opts.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {opts.seeds}")
-    values = {f.name: getattr(opts, f.name) for f in dataclasses.fields(DemoConfig)}
-    run_demo(DemoConfig(**{**values, "seeds": tuple(range(opts.first_seed, opts.first_seed + opts.seeds))}))
-    return 0
-
-
-def _load(opts):
-    import torch
-
-    from repa.checkpoint import load_model
-    return load_model(opts.checkpoint, which=opts.which, origin=opts.origin, encoder_depth=opts.encoder_depth,
-                      device=opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _run_sample_grid(opts) -> int:
-    from repa.config import ConfigError
-    from repa.preflight import check_output_file
-    from repa.runlock import clean_stale_temp_files
-    from repa.evaluation.generate import sample_grid_png
-    for flag, value in (("--num", opts.num), ("--steps", opts.sampling.steps)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
-    check_output_file(opts.out, "--out")
-    clean_stale_temp_files(os.path.dirname(os.path.abspath(opts.out)), prefix=f".{os.path.basename(opts.out)}.tmp")
-    sample_grid_png(_load(opts), opts.out, opts.sampling, num=opts.num, seed=opts.seed, vae=opts.vae)
-    print(f"wrote {opts.out}")
-    return 0
-
-
-def _run_analyze(opts) -> int:
-    from repa.analysis.run import AnalyzeOptions, run_analysis
-    from repa.config import ConfigError
-    if not opts.checkpoints:
-        raise ConfigError("give at least one checkpoint (CKPT [CKPT ...])")
-    settings = AnalyzeOptions(num_samples=opts.num_samples, t=opts.t, layers=tuple(opts.layers) or None,
-                              topk=opts.topk, batch_size=opts.batch_size, seed=opts.seed, probe=not opts.no_probe,
-                              probe_epochs=opts.probe_epochs)
-    run_analysis(list(opts.checkpoints), opts.data, opts.out, settings, encoder=opts.encoder,
-                 encoder_weights=opts.encoder_weights, which=opts.which, device=opts.device)
-    return 0
-
-
-def _run_prepare(opts) -> int:
-    from repa.data.prepare_cli import run_prepare
-    return run_prepare(opts)
-
-
-def _run_encoders(opts) -> int:
-    from repa.config import ConfigError
-    from repa.encoders import describe
-    if (opts.resolution is None) != (opts.token_grid is None):
-        raise ConfigError("--resolution and --token-grid go together")
-    print(describe(opts.names, resolution=opts.resolution, token_grid=opts.token_grid))
-    return 0
-
-
-def _run_sample(opts) -> int:
-    from repa.config import ConfigError
-    from repa.evaluation.generate import sample_to_npz
-    if opts.encoder_depth is not None:
-        raise ConfigError("--encoder-depth does not change samples (the projectors are not used); leave it out")
-    sample_to_npz(opts.checkpoint, opts.out, opts.sampling, num=opts.num_samples, seed=opts.seed,
-                  labels=opts.labels, batch_size=opts.batch_size, vae=opts.vae, which=opts.which,
-                  device=opts.device, origin=opts.origin)
-    return 0
-
-
-def _run_eval(opts) -> int:
-    import json
-
-    from repa.evaluation.evaluate import evaluate_samples
-    metrics = evaluate_samples(opts.samples, opts.ref, out=opts.out, inception_path=opts.inception,
-                               logits=opts.logits, dinov2=opts.dinov2, dinov2_model=opts.dinov2_model,
-                               ref_num=opts.ref_num, batch_size=opts.batch_size, use_cache=not opts.no_cache,
-                               cache_dir=opts.cache_dir, device=opts.device)
-    print(json.dumps(metrics, indent=2))
-    if "inception_score" not in metrics:
-        print("note: no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; see "
-              "docs/EVALUATION.md)", file=sys.stderr)
-    return 0
-
-
-def _run_export(opts) -> int:
-    from repa.checkpoint import export_model
-    folder = export_model(opts.checkpoint, opts.out, which=opts.which, origin=opts.origin,
-                          encoder_depth=opts.encoder_depth)
-    print(f"wrote {folder}/model.safetensors and {folder}/config.json; load with repa.load_model({str(folder)!r})")
-    return 0
-
-
-@dataclass(frozen=True)
-class Command:
-    help: str
-    options: Callable[[], type]     # the options class (imported when the command runs)
-    run: Callable[[Any], int]
-
-
-def _options(name: str) -> Callable[[], type]:
-    return lambda: getattr(__import__("repa.commands", fromlist=[name]), name)
-
-
-COMMANDS: dict[str, Command] = {
-    "prepare": Command("prepare a dataset folder (images, VAE latents, token caches); reruns resume",
-                       _options("PrepareCommand"), _run_prepare),
-    "train": Command("train a SiT/DiT with (or without) REPA; reruns resume", _options("TrainCommand"), _run_train),
-    "presets": Command("list the training presets (the paper's runs and small offline ones)",
-                       _options("PresetsCommand"), _run_presets),
-    "demo": Command("the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report",
-                    _demo_options, _run_demo),
-    "sample": Command("N samples of a model to an ADM .npz (+ grid, settings); torchrun shards it, reruns resume",
-                      _options("SampleCommand"), _run_sample),
-    "eval": Command("FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)",
-                    _options("EvalCommand"), _run_eval),
-    "sample-grid": Command("write a PNG grid of samples from a model (quick look)", _options("SampleGridCommand"),
-                           _run_sample_grid),
-    "analyze": Command("CKNNA alignment with a frozen encoder and linear probes, per block; analysis.json, plots, "
-                       "a summary table", _options("AnalyzeCommand"), _run_analyze),
-    "encoders": Command("list the frozen encoders: width, input resolution, weights source",
-                        _options("EncodersCommand"), _run_encoders),
-    "export": Command("export a checkpoint as model.safetensors + config.json (repa.load_model, torch.hub, the Hub)",
-                      _options("ExportCommand"), _run_export),
+COMMANDS: dict[str, str] = {       # the lines of `repa --help`; each command's options and run: repa.commands
+    "prepare": "prepare a dataset folder (images, VAE latents, token caches); reruns resume",
+    "train": "train a SiT/DiT with (or without) REPA; reruns resume",
+    "presets": "list the training presets (the paper's runs and small offline ones)",
+    "demo": "the default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report",
+    "sample": "N samples of a model to an ADM .npz (+ grid, settings); torchrun shards it, reruns resume",
+    "eval": "FID, sFID, IS, precision, recall of a sample .npz (ADM evaluator definitions)",
+    "sample-grid": "write a PNG grid of samples from a model (quick look)",
+    "analyze": "CKNNA alignment with a frozen encoder and linear probes, per block; analysis.json, plots, a summary table",
+    "encoders": "list the frozen encoders: width, input resolution, weights source",
+    "export": "export a checkpoint as model.safetensors + config.json (repa.load_model, torch.hub, the Hub)",
 }
+
+
+def options_class(command: str) -> type:
+    """The options class of ``command`` (``sample-grid``: ``repa.commands.SampleGridCommand``), imported now."""
+    from repa import commands
+    return getattr(commands, command.title().replace("-", "") + "Command")
 
 
 # ---- parsing -------------------------------------------------------------------------------------------------------
@@ -218,8 +61,8 @@ class Sources:
 def parse_command(command: str, argv: list[str]):
     """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
     from repa.config import ConfigError, apply_overrides, from_dict, to_dict
-    cls, prog = COMMANDS[command].options(), f"repa {command}"
-    argv = _boolean_values(list(argv), _flags(cls))
+    cls, prog = options_class(command), f"repa {command}"
+    argv = _rewrite(list(argv), _flags(cls))
     sources, _ = _tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
     start = _start(cls, sources)
     opts = _tyro(cls, argv, prog, default=start)
@@ -242,7 +85,7 @@ def _start(cls: type, sources: Sources):
     import tyro
 
     from repa.commands import FAST_PATH
-    from repa.config import ConfigError, apply_overrides, to_dict, train_config_from_dict
+    from repa.config import ConfigError, apply_overrides, merge, read_mapping, to_dict, train_config_from_dict
     train = any(f.name == "train" for f in dataclasses.fields(cls))
     if train:
         from repa.presets import get_preset
@@ -252,13 +95,13 @@ def _start(cls: type, sources: Sources):
                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
     if sources.config is not None and hasattr(cls, "config"):
         try:
-            data = _read_mapping(sources.config)
+            data = read_mapping(sources.config)
             if train:
                 if {"model", "objective", "optim", "data"} <= set(data):      # a whole run config (config.json)
                     data = to_dict(train_config_from_dict(data))
-                start = dataclasses.replace(start, train=_merge(start.train, data))
+                start = dataclasses.replace(start, train=merge(start.train, data))
             else:
-                start = _merge(start, data)
+                start = merge(start, data)
         except ConfigError as exc:
             raise ConfigError(f"--config {sources.config}: {exc}") from None
     if sources.fast and train:
@@ -266,41 +109,8 @@ def _start(cls: type, sources: Sources):
     return start
 
 
-def _read_mapping(path: str) -> dict:
-    """The mapping in a YAML or JSON file."""
-    import json
-
-    import yaml
-
-    from repa.config import ConfigError
-    with open(path, encoding="utf-8") as f:
-        try:
-            text = f.read()
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"not a text file ({exc})") from None
-    try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.endswith(".json") else "YAML/JSON"
-        raise ConfigError(f"not valid {kind} ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"holds a {type(data).__name__}, not a mapping of options")
-    return data
-
-
-def _merge(base, data: dict):
-    """``base`` (a dataclass instance) with ``data``'s values; a nested mapping updates a nested section."""
-    from repa.config import ConfigError
-    names = [f.name for f in dataclasses.fields(base)]
-    if set(data) - set(names):
-        raise ConfigError(f"unknown option(s) {sorted(set(data) - set(names))}; known: {names}")
-    return dataclasses.replace(base, **{k: _merge(getattr(base, k), v) if isinstance(v, dict) and
-                                        dataclasses.is_dataclass(getattr(base, k)) else
-                                        tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def _flags(cls: type, prefix: str = "") -> dict[str, bool]:
-    """Every ``--flag`` tyro makes for dataclass ``cls`` (positionals excepted), mapped to: is it a boolean."""
+def _flags(cls: type, prefix: str = "") -> dict[str, type]:
+    """Every ``--flag`` tyro makes for dataclass ``cls`` (positionals excepted), mapped to its type."""
     from tyro.conf import Positional
     out, hints = {}, typing.get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
@@ -310,50 +120,39 @@ def _flags(cls: type, prefix: str = "") -> dict[str, bool]:
         if dataclasses.is_dataclass(inner):
             out.update(_flags(inner, f"{prefix}{name}." if name else prefix))
         elif Positional not in meta:
-            out[f"--{prefix}{name}".replace("_", "-")] = inner is bool
+            out[f"--{prefix}{name}".replace("_", "-")] = inner
     return out
 
 
 _BOOLEAN = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
-def _boolean_values(argv: list[str], flags: dict[str, bool]) -> list[str]:
-    """``--flag true|false`` and ``--flag=false`` as tyro's ``--flag`` / ``--no-flag``."""
+def _rewrite(argv: list[str], flags: dict[str, type]) -> list[str]:
+    """``--flag true|false`` / ``--flag=false`` as tyro's ``--flag`` / ``--no-flag``; ``--list a,b`` as ``a b``."""
     out, i = [], 0
     while i < len(argv):
         name, eq, value = argv[i].partition("=")
-        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        key = name.replace("_", "-")
-        if flags.get(key) and value.lower() in _BOOLEAN:
+        value, key, taken = value if eq else (argv[i + 1] if i + 1 < len(argv) else ""), name.replace("_", "-"), 1
+        tp = flags.get(key)
+        if tp is bool and value.lower() in _BOOLEAN:
             section, dot, field = key[2:].rpartition(".")
             out.append(key if _BOOLEAN[value.lower()] else f"--{section}{dot}no-{field}")
-            i += 1 if eq else 2
+            taken += not eq
+        elif "," in value and tuple in [typing.get_origin(t) for t in (tp, *typing.get_args(tp))]:
+            out += [name, *[v for v in value.split(",") if v]]
+            taken += not eq
         else:
             out.append(argv[i])
-            i += 1
+        i += taken
     return out
 
 
 def _tyro(cls: type, argv: list[str], prog: str, **kwargs):
-    """``tyro.cli`` with the list rule, parse errors raised as UsageError (tyro's parse-error hook)."""
+    """``tyro.cli`` with parse errors raised as UsageError (tyro's parse-error hook)."""
     import tyro
     from tyro import _errors      # tyro's hook for parse errors (tyro>=1,<2; documented there as experimental)
-    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
-    registry = ConstructorRegistry()
-
-    @registry.primitive_rule
-    def comma_separated_lists(info):       # tuple[T, ...] options also take "a,b"
-        item = typing.get_args(info.type)
-        if info.type_origin is not tuple or item[1:] != (Ellipsis,) or tyro.conf.Positional in info.markers:
-            return None
-        spec = ConstructorRegistry.get_primitive_spec(PrimitiveTypeInfo.make(item[0], info.markers))
-        return None if not isinstance(spec, PrimitiveConstructorSpec) else PrimitiveConstructorSpec(
-            nargs="*", metavar=f"{spec.metavar} [...]", is_instance=lambda x: isinstance(x, tuple),
-            instance_from_str=lambda a: tuple(spec.instance_from_str([p]) for s in a for p in s.split(",") if p),
-            str_from_instance=lambda t: [s for x in t for s in spec.str_from_instance(x)])
-
     with _errors.on_parse_error(lambda event: _usage_error(event, cls)):
-        return tyro.cli(cls, args=argv, prog=prog, registry=registry, **kwargs)
+        return tyro.cli(cls, args=argv, prog=prog, **kwargs)
 
 
 def _usage_error(event, cls: type):
@@ -382,7 +181,7 @@ def _top_level_help() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: repa [--debug] [--version] COMMAND [options]", "",
              "REPA: representation alignment for generation (Yu et al., ICLR 2025).", "", "commands:"]
-    lines += [f"  {name:{width}s}  {spec.help}" for name, spec in COMMANDS.items()]
+    lines += [f"  {name:{width}s}  {text}" for name, text in COMMANDS.items()]
     lines += ["", "options:", "  -h, --help  this message; `repa COMMAND --help` lists a command's options",
               "  --version   print the version and exit",
               f"  --debug     show the full traceback of an error (or set {DEBUG_ENV}=1)"]
@@ -393,20 +192,19 @@ def _top_level_help() -> str:
 
 DEBUG_ENV = "REPA_DEBUG"
 RESUMABLE = {"train", "prepare", "sample"}
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)  # a path given wrongly
+_WRITE_HINTS = {errno.ENOSPC: "free space on that file system or choose another folder",
+                errno.EFBIG: "the file exceeds a size limit of this system or file system",
+                errno.EROFS: "the file system is read-only; choose a writable folder",
+                errno.EACCES: "choose a folder you may write to"}
+_WRITE_HINTS.update({errno.EDQUOT: _WRITE_HINTS[errno.ENOSPC], errno.EPERM: _WRITE_HINTS[errno.EACCES]})
 
 
 def _os_error_message(exc: OSError) -> str:
     """A readable reason for an OSError raised by this project (message in strerror) or by the system."""
-    import errno
     reason = exc.strerror or str(exc)
-    if exc.filename and str(exc.filename) not in reason:
-        reason = f"{exc.filename}: {reason}"
-    hints = {errno.ENOSPC: "free space on that file system or choose another folder",
-             errno.EDQUOT: "free space on that file system or choose another folder",
-             errno.EFBIG: "the file exceeds a size limit of this system or file system",
-             errno.EROFS: "the file system is read-only; choose a writable folder",
-             errno.EACCES: "choose a folder you may write to", errno.EPERM: "choose a folder you may write to"}
-    hint = hints.get(exc.errno)
+    reason = f"{exc.filename}: {reason}" if exc.filename and str(exc.filename) not in reason else reason
+    hint = _WRITE_HINTS.get(exc.errno)
     return f"{reason}; {hint}" if hint and hint not in reason else reason
 
 
@@ -418,55 +216,36 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
     from repa.interrupt import Interrupted
     from repa.runlock import RunLockedError
     from repa.training_utils import NonFiniteError
+    rerun = "; rerun the same command to resume" if command in RESUMABLE else ""
     if isinstance(exc, Interrupted):
-        if command == "train" and exc.checkpoint is not None:
-            how = f"; resume with: repa {shlex.join(argv)}"
-        else:
-            how = "; rerun the same command to resume" if command in RESUMABLE else ""
-        return exc.exit_code, f"{exc}{how}"
+        resume = command == "train" and exc.checkpoint is not None
+        return exc.exit_code, f"{exc}" + (f"; resume with: repa {shlex.join(argv)}" if resume else rerun)
     if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted (Ctrl-C)" + ("; rerun the same command to resume" if command in RESUMABLE else "")
-    if isinstance(exc, (NonFiniteError, RunLockedError)):
-        return 1, str(exc)
+        return 130, f"interrupted (Ctrl-C){rerun}"
     if isinstance(exc, pickle.UnpicklingError):
         return 2, f"a file is not a weights-only torch file; nothing in it was executed ({' '.join(str(exc).split())[:200]})"
-    if isinstance(exc, ConfigError):
-        return 2, str(exc)
-    if isinstance(exc, (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)):
-        return 2, _os_error_message(exc)        # a path given wrongly
-    if isinstance(exc, OSError):
-        return 1, _os_error_message(exc)
+    if isinstance(exc, (ConfigError, NonFiniteError, RunLockedError, OSError)):   # user (2) or environment (1) errors
+        code = 2 if isinstance(exc, (ConfigError, *_PATH_ERRORS)) else 1
+        return code, _os_error_message(exc) if isinstance(exc, OSError) else str(exc)
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    while argv and argv[0].startswith("-"):
-        flag = argv.pop(0)
-        if flag in ("-h", "--help"):
-            print(_top_level_help())
-            return 0
-        if flag == "--version":
-            from repa import __version__
-            print(f"repa {__version__}")
-            return 0
-        if flag != "--debug":
-            print(f"repa: error: unknown option {flag!r}; see repa --help", file=sys.stderr)
-            return 2
-        debug = True
-    if not argv:
-        print(_top_level_help(), file=sys.stderr)
-        print("repa: error: give a COMMAND", file=sys.stderr)
-        return 2
-    command, rest = argv[0], argv[1:]
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in argv    # before or after the COMMAND
+    argv = [a for a in argv if a != "--debug"]
+    command, rest = (argv or [""])[0], argv[1:]
+    if command in ("-h", "--help", "--version"):
+        from repa import __version__
+        print(f"repa {__version__}" if command == "--version" else _top_level_help())
+        return 0
     if command not in COMMANDS:
         close = difflib.get_close_matches(command, list(COMMANDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; commands: {', '.join(COMMANDS)}"
-        print(f"repa: error: unknown command {command!r}{hint}", file=sys.stderr)
+        message = ("give a COMMAND" if not command else f"unknown option {command!r}; see repa --help"
+                   if command.startswith("-") else f"unknown command {command!r}; " +
+                   (f"did you mean {close[0]!r}?" if close else f"commands: {', '.join(COMMANDS)}"))
+        print(("" if command else _top_level_help() + "\n") + f"repa: error: {message}", file=sys.stderr)
         return 2
-    if "--debug" in rest:                       # `repa COMMAND ... --debug` too
-        debug, rest = True, [a for a in rest if a != "--debug"]
     from repa.interrupt import Interrupted, signals_as_exceptions
     try:
         with signals_as_exceptions():
@@ -474,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(opts, "device", None) is not None:
                 from repa.preflight import check_device
                 check_device(opts.device)
-            result = COMMANDS[command].run(opts)
+            result = opts.run()
     except (Exception, KeyboardInterrupt) as exc:  # user errors and interruptions: one clear line
         described = describe_error(exc, command, [command, *rest])
         if described is None or debug:

@@ -1,9 +1,13 @@
-"""The typed options of every ``repa`` command (one frozen dataclass each, parsed by tyro in ``repa.cli``).
+"""The ``repa`` commands: one frozen dataclass of typed options each (parsed by tyro in ``repa.cli``), whose ``run``
+makes ONE library call and prints its result; ``run`` returns the exit code (None: 0). Heavy imports happen there.
 
 The comment next to a field is its ``--help`` line (tyro reads it); a field's default is the command's default.
+Options several commands share are defined once, in the ``_``-prefixed classes they inherit.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional
 
@@ -11,6 +15,7 @@ from tyro.conf import Positional, arg
 from tyro.constructors import PrimitiveConstructorSpec
 
 from repa.config import ConfigError, SampleConfig, TrainConfig
+from repa.demo.config import DemoConfig
 
 
 class UsageError(ConfigError):
@@ -25,6 +30,37 @@ OPTIONAL_VALUE = PrimitiveConstructorSpec(nargs=(0, 1), metavar="[VALUE]", insta
                                           str_from_instance=lambda x: [str(x)])
 # The fast path (issue: performance): numerics within the tolerance stated in tests/test_fast_path.py.
 FAST_PATH = {"precision": "bf16", "optim.fused": True, "compile": True}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ConfigFile:
+    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Device:
+    device: Optional[str] = None      # torch device (default: cuda:LOCAL_RANK when available, else cpu)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Weights:
+    which: Which = "ema"              # weights to use (ema: what the papers evaluate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Model(_Weights):
+    # checkpoint file (this project's, a reference one, a state dict), a folder written by `repa export`, or a Hub id
+    checkpoint: Positional[str]
+    # network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's or facebookresearch/DiT's
+    origin: Origin = "auto"
+    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Sampled(_Model, _Device, _ConfigFile):
+    sampling: Annotated[SampleConfig, arg(name="")] = field(default_factory=SampleConfig)
+    seed: int = 0                     # seeds the start noise and the SDE's noise (sample i depends on (seed, i) only)
+    vae: Optional[str] = None         # hub id or folder of the decoding VAE of latent models (default sd-vae-ft-ema)
 
 
 @dataclass(frozen=True)
@@ -45,46 +81,51 @@ class TrainCommand:
     fast: bool = False
     train: Annotated[TrainConfig, arg(name="")] = field(default_factory=TrainConfig)
 
+    def run(self):
+        from repa.config import to_json
+        from repa.training import check_config, train
+        check_config(self.train)
+        if self.dry_run:
+            print(to_json(self.train))
+            return
+        result = train(self.train, allow_config_change=self.allow_config_change, device=self.device)
+        if int(os.environ.get("RANK", "0")) == 0:          # the end-of-run line once, not once per torchrun process
+            print(f"finished at step {result.step}; last checkpoint: {result.checkpoint}")
 
-@dataclass(frozen=True)
-class SampleCommand:
+
+@dataclass(frozen=True, kw_only=True)
+class SampleCommand(_Sampled):
     """N samples of a model to an ADM .npz (+ grid.png, settings.json); torchrun shards it, reruns resume."""
-    # checkpoint file, a folder written by `repa export`, or a Hugging Face Hub id of one
-    checkpoint: Positional[str]
     # number of samples (50000 for FID-50K); write --num-samples under torchrun (--num clashes with its options)
     num_samples: Annotated[int, arg(aliases=("--num",))]
     out: str                          # output folder: samples.npz, grid.png, settings.json
-    sampling: Annotated[SampleConfig, arg(name="")] = field(default_factory=SampleConfig)
     labels: Literal["random", "balanced"] = "random"  # class labels: random, or i mod num_classes
     batch_size: int = 64              # per process; does not change the samples
-    seed: int = 0                     # sample i depends on (seed, i) only
-    vae: Optional[str] = None         # hub id or folder of the decoding VAE of latent models (default sd-vae-ft-ema)
-    which: Which = "ema"              # weights to sample from
-    # network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's or facebookresearch/DiT's
-    origin: Origin = "auto"
-    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
-    device: Optional[str] = None      # default cuda:LOCAL_RANK when available, else cpu
-    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+    def run(self):
+        from repa.evaluation.generate import sample_to_npz
+        if self.encoder_depth is not None:
+            raise ConfigError("--encoder-depth does not change samples (the projectors are not used); leave it out")
+        sample_to_npz(self.checkpoint, self.out, self.sampling, num=self.num_samples, seed=self.seed,
+                      labels=self.labels, batch_size=self.batch_size, vae=self.vae, which=self.which,
+                      device=self.device, origin=self.origin)
 
 
-@dataclass(frozen=True)
-class SampleGridCommand:
+@dataclass(frozen=True, kw_only=True)
+class SampleGridCommand(_Sampled):
     """A PNG grid of samples from a model (quick look); latent models are decoded with a VAE."""
-    checkpoint: Positional[str]       # checkpoint file, a folder written by `repa export`, or a Hub id of one
     out: str = "samples.png"          # the PNG file
     num: int = 16                     # number of images (labels cycle through the classes)
-    sampling: Annotated[SampleConfig, arg(name="")] = field(default_factory=SampleConfig)
-    seed: int = 0                     # seeds the start noise (and the SDE's noise)
-    vae: Optional[str] = None         # hub id or folder of the decoding VAE of latent models (default sd-vae-ft-ema)
-    which: Which = "ema"              # weights to sample from
-    origin: Origin = "auto"           # network of a checkpoint without this project's config (see repa sample)
-    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
-    device: Optional[str] = None      # torch device (default: cuda when available, else cpu)
-    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+    def run(self):
+        from repa.evaluation.generate import write_sample_grid
+        write_sample_grid(self.checkpoint, self.out, self.sampling, num=self.num, seed=self.seed, vae=self.vae,
+                          which=self.which, origin=self.origin, encoder_depth=self.encoder_depth, device=self.device)
+        print(f"wrote {self.out}")
 
 
-@dataclass(frozen=True)
-class EvalCommand:
+@dataclass(frozen=True, kw_only=True)
+class EvalCommand(_Device, _ConfigFile):
     """FID, sFID, Inception Score, precision, recall of a sample .npz (the ADM evaluator's definitions)."""
     samples: Positional[str]          # ADM .npz: arr_0 (N, H, W, 3) uint8
     # ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz) or a prepared dataset folder
@@ -101,13 +142,25 @@ class EvalCommand:
     no_cache: bool = False            # neither read nor write reference statistics caches
     # folder of the reference statistics caches (default $REPA_CACHE, else ~/.cache/repa/eval-stats)
     cache_dir: Optional[str] = None
-    device: Optional[str] = None      # torch device (default: cuda when available, else cpu)
     out: Optional[str] = None         # results JSON (default: SAMPLES with .metrics.json)
-    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+    def run(self):
+        import json
+        import sys
+
+        from repa.evaluation.evaluate import evaluate_samples
+        metrics = evaluate_samples(self.samples, self.ref, out=self.out, inception_path=self.inception,
+                                   logits=self.logits, dinov2=self.dinov2, dinov2_model=self.dinov2_model,
+                                   ref_num=self.ref_num, batch_size=self.batch_size, use_cache=not self.no_cache,
+                                   cache_dir=self.cache_dir, device=self.device)
+        print(json.dumps(metrics, indent=2))
+        if "inception_score" not in metrics:
+            print("note: no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; see "
+                  "docs/EVALUATION.md)", file=sys.stderr)
 
 
-@dataclass(frozen=True)
-class AnalyzeCommand:
+@dataclass(frozen=True, kw_only=True)
+class AnalyzeCommand(_Weights, _Device, _ConfigFile):
     """CKNNA alignment with a frozen encoder and linear probes, per block, for one or more checkpoints; writes
     analysis.json, PNG plots, and prints a summary table."""
     # checkpoint files (several steps of one run, or several runs such as REPA and vanilla)
@@ -124,13 +177,18 @@ class AnalyzeCommand:
     seed: int = 0                     # seeds the subset, the noise and the probe split
     no_probe: bool = False            # skip the linear probes
     probe_epochs: int = 100           # epochs of each linear probe
-    which: Which = "ema"              # weights to analyse
-    device: Optional[str] = None      # torch device (default: cuda when available)
-    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+    def run(self):
+        from repa.analysis.run import AnalyzeOptions, run_analysis
+        settings = AnalyzeOptions(num_samples=self.num_samples, t=self.t, layers=tuple(self.layers) or None,
+                                  topk=self.topk, batch_size=self.batch_size, seed=self.seed, probe=not self.no_probe,
+                                  probe_epochs=self.probe_epochs)
+        run_analysis(list(self.checkpoints), self.data, self.out, settings, encoder=self.encoder,
+                     encoder_weights=self.encoder_weights, which=self.which, device=self.device)
 
 
-@dataclass(frozen=True)
-class PrepareCommand:
+@dataclass(frozen=True, kw_only=True)
+class PrepareCommand(_Device, _ConfigFile):
     """Prepare a dataset folder (images, VAE latents, token caches); reruns resume.
 
         repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
@@ -156,10 +214,17 @@ class PrepareCommand:
     token_grid: Optional[int] = None
     encoder_weights: tuple[str, ...] = ()  # local weights, one per --tokens encoder
     batch_size: int = 64              # VAE / encoder batch size
-    device: Optional[str] = None      # device of the VAE and encoders (default cuda:LOCAL_RANK if available)
     overwrite: bool = False           # delete an existing dataset in OUT and start again
     quiet: bool = False               # no progress bars
-    config: Optional[str] = None      # YAML or JSON file with values for any option; flags given too override it
+
+    def run(self):
+        from repa.data.prepare import prepare_command
+        return prepare_command(*self.paths, verify=self.verify, check_hashes=not self.no_hash, tokens=self.tokens,
+                               encoder_weights=self.encoder_weights, token_grid=self.token_grid, latents=self.latents,
+                               vae=self.vae, resolution=self.resolution, num_workers=self.workers,
+                               batch_size=self.batch_size, device=self.device, progress=not self.quiet,
+                               split=self.split, channels=self.channels, hflip=self.hflip, small=self.small,
+                               chunk_size=self.chunk_size, latent_dtype=self.latent_dtype, overwrite=self.overwrite)
 
 
 @dataclass(frozen=True)
@@ -169,18 +234,44 @@ class EncodersCommand:
     resolution: Optional[int] = None  # dataset image side: show what each encoder does with it
     token_grid: Optional[int] = None  # SiT token grid side (with --resolution)
 
+    def run(self):
+        from repa.encoders import describe
+        print(describe(self.names, resolution=self.resolution, token_grid=self.token_grid))
+
 
 @dataclass(frozen=True)
 class PresetsCommand:
     """List the training presets (the paper's runs, the variants and small offline ones)."""
 
+    def run(self):
+        from repa.presets import describe
+        print(describe())
 
-@dataclass(frozen=True)
-class ExportCommand:
+
+@dataclass(frozen=True, kw_only=True)
+class ExportCommand(_Model):
     """Export a checkpoint as OUT/model.safetensors + OUT/config.json (loadable by repa.load_model, torch.hub and
     the Hugging Face Hub)."""
-    checkpoint: Positional[str]       # checkpoint file (this project's, a reference one, or a state dict)
     out: Positional[str]              # the folder to write
-    which: Which = "ema"              # weights to export (ema: what the papers evaluate)
-    origin: Origin = "auto"           # network of a checkpoint without this project's config (see repa sample)
-    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
+
+    def run(self):
+        from repa.checkpoint import export_model
+        folder = export_model(self.checkpoint, self.out, which=self.which, origin=self.origin,
+                              encoder_depth=self.encoder_depth)
+        print(f"wrote {folder}/model.safetensors and {folder}/config.json; load with repa.load_model({str(folder)!r})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoCommand(DemoConfig, _ConfigFile):
+    """The default job: REPA vs vanilla latent SiT on Fashion-MNIST, speed-up with error bars, report.
+
+    ``repa.demo.DemoConfig``'s fields, with ``seeds`` given as a count and a first seed."""
+    seeds: int = len(DemoConfig.seeds)   # number of seed pairs (3 or more give a median and range)
+    first_seed: int = DemoConfig.seeds[0]  # seed 0 was used to choose the settings: headline seeds start at 1
+
+    def run(self):
+        from repa.demo import run_demo
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(DemoConfig)}
+        run_demo(DemoConfig(**{**values, "seeds": tuple(range(self.first_seed, self.first_seed + self.seeds))}))

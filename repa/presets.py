@@ -118,3 +118,13 @@ def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def describe() -> str:
+    """A plain-text table of the presets (``repa presets``): model, encoder depth, lambda, resolution, batch, encoders."""
+    lines = [f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders"]
+    for name, make in PRESETS.items():
+        c = make()
+        lines.append(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
+                     f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
+    return "\n".join(lines)

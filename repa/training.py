@@ -99,6 +99,16 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
                       device=device, progress=progress, stop_at_step=stop_at_step)
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """The checks of ``cfg`` that need neither data nor a device (``repa train`` runs them first; ``--dry-run``
+    stops after them): the fields and the objective, the encoders, the packages the logging needs."""
+    from repa.encoders import check_train_encoders
+    from repa.preflight import check_logging_packages
+    validate(cfg)
+    check_train_encoders(cfg)
+    check_logging_packages(cfg)
+
+
 def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change: bool = False,
            device: str | None = None, progress: bool = True, stop_at_step: int | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns when ``max_steps`` (or ``stop_at_step``) is reached.

@@ -111,11 +111,11 @@ def test_a_bad_config_file_value_is_one_line(capsys, tmp_path):
 
 
 def test_a_plain_value_error_is_a_bug_and_keeps_its_traceback(monkeypatch):
-    from repa import cli
+    from repa.commands import PresetsCommand
 
     def broken(opts):
         raise ValueError("an internal inconsistency")
-    monkeypatch.setitem(cli.COMMANDS, "presets", cli.Command("list", cli.COMMANDS["presets"].options, broken))
+    monkeypatch.setattr(PresetsCommand, "run", broken)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main(["presets"])
 

@@ -189,6 +189,8 @@ def describe(names: str | Sequence[str] | None = None, *, resolution: int | None
     """A plain-text table of the registry (or of ``names``): name, width E, input side rule, training resolution,
     tokens and where the weights come from. With ``resolution`` and ``token_grid``, a last column shows what each
     encoder does for that setting (image side seen, native grid -> token grid) or why it cannot."""
+    if (resolution is None) != (token_grid is None):
+        raise ConfigError("--resolution and --token-grid go together")
     specs = [get_spec(n) for n in _split(names)] if names else list(ENCODERS.values())
     header = ("name", "E", "input side", "trained at", "tokens", "weights")
     rows = [(s.name, str(s.embed_dim), _input_rule(s), f"{s.native_resolution} px", s.tokens, _weights_source(s))

@@ -175,6 +175,23 @@ def sample_grid_png(model, path, config: SampleConfig | None = None, *, num: int
     save_png(image_grid(images), path)
 
 
+def write_sample_grid(checkpoint, out, config: SampleConfig | None = None, *, num: int = 16, seed: int = 0,
+                      vae=None, which: str = "ema", origin: str = "auto", encoder_depth: int | None = None,
+                      device: str | None = None) -> None:
+    """``repa sample-grid``: ``sample_grid_png`` of the model ``load_model`` reads from ``checkpoint`` (arguments as
+    there; ``device`` default CUDA when available), after checking the settings and the output file."""
+    from repa.preflight import check_output_file
+    from repa.runlock import clean_stale_temp_files
+    for flag, value in (("--num", num), ("--steps", (config or SampleConfig()).steps)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    check_output_file(out, "--out")
+    clean_stale_temp_files(os.path.dirname(os.path.abspath(out)), prefix=f".{os.path.basename(out)}.tmp")
+    model = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth,
+                       device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sample_grid_png(model, out, config, num=num, seed=seed, vae=vae)
+
+
 def decoder(loaded: LoadedModel, vae):
     """None for pixel models; for latent models latents -> uint8 images through ``vae`` (a loaded AutoencoderKL,
     or a hub id / folder loaded once per process; default sd-vae-ft-ema)."""
