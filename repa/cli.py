@@ -1,19 +1,16 @@
 """The ``repa`` command line: every command is a typed dataclass (``repa.commands``) parsed by tyro, whose ``run``
-calls one library function. ``repa --help`` imports no command, so it is instant.
-
-``parse_command`` parses in two tyro stages: ``Sources`` reads only ``--preset``, ``--config FILE`` and ``--fast``
-(and whether ``--model.encoder-dims`` is given); then the command's class is read starting from the preset, the
-file's values and the fast path, in that order, so flags override all three and ``--help`` shows the result as the
-defaults. tyro makes a boolean a ``--flag`` / ``--no-flag`` pair; ``--flag true|false``, ``--flag=false`` and a
-list option's ``a,b`` are rewritten for it first (``_rewrite``, the only pass over argv). tyro's parse-error hook
-turns a rejected command line into a UsageError: like every ConfigError, one line and exit 2; any other exception
-is a bug and keeps its traceback. Adding a command: a class with ``run`` in ``repa.commands``, a COMMANDS line.
+calls one library function; ``repa --help`` imports no command. Parsing has two tyro stages: ``Sources`` reads
+``--preset``, ``--config FILE``, ``--fast``; then the command's class is read from that start (preset, file, fast path:
+``repa.config_sources.compose``), so flags override all three and ``--help`` shows the result. ``--flag true|false``
+and a list's ``a,b`` are rewritten to tyro's ``--flag``/``--no-flag`` and ``a b`` first (``_rewrite``). A rejected
+command line is a UsageError (tyro's parse-error hook): like every ConfigError, one line and exit 2; any other
+exception is a bug and keeps its traceback. Adding a command: a class with ``run`` in ``repa.commands``, a line here.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import errno
+import importlib
 import os
 import shlex
 import sys
@@ -38,8 +35,7 @@ COMMANDS: dict[str, str] = {       # the lines of `repa --help`; each command's 
 
 def options_class(command: str) -> type:
     """The options class of ``command`` (``sample-grid``: ``repa.commands.SampleGridCommand``), imported now."""
-    from repa import commands
-    return getattr(commands, command.title().replace("-", "") + "Command")
+    return getattr(importlib.import_module("repa.commands"), command.title().replace("-", "") + "Command")
 
 
 # ---- parsing -------------------------------------------------------------------------------------------------------
@@ -60,67 +56,48 @@ class Sources:
 
 def parse_command(command: str, argv: list[str]):
     """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
-    from repa.config import ConfigError, apply_overrides, from_dict, to_dict
+    from repa.config_sources import typed
     cls, prog = options_class(command), f"repa {command}"
     argv = _rewrite(list(argv), _flags(cls))
     sources, _ = _tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
     start = _start(cls, sources)
     opts = _tyro(cls, argv, prog, default=start)
-    train = hasattr(opts, "train")
-    if sources.config is not None and hasattr(opts, "config"):   # tyro typed the flags; now check the file's values
-        try:
-            checked = from_dict(type(opts.train if train else opts), to_dict(opts.train if train else opts))
-        except ConfigError as exc:
-            raise ConfigError(f"--config {sources.config}: {exc}") from None
-        opts = dataclasses.replace(opts, train=checked) if train else checked
-    if train and sources.model.encoder_dims is None and opts.train.encoders != start.train.encoders:
-        from repa.encoders import encoder_dims               # new encoders, widths not given: the encoders' widths
-        opts = dataclasses.replace(opts, train=apply_overrides(opts.train, {
-            "model.encoder_dims": encoder_dims(opts.train.encoders)}))
+    if sources.config is not None and hasattr(opts, "config"):   # tyro typed the flags; now the file's values
+        opts = typed(opts, sources.config)
+    if hasattr(opts, "train") and sources.model.encoder_dims is None and opts.train.encoders != start.train.encoders:
+        from repa.encoders import with_encoder_dims           # new encoders, widths not given: follow the encoders
+        opts = dataclasses.replace(opts, train=with_encoder_dims(opts.train))
     return opts
 
 
 def _start(cls: type, sources: Sources):
-    """The options the flags start from: the defaults (train: the preset), the --config file's values, --fast."""
+    """The options the flags start from (``repa.config_sources.compose``): the defaults (train: the preset), the
+    --config file's values, --fast."""
     import tyro
 
     from repa.commands import FAST_PATH
-    from repa.config import ConfigError, apply_overrides, merge, read_mapping, to_dict, train_config_from_dict
-    train = any(f.name == "train" for f in dataclasses.fields(cls))
-    if train:
+    from repa.config_sources import compose
+    if any(f.name == "train" for f in dataclasses.fields(cls)):
         from repa.presets import get_preset
-        start = cls(train=get_preset(sources.preset or cls.preset))
-    else:      # a required option the file does not give stays required on the command line
-        start = cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
-                       if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
-    if sources.config is not None and hasattr(cls, "config"):
-        try:
-            data = read_mapping(sources.config)
-            if train:
-                if {"model", "objective", "optim", "data"} <= set(data):      # a whole run config (config.json)
-                    data = to_dict(train_config_from_dict(data))
-                start = dataclasses.replace(start, train=merge(start.train, data))
-            else:
-                start = merge(start, data)
-        except ConfigError as exc:
-            raise ConfigError(f"--config {sources.config}: {exc}") from None
-    if sources.fast and train:
-        start = dataclasses.replace(start, train=apply_overrides(start.train, FAST_PATH))
-    return start
+        return cls(train=compose(get_preset(sources.preset or cls.preset), sources.config,
+                                 FAST_PATH if sources.fast else None))
+    # a required option the file does not give stays required on the command line
+    start = cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
+    return compose(start, sources.config if hasattr(cls, "config") else None)
 
 
 def _flags(cls: type, prefix: str = "") -> dict[str, type]:
     """Every ``--flag`` tyro makes for dataclass ``cls`` (positionals excepted), mapped to its type."""
     from tyro.conf import Positional
-    out, hints = {}, typing.get_type_hints(cls, include_extras=True)
+    out, hints, types = {}, typing.get_type_hints(cls, include_extras=True), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = getattr(hints[f.name], "__metadata__", ())
         name = next((m.name for m in meta if getattr(m, "name", None) is not None), f.name)
-        inner = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(inner):
-            out.update(_flags(inner, f"{prefix}{name}." if name else prefix))
+        if dataclasses.is_dataclass(types[f.name]):
+            out.update(_flags(types[f.name], f"{prefix}{name}." if name else prefix))
         elif Positional not in meta:
-            out[f"--{prefix}{name}".replace("_", "-")] = inner
+            out[f"--{prefix}{name}".replace("_", "-")] = types[f.name]
     return out
 
 
@@ -160,32 +137,29 @@ def _usage_error(event, cls: type):
 
     from repa.commands import UsageError
     arg = getattr(event, "argument", None)
-    name = arg.display_name() if arg is not None else None
+    name = f"{arg.display_name()}: " if arg is not None else ""
     if isinstance(event, e.UnrecognizedArgs):
-        message = f"unrecognized option(s) {' '.join(event.tokens)}"
         close = [c for t in event.tokens if t.startswith("--")
                  for c in difflib.get_close_matches(t.partition("=")[0].replace("_", "-"), _flags(cls), n=1)]
-        message += f"; did you mean: {', '.join(close)}?" if close else ""
-    elif isinstance(event, e.InvalidChoice):
-        message = f"{name}: invalid choice {event.value!r} (choose from {', '.join(event.choices)})"
+        message = f"unrecognized option(s) {' '.join(event.tokens)}" + (f"; did you mean: {', '.join(close)}?"
+                                                                        if close else "")
     elif isinstance(event, e.MissingArgs):
         message = "missing " + ", ".join(a.arg.display_name() for a in event.missing_arguments)
-    elif isinstance(event, e.InstantiationFailure):
-        message = f"{name}: {event.message}" if name else event.message
+    elif isinstance(event, e.InvalidChoice):
+        message = f"{name}invalid choice {event.value!r} (choose from {', '.join(event.choices)})"
     else:
-        message = f"{name}: give one value" if name else f"invalid arguments ({type(event).__name__})"
+        message = name + getattr(event, "message", "give one value" if arg is not None else
+                                 f"invalid arguments ({type(event).__name__})")
     raise UsageError(f"{message}; see {event.prog} --help")
 
 
 def _top_level_help() -> str:
     width = max(len(name) for name in COMMANDS)
-    lines = ["usage: repa [--debug] [--version] COMMAND [options]", "",
-             "REPA: representation alignment for generation (Yu et al., ICLR 2025).", "", "commands:"]
-    lines += [f"  {name:{width}s}  {text}" for name, text in COMMANDS.items()]
-    lines += ["", "options:", "  -h, --help  this message; `repa COMMAND --help` lists a command's options",
-              "  --version   print the version and exit",
-              f"  --debug     show the full traceback of an error (or set {DEBUG_ENV}=1)"]
-    return "\n".join(lines)
+    commands = "\n".join(f"  {name:{width}s}  {text}" for name, text in COMMANDS.items())
+    return (f"usage: repa [--debug] [--version] COMMAND [options]\n\nREPA: representation alignment for generation "
+            f"(Yu et al., ICLR 2025).\n\ncommands:\n{commands}\n\noptions:\n  -h, --help  this message; `repa COMMAND "
+            f"--help` lists a command's options\n  --version   print the version and exit\n  --debug     show the "
+            f"full traceback of an error (or set {DEBUG_ENV}=1)")
 
 
 # ---- errors: user errors are one line; bugs keep their traceback ---------------------------------------------------
@@ -193,27 +167,13 @@ def _top_level_help() -> str:
 DEBUG_ENV = "REPA_DEBUG"
 RESUMABLE = {"train", "prepare", "sample"}
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)  # a path given wrongly
-_WRITE_HINTS = {errno.ENOSPC: "free space on that file system or choose another folder",
-                errno.EFBIG: "the file exceeds a size limit of this system or file system",
-                errno.EROFS: "the file system is read-only; choose a writable folder",
-                errno.EACCES: "choose a folder you may write to"}
-_WRITE_HINTS.update({errno.EDQUOT: _WRITE_HINTS[errno.ENOSPC], errno.EPERM: _WRITE_HINTS[errno.EACCES]})
-
-
-def _os_error_message(exc: OSError) -> str:
-    """A readable reason for an OSError raised by this project (message in strerror) or by the system."""
-    reason = exc.strerror or str(exc)
-    reason = f"{exc.filename}: {reason}" if exc.filename and str(exc.filename) not in reason else reason
-    hint = _WRITE_HINTS.get(exc.errno)
-    return f"{reason}; {hint}" if hint and hint not in reason else reason
-
-
 def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[int, str] | None:
     """(exit code, one-line message) for a user error or an interruption; None for a bug (keep the traceback)."""
     import pickle
 
     from repa.config import ConfigError
     from repa.interrupt import Interrupted
+    from repa.preflight import describe_os_error
     from repa.runlock import RunLockedError
     from repa.training_utils import NonFiniteError
     rerun = "; rerun the same command to resume" if command in RESUMABLE else ""
@@ -226,7 +186,7 @@ def describe_error(exc: BaseException, command: str, argv: list[str]) -> tuple[i
         return 2, f"a file is not a weights-only torch file; nothing in it was executed ({' '.join(str(exc).split())[:200]})"
     if isinstance(exc, (ConfigError, NonFiniteError, RunLockedError, OSError)):   # user (2) or environment (1) errors
         code = 2 if isinstance(exc, (ConfigError, *_PATH_ERRORS)) else 1
-        return code, _os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+        return code, describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
     return None
 
 

@@ -1,20 +1,22 @@
 """The ``repa`` commands: one frozen dataclass of typed options each (parsed by tyro in ``repa.cli``), whose ``run``
-makes ONE library call and prints its result; ``run`` returns the exit code (None: 0). Heavy imports happen there.
-
-The comment next to a field is its ``--help`` line (tyro reads it); a field's default is the command's default.
-Options several commands share are defined once, in the ``_``-prefixed classes they inherit.
+makes ONE library call, prints its result and returns the exit code (None: 0); heavy imports happen there. The
+comment next to a field is its ``--help`` line; options several commands share live in the ``_``-prefixed classes.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional
 
 from tyro.conf import Positional, arg
 from tyro.constructors import PrimitiveConstructorSpec
 
+from repa.analysis.run import AnalyzeOptions
 from repa.config import ConfigError, SampleConfig, TrainConfig
+from repa.data.command import PrepareOptions
 from repa.demo.config import DemoConfig
 
 
@@ -43,17 +45,13 @@ class _Device:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Weights:
-    which: Which = "ema"              # weights to use (ema: what the papers evaluate)
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Model(_Weights):
+class _Model:
     # checkpoint file (this project's, a reference one, a state dict), a folder written by `repa export`, or a Hub id
     checkpoint: Positional[str]
     # network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's or facebookresearch/DiT's
     origin: Origin = "auto"
     encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
+    which: Which = "ema"              # weights to use (ema: what the papers evaluate)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,9 +143,6 @@ class EvalCommand(_Device, _ConfigFile):
     out: Optional[str] = None         # results JSON (default: SAMPLES with .metrics.json)
 
     def run(self):
-        import json
-        import sys
-
         from repa.evaluation.evaluate import evaluate_samples
         metrics = evaluate_samples(self.samples, self.ref, out=self.out, inception_path=self.inception,
                                    logits=self.logits, dinov2=self.dinov2, dinov2_model=self.dinov2_model,
@@ -160,35 +155,26 @@ class EvalCommand(_Device, _ConfigFile):
 
 
 @dataclass(frozen=True, kw_only=True)
-class AnalyzeCommand(_Weights, _Device, _ConfigFile):
+class AnalyzeCommand(_Device, _ConfigFile):
     """CKNNA alignment with a frozen encoder and linear probes, per block, for one or more checkpoints; writes
     analysis.json, PNG plots, and prints a summary table."""
     # checkpoint files (several steps of one run, or several runs such as REPA and vanilla)
     checkpoints: Annotated[Positional[tuple[str, ...]], arg(metavar="CKPT [CKPT ...]")]
     data: str                         # prepared dataset directory (repa prepare)
     out: str = "analysis"             # output folder
-    num_samples: int = 1000           # size of the fixed random subset
-    t: float = 0.5                    # diffusion time of the inputs (0 data, 1 noise)
-    layers: tuple[int, ...] = ()      # 1-based blocks (default: all)
-    topk: int = 10                    # k of CKNNA and mutual k-NN
+    settings: Annotated[AnalyzeOptions, arg(name="")] = field(default_factory=AnalyzeOptions)
     encoder: Optional[str] = None     # encoder to compare with (default: the checkpoint's first)
     encoder_weights: Optional[str] = None  # local weights for --encoder
-    batch_size: int = 64              # forward batch size
-    seed: int = 0                     # seeds the subset, the noise and the probe split
-    no_probe: bool = False            # skip the linear probes
-    probe_epochs: int = 100           # epochs of each linear probe
+    which: Which = "ema"              # weights to analyse
 
     def run(self):
-        from repa.analysis.run import AnalyzeOptions, run_analysis
-        settings = AnalyzeOptions(num_samples=self.num_samples, t=self.t, layers=tuple(self.layers) or None,
-                                  topk=self.topk, batch_size=self.batch_size, seed=self.seed, probe=not self.no_probe,
-                                  probe_epochs=self.probe_epochs)
-        run_analysis(list(self.checkpoints), self.data, self.out, settings, encoder=self.encoder,
+        from repa.analysis.run import run_analysis
+        run_analysis(list(self.checkpoints), self.data, self.out, self.settings, encoder=self.encoder,
                      encoder_weights=self.encoder_weights, which=self.which, device=self.device)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PrepareCommand(_Device, _ConfigFile):
+class PrepareCommand(_ConfigFile):
     """Prepare a dataset folder (images, VAE latents, token caches); reruns resume.
 
         repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
@@ -197,34 +183,11 @@ class PrepareCommand(_Device, _ConfigFile):
     """
     # SOURCE OUT (a folder of class folders, or 'fashion-mnist' / 'fashion-mnist:DIR'), or OUT alone with --tokens
     paths: Annotated[Positional[tuple[str, ...]], arg(metavar="PATH [PATH]")] = ()
-    verify: Optional[str] = None      # check this dataset folder against its manifest and exit
-    no_hash: bool = False             # --verify: check shapes and counts, skip sha256
-    split: Optional[str] = None       # split sub-folder (train / val), or train / test for Fashion-MNIST
-    resolution: int = -1              # ADM centre-crop side (-1: 256 for folders; Fashion-MNIST keeps 28, also with 0)
-    channels: Optional[Literal[1, 3]] = None  # 3 (RGB, default for folders) or 1 (greyscale)
-    hflip: bool = False               # also store a horizontally flipped copy of every image
-    small: Literal["upscale", "skip"] = "upscale"  # images smaller than the crop: upscale (ADM) or skip
-    chunk_size: Optional[int] = None  # items per chunk/shard (default: about 64 MiB of images)
-    workers: Optional[int] = None     # decoding processes (default: the CPUs of this rank)
-    latents: bool = False             # store SD-VAE latent moments (default VAE)
-    vae: Optional[str] = None         # hub id or folder of the AutoencoderKL (implies --latents; default sd-vae-ft-mse)
-    latent_dtype: Literal["float32", "float16"] = "float32"  # storage dtype of the latent moments
-    tokens: tuple[str, ...] = ()      # cache the tokens of these encoders (e.g. dinov2-vit-b)
-    # token grid of the SiT the cache is for (default: a /2 SiT's grid: resolution // 16 with latents, // 2 in pixels)
-    token_grid: Optional[int] = None
-    encoder_weights: tuple[str, ...] = ()  # local weights, one per --tokens encoder
-    batch_size: int = 64              # VAE / encoder batch size
-    overwrite: bool = False           # delete an existing dataset in OUT and start again
-    quiet: bool = False               # no progress bars
+    prepare: Annotated[PrepareOptions, arg(name="")] = field(default_factory=PrepareOptions)
 
     def run(self):
-        from repa.data.prepare import prepare_command
-        return prepare_command(*self.paths, verify=self.verify, check_hashes=not self.no_hash, tokens=self.tokens,
-                               encoder_weights=self.encoder_weights, token_grid=self.token_grid, latents=self.latents,
-                               vae=self.vae, resolution=self.resolution, num_workers=self.workers,
-                               batch_size=self.batch_size, device=self.device, progress=not self.quiet,
-                               split=self.split, channels=self.channels, hflip=self.hflip, small=self.small,
-                               chunk_size=self.chunk_size, latent_dtype=self.latent_dtype, overwrite=self.overwrite)
+        from repa.data.command import prepare_command
+        return prepare_command(self.paths, self.prepare)
 
 
 @dataclass(frozen=True)
@@ -271,7 +234,5 @@ class DemoCommand(DemoConfig, _ConfigFile):
 
     def run(self):
         from repa.demo import run_demo
-        if self.seeds < 1:
-            raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(DemoConfig)}
         run_demo(DemoConfig(**{**values, "seeds": tuple(range(self.first_seed, self.first_seed + self.seeds))}))

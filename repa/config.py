@@ -450,37 +450,3 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[prefix + k] = v
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config files (``--config FILE`` of every command): YAML or JSON mappings of any subset of the fields
-# ----------------------------------------------------------------------------------------------------------------
-
-def read_mapping(path: str) -> dict:
-    """The mapping of option values in a YAML or JSON file (ConfigError: not text, not valid, not a mapping)."""
-    import yaml
-    with open(path, encoding="utf-8") as f:
-        try:
-            text = f.read()
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"not a text file ({exc})") from None
-    try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.endswith(".json") else "YAML/JSON"
-        raise ConfigError(f"not valid {kind} ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"holds a {type(data).__name__}, not a mapping of options")
-    return data
-
-
-def merge(base: Any, data: dict) -> Any:
-    """``base`` (a dataclass instance) with ``data``'s values (as read by ``read_mapping``): a nested mapping
-    updates a nested section, a list becomes a tuple; unknown names raise ConfigError. The values are not
-    type-checked here (``from_dict(type(result), to_dict(result))`` does that)."""
-    names = [f.name for f in dataclasses.fields(base)]
-    if set(data) - set(names):
-        raise ConfigError(f"unknown option(s) {sorted(set(data) - set(names))}; known: {names}")
-    return dataclasses.replace(base, **{k: merge(getattr(base, k), v) if isinstance(v, dict) and
-                                        dataclasses.is_dataclass(getattr(base, k)) else
-                                        tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -110,3 +110,19 @@ def check_compile(device) -> None:
     if not ok:
         raise ConfigError(f"compile: torch.compile gives wrong results on {device} with this PyTorch "
                           f"({torch.__version__}); rerun with --compile false (also after --fast)")
+
+
+_WRITE_HINTS = {errno.ENOSPC: "free space on that file system or choose another folder",
+                errno.EFBIG: "the file exceeds a size limit of this system or file system",
+                errno.EROFS: "the file system is read-only; choose a writable folder",
+                errno.EACCES: "choose a folder you may write to"}
+_WRITE_HINTS.update({errno.EDQUOT: _WRITE_HINTS[errno.ENOSPC], errno.EPERM: _WRITE_HINTS[errno.EACCES]})
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A readable reason for an OSError raised by this project (message in strerror) or by the system, with what
+    to do where the cause is the file system (full, read-only, no permission)."""
+    reason = exc.strerror or str(exc)
+    reason = f"{exc.filename}: {reason}" if exc.filename and str(exc.filename) not in reason else reason
+    hint = _WRITE_HINTS.get(exc.errno)
+    return f"{reason}; {hint}" if hint and hint not in reason else reason

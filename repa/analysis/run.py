@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,25 +28,25 @@ from repa.analysis.features import FeatureSet, check_time, encoder_features, ext
 from repa.analysis.metrics import cka, cknna, l2_normalize, mutual_knn
 from repa.analysis.probe import linear_probe
 from repa.checkpoint import LoadedModel, load_model
-from repa.data.protocol import Dataset
 from repa.config import ConfigError
+from repa.data.protocol import Dataset
 from repa.utils import from_uint8
 
 
 @dataclass(frozen=True)
 class AnalyzeOptions:
-    """Settings shared by every checkpoint of one analysis (saved into analysis.json)."""
-    num_samples: int = 1000
-    t: float = 0.5
-    layers: tuple[int, ...] | None = None   # None: every block
-    topk: int = 10
-    batch_size: int = 64
-    seed: int = 0                           # subset, noise, latent posterior samples, probe split
-    normalize: bool = True                  # L2-normalise rows before the alignment metrics (PRH protocol)
-    probe: bool = True
-    probe_epochs: int = 100
-    probe_batch_size: int = 256
-    probe_test_fraction: float = 0.2
+    """Settings shared by every checkpoint of one analysis (saved into analysis.json; ``repa analyze``'s options)."""
+    num_samples: int = 1000           # size of the fixed random subset
+    t: float = 0.5                    # diffusion time of the inputs (0 data, 1 noise)
+    layers: Optional[tuple[int, ...]] = None  # 1-based blocks (default: all)
+    topk: int = 10                    # k of CKNNA and mutual k-NN
+    batch_size: int = 64              # forward batch size
+    seed: int = 0                     # seeds the subset, the noise, the latent posterior samples and the probe split
+    normalize: bool = True            # L2-normalise rows before the alignment metrics (the PRH protocol)
+    probe: bool = True                # fit a linear probe per block (--no-probe skips them)
+    probe_epochs: int = 100           # epochs of each linear probe
+    probe_batch_size: int = 256       # batch size of the probes' training
+    probe_test_fraction: float = 0.2  # share of the subset held out to score the probes
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option."""

@@ -15,11 +15,9 @@ import os
 import shutil
 import time
 from collections import Counter
-from typing import Sequence
 
 import numpy as np
 
-from repa.config import ConfigError
 from repa.data import store
 from repa.data.sources import SourceListing, list_source, open_item
 from repa.data.store import PROGRESS, DataError, shard_path, write_json, write_npy, write_text
@@ -434,62 +432,3 @@ def _prepare_claimed(listing, out, plan, *, overwrite, rank, world_size, num_wor
     if r["num_skipped"] or r["converted_modes"] or r["empty_classes"]:
         log.warning("%s", summary(manifest, out).split("\n", 1)[1])
     return out
-
-
-def prepare_command(*paths: str, verify: str | None = None, check_hashes: bool = True, tokens: Sequence[str] = (),
-                    encoder_weights: Sequence[str] = (), token_grid: int | None = None, latents: bool = False,
-                    vae: str | None = None, resolution: int | None = -1, num_workers: int | None = None,
-                    batch_size: int = 64, device=None, progress: bool = True, **options) -> int:
-    """``repa prepare`` as a function; prints what it did and returns the exit code.
-
-    ``prepare_command(SOURCE, OUT, ...)`` prepares OUT (``prepare_dataset``; ``options`` are its other arguments;
-    ``latents`` stores the latents of the default VAE, ``vae`` those of another; ``resolution`` 0 keeps the native
-    size), then adds a token cache for each encoder of ``tokens`` (``encoder_weights``: one local path per encoder,
-    or none; ``token_grid``: default the grid of a /2 SiT). ``prepare_command(OUT, tokens=...)`` only adds the
-    caches; ``prepare_command(verify=OUT)`` checks OUT against its manifest (1: problems found).
-    """
-    if verify:
-        from repa.data.verify import verify_dataset
-        problems = verify_dataset(verify, check_hashes=check_hashes)
-        for problem in problems:
-            print(f"PROBLEM {problem}")
-        print(f"{verify}: " + (f"{len(problems)} problem(s)" if problems else "OK"))
-        return 1 if problems else 0
-    if len(paths) not in (1, 2):
-        raise ConfigError("give SOURCE OUT (prepare), OUT --tokens ENCODER (add a cache) or --verify DIR")
-    if len(paths) == 1 and not tokens:
-        raise ConfigError(f"only one path given ({paths[0]!r}): give SOURCE and OUT, or OUT with --tokens")
-    if len(paths) == 1 and (latents or vae):
-        raise ConfigError("adding latents needs the source: rerun `repa prepare SOURCE OUT --vae ...`")
-    if encoder_weights and len(encoder_weights) != len(tokens):
-        raise ConfigError(f"--encoder-weights: give one path per --tokens encoder ({len(tokens)}), "
-                          f"got {len(encoder_weights)}")
-    for flag, value, low in (("--chunk-size", options.get("chunk_size"), 1), ("--workers", num_workers, 0),
-                             ("--batch-size", batch_size, 1), ("--token-grid", token_grid, 1)):
-        if value is not None and value < low:
-            raise ConfigError(f"{flag} must be >= {low}, got {value}")
-    rank, out = int(os.environ.get("RANK", 0)), paths[-1]
-    if len(paths) == 2:
-        from repa.autoencoder import DEFAULT_VAE
-        prepare_dataset(paths[0], out, resolution=resolution or None, num_workers=num_workers,
-                        vae=vae or (DEFAULT_VAE if latents else None), batch_size=batch_size, device=device,
-                        progress=progress, **options)
-        if rank == 0:         # the first line; skipped/converted files were already reported as warnings
-            print(summary(store.read_json(os.path.join(out, store.MANIFEST)), os.path.abspath(out)).split("\n")[0])
-    if tokens:
-        from repa.data.tokens import build_token_cache
-        try:
-            from repa.encoders import load_encoder
-        except ImportError as exc:
-            raise ConfigError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
-        while rank != 0 and not os.path.isfile(os.path.join(out, store.MANIFEST)):
-            time.sleep(5.0)
-        ds = store.open_dataset(out)
-        grid = token_grid or (ds.resolution // 16 if ds.has_latents else ds.resolution // 2)
-        for name, weights in zip(tokens, encoder_weights or [None] * len(tokens)):
-            encoder = load_encoder(name, resolution=ds.resolution, token_grid=grid, weights=weights, device=device)
-            with claim_folder(out, "dataset", enabled=rank == 0):
-                key = build_token_cache(out, encoder, weights=weights, batch_size=batch_size, progress=progress)
-            if rank == 0:
-                print(f"token cache {key} ready in {out}")
-    return 0

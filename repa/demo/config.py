@@ -112,7 +112,9 @@ def validate_demo(demo: DemoConfig) -> None:
         raise ConfigError(f"arms: unknown arm(s) {unknown}; known arms: {', '.join(ARMS)}")
     if len(set(demo.arms)) != len(demo.arms) or not demo.arms:
         raise ConfigError(f"arms: give each arm once, got {list(demo.arms)}")
-    if not demo.seeds or len(set(demo.seeds)) != len(demo.seeds):
+    if not demo.seeds:
+        raise ConfigError("seeds: give at least one seed (repa demo --seeds N with N >= 1)")
+    if len(set(demo.seeds)) != len(demo.seeds):
         raise ConfigError(f"seeds: give distinct seeds, got {list(demo.seeds)}")
     if demo.cfg_scale < 1.0:
         raise ConfigError(f"cfg_scale: 1 (no guidance) or more, got {demo.cfg_scale}")
