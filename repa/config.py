@@ -186,6 +186,10 @@ class SampleConfig:
     # guide "all" data channels or the first K (default: the family's reference: 3 for DiT and released SiT
     # checkpoints, all for REPA's SiT)
     guided_channels: Optional[Union[int, Literal["all"]]] = None
+    # REG networks only: the class token's guidance scale (Martinser/REG's --cls-cfg-scale; default: cfg_scale, as
+    # its generate.py defaults and eval.sh set both equal); 0: the class token is not guided (conditional only). It
+    # applies where the image is guided (cfg_scale != 1, inside the interval)
+    cls_cfg_scale: Optional[float] = None
 
     @property
     def guidance_interval(self) -> tuple[float, float]:
