@@ -6,7 +6,8 @@ position, RNG states, step; FSDP shards gathered), symmetrically as EDM2's check
 This project's checkpoint is a ``torch.save`` dict of tensors and plain values only (``weights_only=True`` loads
 it); the resolved TrainConfig is embedded as JSON. ``load_model`` also reads the reference REPA checkpoints
 (``model``/``ema``/``opt``/``args``/``steps``, ``args`` an argparse Namespace, allow-listed) and bare state dicts,
-inferring the architecture from the stored args or from the state-dict shapes.
+inferring the architecture from the stored args or from the state-dict shapes; the official checkpoints of REPA's
+successors too (SRA, iREPA, HASTE, REG), whose training-only heads are dropped by name (``TRAINING_ONLY_HEADS``).
 """
 from __future__ import annotations
 
@@ -264,6 +265,26 @@ def _strip_prefixes(state: dict) -> dict:
     return out
 
 
+# Heads that the successors' official code trains and sampling never runs, by parameter-name pattern: dropped (with
+# one warning line) from checkpoints without this project's config; everything else loads strictly.
+TRAINING_ONLY_HEADS = (
+    (re.compile(r"^ap_head\."), "ap_head.* (SRA's alignment head, vvvvvjdy/SRA)"),
+    (re.compile(r"^projectors\.\d+\.projection_layer\."),
+     "projectors.*.projection_layer.* (iREPA's projector, End2End-Diffusion/iREPA)"),
+)
+
+
+def drop_training_heads(state: dict, path=None) -> dict:
+    """``state`` without the official SRA and iREPA training-only heads (``TRAINING_ONLY_HEADS``), with one warning
+    line naming what was dropped; unchanged when it has none."""
+    dropped = [label for pattern, label in TRAINING_ONLY_HEADS if any(pattern.match(k) for k in state)]
+    if not dropped:
+        return state
+    warnings.warn(f"{path}: dropped the training-only {' and '.join(dropped)}: sampling does not use them",
+                  stacklevel=3)
+    return {k: v for k, v in state.items() if not any(pattern.match(k) for pattern, _ in TRAINING_ONLY_HEADS)}
+
+
 @dataclass
 class LoadedModel:
     """A network loaded from a checkpoint, with what the checkpoint says about it.
@@ -296,7 +317,8 @@ def as_loaded(model: torch.nn.Module | LoadedModel) -> LoadedModel:
 
 def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | torch.device = "cpu",
                origin: str = "auto", encoder_depth: int | None = None) -> LoadedModel:
-    """Load a network in eval mode from a checkpoint of this project, a reference REPA checkpoint, a state dict,
+    """Load a network in eval mode from a checkpoint of this project, a reference REPA checkpoint (or an official
+    SRA, iREPA, HASTE or REG one: their training-only heads are dropped with one warning line), a state dict,
     a folder written by ``repa export`` (``model.safetensors`` + ``config.json``) or a Hugging Face Hub id of one.
 
     Args:
@@ -336,10 +358,10 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
         state = ckpt.get(which) or ckpt.get("ema") or ckpt.get("model")
         args = ckpt.get("args")
         args = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
-        state = _strip_prefixes(state)
+        state = drop_training_heads(_strip_prefixes(state), path)
         model_cfg = infer_model_config(state, args)
     elif "pos_embed" in ckpt or "module.pos_embed" in ckpt:
-        state = _strip_prefixes(ckpt)
+        state = drop_training_heads(_strip_prefixes(ckpt), path)
         model_cfg = infer_model_config(state)
     else:
         raise CheckpointError(f"{path} is not a REPA/SiT checkpoint: expected keys 'ema'/'model' (with 'args', "

@@ -42,7 +42,9 @@ class ModelConfig:
     encoder_depth: int = 8            # 1-based block whose output the projectors read
     encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
     projector_dim: int = 2048         # hidden width of the projector MLP
-    projector: Literal["mlp", "conv"] = "mlp"  # "mlp" (REPA) or "conv" (iREPA: a k x k convolution on the token grid)
+    # "mlp" (REPA: 3 Linear layers), "conv" (iREPA: a k x k convolution on the token grid) or "sra" (SRA's head:
+    # Linear(D, D+E) - SiLU - Linear(D+E, E), vvvvvjdy/SRA's ap_head; 2D wide for its E = D)
+    projector: Literal["mlp", "conv", "sra"] = "mlp"
     projector_kernel: int = 3         # kernel side of the conv projector (odd)
     mlp_ratio: float = 4.0            # width of the blocks' MLP relative to hidden_size
     qk_norm: bool = False             # normalise queries and keys (LayerNorm) in attention
@@ -102,6 +104,14 @@ class ObjectiveConfig:
     attn_teacher_layers: tuple[int, ...] = ()  # ...with these 1-based teacher blocks (pairwise)
     self_depth: int = 0               # SRA: 1-based EMA block giving the targets (> model.encoder_depth)
     self_time_gap: float = 0.2        # SRA: the EMA sees t - gap * U(0, 1), clamped to [0, 1]
+    # SRA's alignment loss (vvvvvjdy/SRA loss.py): "smooth_l1" (smooth-L1, beta 0.05, mean over tokens and channels,
+    # weighted proj_coeff * 0.1 ** f(epoch): the paper's loss and that of the released FID-1.58 checkpoint) or
+    # "cosine" (1 - cosine over the tokens, per channel, averaged; the code's later default, weight proj_coeff,
+    # no schedule)
+    self_loss: Literal["smooth_l1", "cosine"] = "smooth_l1"
+    self_epoch_steps: int = 5004      # SRA smooth_l1: optimizer steps per epoch of the schedule (ImageNet: 1281167 // 256)
+    self_decay_start: int = 149       # SRA smooth_l1: weight proj_coeff * 0.1 through this epoch (the code: 149 at 256 px, 99 at 512)
+    self_decay_epochs: int = 1000     # ...then proj_coeff * 0.1 ** (1 + (epoch - start) / this) (1000 at 256 px, 800 at 512)
     class_token_coeff: float = 0.03   # REG (model.class_token): weight of the class token's velocity loss
 
 
@@ -176,6 +186,10 @@ class SampleConfig:
     # guide "all" data channels or the first K (default: the family's reference: 3 for DiT and released SiT
     # checkpoints, all for REPA's SiT)
     guided_channels: Optional[Union[int, Literal["all"]]] = None
+    # REG networks only: the class token's guidance scale (Martinser/REG's --cls-cfg-scale; default: cfg_scale, as
+    # its generate.py defaults and eval.sh set both equal); 0: the class token is not guided (conditional only). It
+    # applies where the image is guided (cfg_scale != 1, inside the interval)
+    cls_cfg_scale: Optional[float] = None
 
     @property
     def guidance_interval(self) -> tuple[float, float]:
@@ -187,7 +201,8 @@ class SampleConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 PATHS = tuple(INTERPOLANTS)
-PROJECTORS = ("mlp", "conv")
+PROJECTORS = ("mlp", "conv", "sra")
+SELF_LOSSES = ("smooth_l1", "cosine")
 ALIGN_TARGETS = ("encoders", "self")
 TARGET_NORMS = ("none", "spatial")
 TIME_SAMPLINGS = ("uniform", "lognormal")
@@ -269,6 +284,13 @@ def validate_objective(o: ObjectiveConfig) -> None:
                  "objective.proj_coeff > 0 (the SRA weight; the reference uses 0.5)")
         _require(0.0 <= o.self_time_gap <= 1.0, "objective.self_time_gap",
                  f"must be in [0, 1], got {o.self_time_gap}")
+        _require(o.self_loss in SELF_LOSSES, "objective.self_loss",
+                 f"must be one of {SELF_LOSSES}, got {o.self_loss!r}")
+        _require(o.self_epoch_steps >= 1, "objective.self_epoch_steps",
+                 f"must be >= 1 (optimizer steps per epoch of SRA's weight schedule), got {o.self_epoch_steps}")
+        _require(o.self_decay_start >= 0 and o.self_decay_epochs >= 1, "objective.self_decay_start",
+                 "self_decay_start must be >= 0 and self_decay_epochs >= 1 (the reference: 149 and 1000 at 256 px), "
+                 f"got {o.self_decay_start} and {o.self_decay_epochs}")
     _require(o.class_token_coeff >= 0, "objective.class_token_coeff", f"must be >= 0, got {o.class_token_coeff}")
 
 

@@ -129,13 +129,20 @@ class GuidedModel:
         guided_channels: how many leading channels the guidance mixes (default: all kept channels); the others
             come from the conditional half (DDPM: epsilon is guided, the learned variance is conditional).
         path: the network's training interpolant (``repa.paths``), for samplers that convert its output (the SDE).
+        tail_channels, tail_scale: REG's class token: the last ``tail_channels`` channels are mixed with their own
+            scale ``tail_scale`` where the rest is guided (Martinser/REG ``samplers.py``: ``cls_cfg_scale`` > 0:
+            u + s (c - u); 0: the conditional half alone).
     """
 
     def __init__(self, model, cond, *, cfg_scale: float = 1.0, interval: tuple[float, float] = (0.0, 1.0),
                  null_class: int | None = None, dtype: torch.dtype | None = None,
                  time_dtype: torch.dtype | None = None, channels: int | None = None,
-                 guided_channels: int | None = None, path=None):
+                 guided_channels: int | None = None, path=None, tail_channels: int = 0,
+                 tail_scale: float | None = None):
         check_guidance(cfg_scale, interval)
+        if tail_channels:
+            check_guidance(tail_scale, interval)
+        self.tail_channels, self.tail_scale = int(tail_channels), tail_scale
         self.model, self.cond, self.path = model, cond, path
         self.cfg_scale, self.interval = float(cfg_scale), (float(interval[0]), float(interval[1]))
         self.dtype = dtype or model_dtype(model)
@@ -169,6 +176,11 @@ class GuidedModel:
         if not guided:
             return out
         cond, uncond = out.chunk(2)
+        if self.tail_channels:               # REG: the class token with its own scale (0: conditional only)
+            n = cond.shape[1] - self.tail_channels
+            s = self.tail_scale
+            tail = uncond[:, n:] + s * (cond[:, n:] - uncond[:, n:]) if s > 0 else cond[:, n:]
+            return torch.cat([uncond[:, :n] + self.cfg_scale * (cond[:, :n] - uncond[:, :n]), tail], dim=1)
         k = cond.shape[1] if self.guided_channels is None else self.guided_channels
         mixed = uncond[:, :k] + self.cfg_scale * (cond[:, :k] - uncond[:, :k])
         return torch.cat([mixed, cond[:, k:]], dim=1) if k < cond.shape[1] else mixed

@@ -41,6 +41,39 @@ def alignment_loss(projected: list[torch.Tensor], targets: list[torch.Tensor]) -
     return torch.stack(per_encoder).mean(dim=0)
 
 
+SRA_SMOOTH_L1_BETA = 0.05     # vvvvvjdy/SRA loss.py: smooth_l1_loss(a, b, beta=0.05)
+
+
+def self_alignment_loss(projected: list[torch.Tensor], targets: list[torch.Tensor],
+                        kind: str = "smooth_l1") -> torch.Tensor:
+    """SRA's alignment term (vvvvvjdy/SRA ``SiT-SRA/loss.py``, ``Simpleloss``) of the projected student tokens
+    against the EMA's tokens, both lists of one (B, N, D):
+
+    - ``smooth_l1``: smooth-L1 with beta 0.05, elementwise (``F.smooth_l1_loss(a, b, beta=0.05)``);
+    - ``cosine``: ``1 - F.cosine_similarity(a, b)`` with its default ``dim=1``, which on (B, N, D) tensors is the
+      cosine along the tokens, one per channel (B, D): unlike REPA's term, a per-channel offset shared by all
+      tokens changes it.
+
+    The reference averages over everything; here over tokens and channels per sample, (B,), whose batch mean is
+    the same number. Computed in float32 (both functions are float32 ops under CUDA autocast).
+    """
+    if len(projected) != len(targets):
+        raise ValueError(f"{len(projected)} projector outputs but {len(targets)} target token sets")
+    per_set = []
+    for z, y in zip(projected, targets):
+        if z.shape != y.shape:
+            raise ValueError(f"projector output {tuple(z.shape)} does not match the EMA tokens {tuple(y.shape)}")
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z32, y32 = z.float(), y.float()
+            if kind == "smooth_l1":
+                per_set.append(F.smooth_l1_loss(z32, y32, beta=SRA_SMOOTH_L1_BETA, reduction="none").mean(dim=(1, 2)))
+            elif kind == "cosine":
+                per_set.append((1 - F.cosine_similarity(z32, y32, dim=1)).mean(dim=1))
+            else:
+                raise ValueError(f"unknown SRA loss {kind!r}; use 'smooth_l1' or 'cosine'")
+    return torch.stack(per_set).mean(dim=0)
+
+
 def spatial_normalize(tokens: torch.Tensor, gamma: float, eps: float = 1e-6) -> torch.Tensor:
     """iREPA's spatial normalisation of teacher tokens (B, N, E), over the token axis, per channel:
 
@@ -92,14 +125,16 @@ class LossOutput:
 
 def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list[torch.Tensor] | None,
                    lam: float, *, attn_coeff: float = 0.0, student_attention: list[torch.Tensor] | None = None,
-                   teacher_attention: list[torch.Tensor] | None = None, attention_term: bool = False) -> LossOutput:
+                   teacher_attention: list[torch.Tensor] | None = None, attention_term: bool = False,
+                   align_fn=alignment_loss) -> LossOutput:
     """Eq. 8: total = denoising loss + lambda * alignment loss of the model output's projected tokens; with
     ``attn_coeff`` > 0, plus HASTE's attention term of ``student_attention`` against ``teacher_attention``
-    (``attention_term``: log ``attn_loss`` even while its weight is 0)."""
+    (``attention_term``: log ``attn_loss`` even while its weight is 0). ``align_fn(projected, targets) -> (B,)``
+    is the alignment term (default REPA's ``alignment_loss``; SRA's ``self_alignment_loss``)."""
     if lam > 0:
         if not encoder_tokens:
             raise ValueError("REPA (lambda > 0) needs encoder tokens for every batch")
-        align = alignment_loss(out.projected, encoder_tokens).mean()
+        align = align_fn(out.projected, encoder_tokens).mean()
     else:
         align = torch.zeros((), device=denoise.device)
     total = denoise + lam * align
@@ -116,5 +151,5 @@ def with_alignment(denoise: torch.Tensor, out: ModelOutput, encoder_tokens: list
     return LossOutput(total, terms)
 
 
-__all__ = ["LossOutput", "alignment_loss", "attention_alignment_loss", "denoising_loss",
-           "spatial_normalize", "with_alignment"]
+__all__ = ["LossOutput", "SRA_SMOOTH_L1_BETA", "alignment_loss", "attention_alignment_loss", "denoising_loss",
+           "self_alignment_loss", "spatial_normalize", "with_alignment"]

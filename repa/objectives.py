@@ -14,8 +14,10 @@ The alignment term's successors are options of the same objective (docs/VARIANTS
 - iREPA (Singh et al. 2025): ``model.projector = "conv"`` and ``objective.target_norm = "spatial"``: the teacher
   tokens are spatially normalised before the cosine (``alignment_targets``);
 - SRA (Jiang et al. 2025): ``objective.target = "self"``: the targets are block ``objective.self_depth`` of the
-  model's EMA at the lower noise level t - gap * u (``self_alignment_targets``); the trainer passes the EMA network
-  (``ema_features``) and the uniforms u (``gap_uniforms``);
+  model's EMA at the lower noise level t - gap * u, in float32 (``self_alignment_targets``); the objective takes the
+  EMA network from the step's context (``ema_features``) and draws the uniforms u (``gap_uniforms``); the term is
+  SRA's smooth-L1 with its epoch schedule (``sra_weight``) or its per-channel cosine (``objective.self_loss``,
+  ``repa.losses.self_alignment_loss``);
 - HASTE (Wang et al. 2025): ``objective.attn_coeff > 0``: the attention logits of blocks ``objective.attn_layers``
   are aligned with the teacher's attention maps (``teacher_attention``, from ``Encoder.tokens_and_attention``);
   both terms stop at ``objective.align_stop_step``;
@@ -26,6 +28,7 @@ The alignment term's successors are options of the same objective (docs/VARIANTS
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -37,7 +40,8 @@ from repa.autoencoder import sample_latents
 from repa.conditions import condition_of
 from repa.config import ConfigError, ObjectiveConfig, TrainConfig, validate_train
 from repa.diffusion.objective import iddpm_repa_loss
-from repa.losses import LossOutput, denoising_loss, spatial_normalize, with_alignment
+from repa.losses import (LossOutput, alignment_loss, denoising_loss, self_alignment_loss, spatial_normalize,
+                         with_alignment)
 from repa.paths import get_path
 from repa.teachers import TeacherNeeds, Teachers
 from repa.utils import from_uint8
@@ -77,9 +81,24 @@ def self_alignment_targets(ema_features, x0: torch.Tensor, noise: torch.Tensor, 
                          "time-gap uniforms (gap_uniforms) of the batch")
     path = get_path(cfg.path)
     t_ema = (t - cfg.self_time_gap * gap_uniforms.to(t)).clamp(0.0, 1.0)
-    with torch.no_grad():
-        out = ema_features(path.interpolate(x0, noise, t_ema), t_ema, labels, layers=(cfg.self_depth,))
-    return [out.hidden[cfg.self_depth].detach()]
+    # in float32 whatever the run's precision: the reference's EMA is not wrapped by accelerate's autocast
+    with torch.no_grad(), torch.autocast(device_type=x0.device.type, enabled=False):
+        x_ema = path.interpolate(x0.float(), noise.float(), t_ema.float())
+        out = ema_features(x_ema, t_ema.float(), labels, layers=(cfg.self_depth,))
+    return [out.hidden[cfg.self_depth].detach().float()]
+
+
+def sra_weight(cfg: ObjectiveConfig, step: int) -> float:
+    """The factor of ``proj_coeff`` in SRA's smooth-L1 term at optimizer step ``step`` (0-based), from the reference's
+    ``train.py`` (256 px: ``2 * 0.1 ** (((epoch - 149) / 1000 + 1) if epoch > 149 else 1)``, with 2 = proj_coeff):
+    0.1 ** f(epoch), f = 1 through epoch ``self_decay_start``, then 1 + (epoch - start) / ``self_decay_epochs``; the
+    epoch is ``step // self_epoch_steps`` (the reference's epoch counter in a step-based trainer). 1 for the
+    cosine loss, which the reference weights 0.5 without a schedule."""
+    if cfg.self_loss != "smooth_l1":
+        return 1.0
+    epoch = step // cfg.self_epoch_steps
+    exponent = (epoch - cfg.self_decay_start) / cfg.self_decay_epochs + 1 if epoch > cfg.self_decay_start else 1
+    return 0.1 ** exponent
 
 
 def class_token_terms(class_tokens: torch.Tensor, class_noise: torch.Tensor | None, t: torch.Tensor,
@@ -118,8 +137,10 @@ def interpolant_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_t
     path = get_path(cfg.path)
     x_t = path.interpolate(x0, noise, t)
     target = path.velocity(x0, noise, t)
+    align_fn = alignment_loss
     if lam > 0 and cfg.target == "self":
         tokens = self_alignment_targets(ema_features, x0, noise, labels, t, gap_uniforms, cfg)
+        align_fn = functools.partial(self_alignment_loss, kind=cfg.self_loss)
     else:
         tokens = alignment_targets(encoder_tokens, cfg) if lam > 0 else None
     extra = {"attention": tuple(cfg.attn_layers)} if attn_lam > 0 else {}
@@ -132,7 +153,7 @@ def interpolant_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_t
     student_attention = [out.attention[i] for i in cfg.attn_layers] if attn_lam > 0 else None
     loss = with_alignment(denoising_loss(prediction, target).mean(), out, tokens, lam, attn_coeff=attn_lam,
                           student_attention=student_attention, teacher_attention=teacher_attention,
-                          attention_term=cfg.attn_coeff > 0)
+                          attention_term=cfg.attn_coeff > 0, align_fn=align_fn)
     if class_tokens is not None:
         cls = denoising_loss(out.class_token, class_target).mean()
         loss.total, loss.terms["cls_loss"] = loss.total + cfg.class_token_coeff * cls, cls.detach()
@@ -263,6 +284,8 @@ class Interpolant(Objective):
         t = sample_time(cfg.global_batch_size, o, generator=diffusion, device=ctx.device)[ctx.rows]
         noise = ctx.normal(diffusion, *x0.shape[1:])
         lam, attn_lam = schedule(o, ctx.step, o.proj_coeff), schedule(o, ctx.step, o.attn_coeff)
+        if o.target == "self":                       # SRA's smooth-L1 weight schedule (1 for its cosine loss)
+            lam *= sra_weight(o, ctx.step)
         class_token = cfg.model.class_token
         tokens, attention, classes = (None, None, None)
         if (lam > 0 and o.target == "encoders") or attn_lam > 0 or class_token:
@@ -347,4 +370,5 @@ def repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: 
 
 __all__ = ["OBJECTIVES", "IDDPM", "Interpolant", "Objective", "StepContext", "alignment_targets",
            "class_token_terms", "clean_inputs", "condition_inputs", "get_objective",
-           "interpolant_loss", "repa_loss", "sample_time", "schedule", "self_alignment_targets", "step_generator", "validate"]
+           "interpolant_loss", "repa_loss", "sample_time", "schedule", "self_alignment_targets", "sra_weight",
+           "step_generator", "validate"]

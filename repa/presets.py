@@ -44,13 +44,25 @@ def irepa(model: str, encoder_depth: int, resolution: int = 256) -> TrainConfig:
         run_dir=base.run_dir.replace("-repa-", "-irepa-"))
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
 def sra(model: str, student_block: int, ema_block: int, resolution: int = 256) -> TrainConfig:
-    """SRA (vvvvvjdy/SRA, SiT-SRA): no teacher; block ``student_block`` (through the projector) aligned with block
-    ``ema_block`` of the EMA at t - 0.2 u, weight 0.5 (the code's weight for its cosine loss)."""
-    base = _imagenet(model, student_block, resolution, 0.5)
+    """SRA (vvvvvjdy/SRA, ``SiT-SRA/train.py``, the loss of the paper and of the released checkpoints): no teacher;
+    block ``student_block`` through SRA's 2-layer head (``ap_head``) aligned with block ``ema_block`` of the EMA at
+    t - 0.2 u by smooth-L1 (beta 0.05), weighted 2 * 0.1 ** f(epoch): f = 1 through epoch 149, then
+    1 + (epoch - 149) / 1000 (at 512 px: 99 and 800); an epoch is ImageNet's 1,281,167 images at batch 256
+    (5004 steps, the reference's drop_last loader). ``objective.self_loss=cosine`` with ``proj_coeff=0.5`` is the
+    code's later default."""
+    base = _imagenet(model, student_block, resolution, 2.0)
+    start, span = (149, 1000) if resolution == 256 else (99, 800)
     return dataclasses.replace(
-        base, encoders=(), model=dataclasses.replace(base.model, encoder_dims=(base.model.hidden_size,)),
-        objective=dataclasses.replace(base.objective, target="self", self_depth=ema_block, self_time_gap=0.2),
+        base, encoders=(), model=dataclasses.replace(base.model, encoder_dims=(base.model.hidden_size,),
+                                                     projector="sra"),
+        objective=dataclasses.replace(base.objective, target="self", self_depth=ema_block, self_time_gap=0.2,
+                                      self_loss="smooth_l1",
+                                      self_epoch_steps=IMAGENET_TRAIN_IMAGES // base.global_batch_size,
+                                      self_decay_start=start, self_decay_epochs=span),
         run_dir=base.run_dir.replace("-repa-", "-sra-"))
 
 

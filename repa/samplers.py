@@ -14,7 +14,8 @@ evaluated.
 
 REG networks (``config.class_token``) generate the image and the teacher's class token together: ``sample``
 integrates them as one flat state (B, C*H*W + E) through ``JointModel``, so every sampler and the guidance rule run
-unchanged on it (the same step, the same guidance scale and, for the SDE, the same noise schedule for both parts).
+unchanged on it (the same step and, for the SDE, the same noise schedule for both parts); the class token has its
+own guidance scale, ``cls_cfg_scale`` (default: the image's).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch
 from repa.checkpoint import LoadedModel
 from repa.config import ConfigError, SampleConfig
 from repa.diffusion.sampling import ddpm, ddpm_times
-from repa.guidance import GuidedModel, check_guidance, guided_channels_of, per_sample_noise
+from repa.guidance import MAX_CFG_SCALE, GuidedModel, check_guidance, guided_channels_of, per_sample_noise
 from repa.paths import get_path
 
 SDE_LAST_TIME = 0.04   # the SDE grid stops at 0.04, then takes one noise-free step to 0
@@ -138,11 +139,15 @@ class Sampling:
     cfg_scale: float
     guidance_interval: tuple[float, float]
     guided_channels: int | str | None
+    cls_cfg_scale: float | None = None       # REG: the class token's own scale (None: cfg_scale)
 
     def as_settings(self) -> dict:
         """The JSON-ready settings that determine the samples (for ``settings.json``)."""
-        return {"sampler": self.sampler.name, "steps": self.steps, "cfg_scale": self.cfg_scale,
-                "guidance_interval": [float(v) for v in self.guidance_interval]}
+        settings = {"sampler": self.sampler.name, "steps": self.steps, "cfg_scale": self.cfg_scale,
+                    "guidance_interval": [float(v) for v in self.guidance_interval]}
+        if self.cls_cfg_scale is not None:         # absent when default: older settings files still match
+            settings["cls_cfg_scale"] = self.cls_cfg_scale
+        return settings
 
 
 def _network(model):
@@ -162,6 +167,13 @@ def check_sample_config(config: SampleConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
     check_guidance(config.cfg_scale, config.guidance_interval)
+    c = config.cls_cfg_scale
+    if c is not None:
+        if isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise ConfigError(f"cls_cfg_scale must be a number, got {c!r}")
+        if not math.isfinite(c) or not 0 <= c <= MAX_CFG_SCALE:
+            raise ConfigError(f"cls_cfg_scale must be a finite number in [0, {MAX_CFG_SCALE:g}] (0: the class token "
+                              f"is not guided), got {c}")
     g = config.guided_channels
     if g is not None and g != "all" and (isinstance(g, bool) or not isinstance(g, int) or g < 1):
         raise ConfigError(f"guided_channels must be 'all' or an integer >= 1, got {g!r}")
@@ -183,6 +195,9 @@ def resolve_sampling(model, config: SampleConfig | None = None, **overrides) -> 
         if isinstance(config, SampleConfig) else config
     check_sample_config(config)
     prediction = getattr(getattr(_network(model), "config", None), "prediction", None)
+    if config.cls_cfg_scale is not None and model is not None and not has_class_token(model):
+        raise ConfigError(f"cls_cfg_scale={config.cls_cfg_scale} is the class token's guidance scale of a REG network "
+                          "(model.class_token); this network has no class token: leave cls_cfg_scale out")
     name = config.sampler
     if name == "auto":
         name = auto_sampler(prediction or "velocity")
@@ -191,7 +206,9 @@ def resolve_sampling(model, config: SampleConfig | None = None, **overrides) -> 
         usable = ", ".join(n for n, s in SAMPLERS.items() if s.prediction == prediction)
         raise ConfigError(f"sampler {name!r} needs a {entry.prediction} network, but this one predicts {prediction} "
                           f"(model.prediction); use {usable}")
-    return Sampling(entry, config.steps, float(config.cfg_scale), config.guidance_interval, config.guided_channels)
+    cls = None if config.cls_cfg_scale is None else float(config.cls_cfg_scale)
+    return Sampling(entry, config.steps, float(config.cfg_scale), config.guidance_interval, config.guided_channels,
+                    cls)
 
 
 # ---- REG: the image and the class token as one state -----------------------------------------------------------------
@@ -240,7 +257,7 @@ def run_sampling(model, noise: torch.Tensor, cond, settings: Sampling, *, genera
         model = model.model
     path = get_path(path) if isinstance(path, str) else path
     sampler = settings.sampler
-    x = noise
+    x, tail = noise, {}
     if has_class_token(model):   # REG: image and class token as one flat state, guided together
         if settings.guided_channels not in (None, "all"):
             raise ConfigError("a REG network's image and class token are guided together: guided_channels must be "
@@ -252,6 +269,8 @@ def run_sampling(model, noise: torch.Tensor, cond, settings: Sampling, *, genera
             raise ConfigError(f"class_token_noise must be (B, E) = ({batch}, {dim}), got "
                               f"{tuple(class_token_noise.shape)}")
         model, x, guided_channels = JointModel(model, noise.shape[1:]), pack_state(noise, class_token_noise), None
+        if settings.cls_cfg_scale is not None:      # the class token's own scale (Martinser/REG's cls_cfg_scale)
+            tail = dict(tail_channels=dim, tail_scale=settings.cls_cfg_scale)
     else:
         if class_token_noise is not None:
             raise ConfigError("class_token_noise is for networks with a class token (model.class_token, REG)")
@@ -259,7 +278,7 @@ def run_sampling(model, noise: torch.Tensor, cond, settings: Sampling, *, genera
     denoiser = GuidedModel(model, cond, cfg_scale=settings.cfg_scale, interval=settings.guidance_interval,
                            null_class=null_class, dtype=dtype, time_dtype=sampler.time_dtype,
                            channels=x.shape[1] if sampler.data_channels_only else None,
-                           guided_channels=guided_channels, path=path)
+                           guided_channels=guided_channels, path=path, **tail)
     out = sampler.run(denoiser, x.double(), sampler.times(settings.steps), generator).to(noise.dtype)
     if x is noise:
         return out, None
@@ -271,7 +290,8 @@ def sample(model, noise: torch.Tensor, cond, config: SampleConfig | None = None,
            guidance_interval: tuple[float, float] | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None, path: str | None = None,
            null_class: int | None = None, dtype: torch.dtype | None = None,
-           guided_channels: int | str | None = None, class_token_noise: torch.Tensor | None = None) -> torch.Tensor:
+           guided_channels: int | str | None = None, class_token_noise: torch.Tensor | None = None,
+           cls_cfg_scale: float | None = None) -> torch.Tensor:
     """Integrate from pure noise (t = 1) to data (t = 0) and return the final sample.
 
     Args:
@@ -297,22 +317,26 @@ def sample(model, noise: torch.Tensor, cond, config: SampleConfig | None = None,
         class_token_noise: REG networks only: the class token's start noise (B, E); default drawn from
             ``generator`` (one row per generator when a list), before any step noise, else from torch's RNG.
             The class token is integrated and guided with the image (see ``sample_with_class_token``).
+        cls_cfg_scale: REG networks only: the class token's guidance scale where the image is guided (default
+            ``cfg_scale``; 0: conditional only, Martinser/REG's meaning); refused for other networks.
     """
     settings = resolve_sampling(model, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                guidance_interval=guidance_interval, guided_channels=guided_channels)
+                                guidance_interval=guidance_interval, guided_channels=guided_channels,
+                                cls_cfg_scale=cls_cfg_scale)
     return run_sampling(model, noise, cond, settings, generator=generator, path=path, null_class=null_class,
                         dtype=dtype, class_token_noise=class_token_noise)[0]
 
 
 def sample_with_class_token(model, noise: torch.Tensor, cond, config: SampleConfig | None = None, *,
                             sampler=None, steps=None, cfg_scale=None, guidance_interval=None, guided_channels=None,
-                            **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+                            cls_cfg_scale=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """As ``sample`` (same arguments) for a REG network (``config.class_token``); returns the image
     (B, C, H, W) and the generated class token (B, E)."""
     if not has_class_token(model):
         raise ConfigError("sample_with_class_token needs a network with a class token (model.class_token, REG)")
     settings = resolve_sampling(model, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                guidance_interval=guidance_interval, guided_channels=guided_channels)
+                                guidance_interval=guidance_interval, guided_channels=guided_channels,
+                                cls_cfg_scale=cls_cfg_scale)
     return run_sampling(model, noise, cond, settings, **kwargs)
 
 

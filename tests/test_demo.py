@@ -81,7 +81,8 @@ def test_arms_differ_only_in_their_objective_fields():
     configs = {arm: arm_config(demo, arm, 1, f"runs/x/{arm}", 112) for arm in ARMS}
     expected = {"repa": set(), "vanilla": {"objective.proj_coeff"},
                 "irepa": {"model.projector", "objective.target_norm"},
-                "sra": {"encoders", "model.encoder_dims", "objective.target", "objective.self_depth"},
+                "sra": {"encoders", "model.encoder_dims", "model.projector", "objective.target", "objective.self_depth",
+                        "objective.self_loss"},
                 "reg": {"model.class_token"}}
     assert set(configs) == set(expected)
     for arm, cfg in configs.items():

@@ -128,11 +128,12 @@ def _reference_euler(model, x, cls, y, steps, w, interval, null):
     return x, cls
 
 
-def _reference_euler_maruyama(model, x, cls, y, steps, w, null, step_noise):
+def _reference_euler_maruyama(model, x, cls, y, steps, w, null, step_noise, w_cls=None):
     """Martinser/REG ``euler_maruyama_sampler`` (linear path), written out: t from 1 to 0.04 in ``steps`` points,
-    then 0; drift d = v - (1/2) g^2 s with g^2 = 2t and s = (-(1 - t) v - x) / t; both parts guided with the same
-    scale (``cls_cfg_scale`` = ``cfg_scale``, as its eval.sh); noise sqrt(2t |dt|) eps except on the last step.
-    ``step_noise(i)`` gives step i's (eps_x, eps_cls)."""
+    then 0; drift d = v - (1/2) g^2 s with g^2 = 2t and s = (-(1 - t) v - x) / t; the image guided with ``w``, the
+    class token with ``w_cls`` (its ``cls_cfg_scale``; default ``w``, as its eval.sh) when > 0, else its conditional
+    drift alone; noise sqrt(2t |dt|) eps except on the last step. ``step_noise(i)`` gives step i's (eps_x, eps_cls)."""
+    w_cls = w if w_cls is None else w_cls
     times = torch.cat([torch.linspace(1.0, 0.04, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     B = len(y)
     for i, (t_cur, t_next) in enumerate(zip(times[:-1], times[1:])):
@@ -144,7 +145,7 @@ def _reference_euler_maruyama(model, x, cls, y, steps, w, null, step_noise):
         d = v - t_cur * ((-(1 - t_cur) * v - xi) / t_cur)
         dc = vc - t_cur * ((-(1 - t_cur) * vc - ci) / t_cur)
         d = d[B:] + w * (d[:B] - d[B:])
-        dc = dc[B:] + w * (dc[:B] - dc[B:])
+        dc = dc[B:] + w_cls * (dc[:B] - dc[B:]) if w_cls > 0 else dc[:B]
         x, cls = x + d * dt, cls + dc * dt
         if i < steps - 1:
             ex, ec = step_noise(i)
@@ -189,6 +190,65 @@ def test_reg_sde_is_the_reference_euler_maruyama():
     want_x, want_c = _reference_euler_maruyama(model, x1, c1, y, steps, 2.3, model.config.null_class, step_noise)
     torch.testing.assert_close(got_x, want_x)
     torch.testing.assert_close(got_c, want_c)
+
+
+@pytest.mark.parametrize("w_cls", [0.0, 1.0, 4.0])
+def test_reg_class_token_has_its_own_guidance_scale(w_cls):
+    """``cls_cfg_scale``: the class token's scale where the image is guided; 0 (and 1) mean its conditional drift."""
+    model = _reg_model().double().eval()
+    gen = torch.Generator().manual_seed(5)
+    x1 = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    c1 = torch.randn(2, 16, generator=gen, dtype=torch.float64)
+    y, steps = torch.tensor([1, 2]), 5
+    got_x, got_c = sample_with_class_token(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3,
+                                           cls_cfg_scale=w_cls, class_token_noise=c1,
+                                           generator=torch.Generator().manual_seed(9))
+    replay = torch.Generator().manual_seed(9)
+
+    def step_noise(i):
+        eps = torch.randn(2, 64 + 16, generator=replay, dtype=torch.float64)
+        return eps[:, :64].reshape(2, 1, 8, 8), eps[:, 64:]
+    want_x, want_c = _reference_euler_maruyama(model, x1, c1, y, steps, 2.3, model.config.null_class, step_noise,
+                                               w_cls=w_cls)
+    torch.testing.assert_close(got_x, want_x)
+    torch.testing.assert_close(got_c, want_c)
+    same = sample(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3, class_token_noise=c1,
+                  generator=torch.Generator().manual_seed(9))
+    assert torch.equal(same, sample(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3, cls_cfg_scale=None,
+                                    class_token_noise=c1, generator=torch.Generator().manual_seed(9)))
+    if w_cls != 2.3:
+        assert not torch.allclose(same, got_x)       # the class token's scale steers the image
+
+
+def test_reg_cls_cfg_scale_zero_is_conditional_only_and_refused_elsewhere():
+    from repa.config import SampleConfig
+    from repa.guidance import GuidedModel
+    model = _reg_model().double().eval()
+    gen = torch.Generator().manual_seed(6)
+    x1, c1, y = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64), torch.randn(2, 16, generator=gen,
+                                                                                         dtype=torch.float64), \
+        torch.tensor([0, 2])
+    # one guided evaluation: the class token's part is exactly the conditional half's
+    from repa.samplers import JointModel, pack_state
+    joint = JointModel(model, (1, 8, 8))
+    state = pack_state(x1, c1)
+    guided = GuidedModel(joint, y, cfg_scale=3.0, tail_channels=16, tail_scale=0.0)(state, 0.5)
+    t = torch.full((2,), 0.5, dtype=torch.float64)
+    cond = model.forward_features(x1, t, y, class_token=c1)
+    uncond = model.forward_features(x1, t, torch.full_like(y, model.config.null_class), class_token=c1)
+    torch.testing.assert_close(guided[:, 64:], cond.class_token, rtol=0, atol=1e-12)   # batch 4 vs 2: ULPs
+    torch.testing.assert_close(guided[:, :64], (uncond.prediction + 3.0 * (cond.prediction - uncond.prediction))
+                               .flatten(1))
+    # a network without a class token refuses the setting in one line; the settings file records it when set
+    plain = build_model(tiny_model_config()).eval()
+    with pytest.raises(ConfigError, match="cls_cfg_scale") as err:
+        sample(plain, torch.randn(1, 1, 8, 8), torch.tensor([0]), steps=2, cls_cfg_scale=1.0)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="cls_cfg_scale"):
+        sample(model, x1, y, steps=2, cls_cfg_scale=-1.0, class_token_noise=c1)
+    from repa.samplers import resolve_sampling
+    assert "cls_cfg_scale" not in resolve_sampling(model, SampleConfig()).as_settings()
+    assert resolve_sampling(model, SampleConfig(cls_cfg_scale=0.0)).as_settings()["cls_cfg_scale"] == 0.0
 
 
 # ---- teachers and config ------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 
 from repa.config import ConfigError, ObjectiveConfig
 from repa.objectives import validate as validate_train
-from repa.losses import attention_alignment_loss, spatial_normalize
+from repa.losses import attention_alignment_loss, self_alignment_loss, spatial_normalize
 from repa.models import build_model
-from repa.models.sit import ConvProjector
-from repa.objectives import repa_loss, self_alignment_targets
+from repa.models.sit import ConvProjector, SRAHead
+from repa.objectives import repa_loss, self_alignment_targets, sra_weight
 from repa.paths import get_path
 from repa.training import train
 from tests.conftest import tiny_model_config, tiny_train_config
@@ -108,12 +108,82 @@ def test_irepa_trains_and_its_checkpoint_loads(tmp_path, tiny_dataset, teacher):
 
 
 # ---- SRA: self-alignment with the EMA at lower noise ----------------------------------------------------------------
+# The official definitions (vvvvvjdy/SRA at 1723f85069408f6df7d11db35549575c97bfa5b2), written out here:
+# ``SiT-SRA/loss.py`` Simpleloss: "sml1" = smooth_l1_loss(a, b, beta=0.05) (mean), "cos" = 1 - cosine_similarity(a, b)
+# (dim=1 of (B, N, D): the tokens); ``SiT-SRA/train.py``: sml1 weighted 2 * 0.1 ** (((epoch - 149) / 1000 + 1) if
+# epoch > 149 else 1) at 256 px, cos weighted 0.5; ``SiT-SRA/models/sit.py`` SimpleHead: Linear(D, 2D) - SiLU -
+# Linear(2D, D) as ``ap_head.linear1`` / ``ap_head.linear2``.
 
 def _sra_objective(**kw):
-    return ObjectiveConfig(proj_coeff=0.5, target="self", self_depth=3, self_time_gap=0.2, **kw)
+    return ObjectiveConfig(proj_coeff=kw.pop("proj_coeff", 2.0), target="self", self_depth=3, self_time_gap=0.2, **kw)
 
 
-def test_sra_targets_are_the_ema_block_at_the_lower_noise_level():
+def _smooth_l1_written_out(a, b, beta=0.05):
+    d = (a - b).abs()
+    return torch.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta).mean()
+
+
+def _channel_cosine_written_out(a, b):
+    """1 - cos along the tokens (dim 1), one per (sample, channel), then the mean: torch's default dim=1."""
+    num = (a * b).sum(dim=1)
+    return (1 - num / (a.norm(dim=1) * b.norm(dim=1))).mean()
+
+
+def _offset_tokens(seed, shape=(3, 16, 8)):
+    """Random tokens plus a per-channel offset shared by every token (what separates the two cosines)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen) + 3 * torch.randn(shape[0], 1, shape[2], generator=gen)
+
+
+def test_sra_losses_are_the_official_formulas_written_out():
+    a, b = _offset_tokens(0), _offset_tokens(1) * 0.05        # many differences inside and outside beta
+    torch.testing.assert_close(self_alignment_loss([a], [b], "smooth_l1").mean(), _smooth_l1_written_out(a, b))
+    torch.testing.assert_close(self_alignment_loss([a], [b], "cosine").mean(), _channel_cosine_written_out(a, b))
+    # the per-channel cosine is not REPA's per-token one (which is not SRA's): offsets tell them apart
+    per_token = (1 - F.cosine_similarity(a, b, dim=-1)).mean()
+    assert abs(float(per_token) - float(_channel_cosine_written_out(a, b))) > 1e-2
+    with pytest.raises(ValueError, match="unknown SRA loss"):
+        self_alignment_loss([a], [b], "l2")
+
+
+def test_sra_weight_is_the_official_epoch_schedule():
+    o = _sra_objective(self_epoch_steps=10, self_decay_start=149, self_decay_epochs=1000)
+    for epoch in (0, 1, 148, 149, 150, 400, 800):
+        official = 2 * (0.1 ** (((epoch - 149) / 1000 + 1) if epoch > 149 else 1))
+        for step in (epoch * 10, epoch * 10 + 9):           # every step of the epoch
+            assert o.proj_coeff * sra_weight(o, step) == pytest.approx(official, rel=1e-12)
+    assert sra_weight(_sra_objective(self_loss="cosine"), 10 ** 7) == 1.0      # the cosine term has no schedule
+    from repa.presets import get_preset
+    for name, start, span in (("SiT-XL/2-SRA-256", 149, 1000), ("SiT-B/2-SRA-256", 149, 1000)):
+        c = get_preset(name)
+        assert (c.objective.self_loss, c.objective.proj_coeff, c.model.projector) == ("smooth_l1", 2.0, "sra")
+        assert (c.objective.self_decay_start, c.objective.self_decay_epochs) == (start, span)
+        assert c.objective.self_epoch_steps == 1281167 // 256 == 5004
+
+
+def test_sra_head_has_the_official_layout_and_loads_an_official_ap_head():
+    model = build_model(tiny_model_config(encoder_dims=(32,), projector="sra"))
+    head = model.projectors[0]
+    assert isinstance(head, SRAHead)
+    # an official checkpoint's ap_head, written out with its names and shapes (D = 32: Linear(D, 2D), Linear(2D, D))
+    gen = torch.Generator().manual_seed(0)
+    official = {"ap_head.linear1.weight": torch.randn(64, 32, generator=gen),
+                "ap_head.linear1.bias": torch.randn(64, generator=gen),
+                "ap_head.linear2.weight": torch.randn(32, 64, generator=gen),
+                "ap_head.linear2.bias": torch.randn(32, generator=gen)}
+    head.load_state_dict({k.removeprefix("ap_head."): v for k, v in official.items()}, strict=True)
+    x = torch.randn(2, 16, 32, generator=gen)
+    hidden = x @ official["ap_head.linear1.weight"].T + official["ap_head.linear1.bias"]
+    want = F.silu(hidden) @ official["ap_head.linear2.weight"].T + official["ap_head.linear2.bias"]
+    torch.testing.assert_close(head(x), want)
+    from repa.presets import get_preset
+    from repa.models.sit import build_projector
+    xl = get_preset("SiT-XL/2-SRA-256").model
+    assert sum(p.numel() for p in build_projector(1152, 2048, 1152, "sra").parameters()) == 2 * (1152 * 2304) + 2304 + 1152
+    assert xl.projector == "sra"
+
+
+def test_sra_targets_are_the_ema_block_at_the_lower_noise_level_in_float32():
     torch.manual_seed(0)
     ema = build_model(tiny_model_config(encoder_dims=(32,)))
     cfg = _sra_objective()
@@ -125,26 +195,34 @@ def test_sra_targets_are_the_ema_block_at_the_lower_noise_level():
     want = ema.forward_features(x_ema, t_ema, labels, layers=(3,)).hidden[3]
     torch.testing.assert_close(got, want)
     assert not got.requires_grad
+    # the reference's EMA runs outside the mixed-precision autocast: so do these targets
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (mixed,) = self_alignment_targets(ema.forward_features, x0, noise, labels, t, u, cfg)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, want)
 
 
-def test_sra_loss_is_the_cosine_to_the_ema_and_trains_only_the_student():
+@pytest.mark.parametrize("kind", ["smooth_l1", "cosine"])
+def test_sra_loss_is_the_official_term_to_the_ema_and_trains_only_the_student(kind):
     torch.manual_seed(0)
-    model = build_model(tiny_model_config(encoder_dims=(32,)))
-    ema = build_model(tiny_model_config(encoder_dims=(32,))).requires_grad_(False)
-    cfg = _sra_objective()
+    model = build_model(tiny_model_config(encoder_dims=(32,), projector="sra"))
+    ema = build_model(tiny_model_config(encoder_dims=(32,), projector="sra")).requires_grad_(False)
+    cfg = _sra_objective(self_loss=kind)
     x0, noise, labels = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     t, u = torch.rand(4), torch.rand(4)
     out = repa_loss(model.forward_features, x0, labels, None, cfg, t=t, noise=noise, ema_features=ema.forward_features,
-                    gap_uniforms=u)
-    # the definition, by hand: student = projector(block encoder_depth at t), target = EMA block 3 at t - 0.2 u
+                    gap_uniforms=u, proj_coeff=0.7)
+    # by hand: student = SRA head(block encoder_depth at t), target = EMA block 3 (no head) at t - 0.2 u
     path = get_path("linear")
     student = model.forward_features(path.interpolate(x0, noise, t), t, labels, project=True)
     t_ema = (t - 0.2 * u).clamp(0, 1)
     target = ema.forward_features(path.interpolate(x0, noise, t_ema), t_ema, labels, layers=(3,)).hidden[3]
-    want = -F.cosine_similarity(student.projected[0], target, dim=-1).mean()
+    written = _smooth_l1_written_out if kind == "smooth_l1" else _channel_cosine_written_out
+    want = written(student.projected[0], target)
     torch.testing.assert_close(out.terms["align_loss"], want.detach())
+    torch.testing.assert_close(out.total, out.terms["denoise_loss"] + 0.7 * want.detach())
     out.total.backward()
-    assert model.projectors[0][0].weight.grad.abs().sum() > 0
+    assert model.projectors[0].linear1.weight.grad.abs().sum() > 0
     assert model.x_embedder.proj.weight.grad.abs().sum() > 0     # through the blocks below the projector
     assert all(p.grad is None for p in ema.parameters())
     with pytest.raises(ValueError, match="ema_features"):
@@ -152,8 +230,9 @@ def test_sra_loss_is_the_cosine_to_the_ema_and_trains_only_the_student():
 
 
 def _sra_train_config(run_dir, **kw):
-    cfg = tiny_train_config(run_dir, model=tiny_model_config(encoder_dims=(32,)), encoders=(), **kw)
-    return dataclasses.replace(cfg, objective=_sra_objective())
+    cfg = tiny_train_config(run_dir, model=tiny_model_config(encoder_dims=(32,), projector="sra"), encoders=(), **kw)
+    return dataclasses.replace(cfg, objective=_sra_objective(self_epoch_steps=4, self_decay_start=1,
+                                                             self_decay_epochs=2))
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -161,6 +240,10 @@ def _sra_train_config(run_dir, **kw):
     ("model.encoder_dims", (16,), "model.encoder_dims"),
     ("objective.self_depth", 2, "objective.self_depth"),
     ("objective.self_time_gap", 1.5, "objective.self_time_gap"),
+    ("objective.self_loss", "l2", "objective.self_loss"),
+    ("objective.self_epoch_steps", 0, "objective.self_epoch_steps"),
+    ("objective.self_decay_epochs", 0, "objective.self_decay_start"),
+    ("model.projector", "mlp2", "model.projector"),
     ("objective.kind", "iddpm", "objective"),
 ])
 def test_sra_options_are_validated_at_config_time(tmp_path, field, value, match):
@@ -170,13 +253,29 @@ def test_sra_options_are_validated_at_config_time(tmp_path, field, value, match)
         validate_train(cfg)
 
 
-def test_sra_trains_without_any_teacher_and_resumes_exactly(tmp_path, tiny_dataset):
-    cfg = _sra_train_config(tmp_path / "full", max_steps=20, log_every=5, ckpt_every=10)
+def test_a_config_written_before_the_sra_fields_still_loads():
+    from repa.config import to_dict, train_config_from_dict
+    raw = to_dict(_sra_train_config("runs/x"))
+    for key in ("self_loss", "self_epoch_steps", "self_decay_start", "self_decay_epochs"):
+        del raw["objective"][key]
+    raw["model"]["projector"] = "mlp"
+    cfg = train_config_from_dict(json.loads(json.dumps(raw)))
+    assert cfg.objective.self_loss == "smooth_l1" and cfg.model.projector == "mlp"
+    validate_train(cfg)
+
+
+def test_sra_trains_without_any_teacher_on_its_schedule_and_resumes_exactly(tmp_path, tiny_dataset):
+    cfg = _sra_train_config(tmp_path / "full", max_steps=20, log_every=1, ckpt_every=10)
     train(cfg, dataset=tiny_dataset, encoders=[], progress=False)
     records = _records(tmp_path / "full")
-    assert all(np.isfinite(r["loss"]) and np.isfinite(r["align_loss"]) for r in records)
+    assert all(np.isfinite(r["loss"]) and r["align_loss"] > 0 for r in records)
     assert records[-1]["loss"] < records[0]["loss"]
-    assert records[-1]["align_loss"] < 0              # the student is pulled towards the EMA (cosine > 0)
+    # the weight follows the epoch schedule, epochs of self_epoch_steps = 4 steps: 2 * 0.1 ** f(step // 4)
+    o = cfg.objective
+    for r in records:
+        step = r["step"] - 1                    # the record of step k is written once k steps are done
+        assert r["lam"] == pytest.approx(2.0 * sra_weight(o, step), rel=1e-6)
+    assert records[0]["lam"] == pytest.approx(0.2) and records[-1]["lam"] < 0.2 * 0.1 ** 1.5
     # the time-gap draws depend on (seed, step) only: an interrupted run ends with the same weights
     run = tmp_path / "resumed"
     cfg2 = dataclasses.replace(cfg, run_dir=str(run))
@@ -345,4 +444,5 @@ def test_variants_train_in_latent_space_from_a_cnn_token_cache(tmp_path, variant
         def forward(self, images):
             raise AssertionError("no teacher may run: the token cache (iREPA) or the EMA (SRA) gives the targets")
     result = train(cfg, dataset=dataset, encoders=[Refuse()] if variant == "irepa" else [], progress=False)
-    assert result.step == 4 and np.isfinite(result.metrics["loss"]) and result.metrics["align_loss"] < 0
+    align = result.metrics["align_loss"]      # REPA's term: a negative cosine; SRA's smooth-L1: positive
+    assert result.step == 4 and np.isfinite(result.metrics["loss"]) and (align < 0 if variant == "irepa" else align > 0)

@@ -29,13 +29,15 @@ def _irepa(cfg: TrainConfig) -> TrainConfig:
 
 
 def _sra(cfg: TrainConfig) -> TrainConfig:
-    """SRA (arXiv 2505.02831): no teacher; block ``encoder_depth`` aligned with a later block of the EMA model
-    seen at a lower noise level."""
+    """SRA (arXiv 2505.02831): no teacher; block ``encoder_depth`` through SRA's 2-layer head aligned with a later
+    block of the EMA model seen at a lower noise level, by the official code's cosine loss (its smooth-L1 weight
+    schedule is counted in ImageNet epochs, which a short run never leaves)."""
     m = cfg.model
     return dataclasses.replace(
-        cfg, encoders=(), encoder_weights=(), model=dataclasses.replace(m, encoder_dims=(m.hidden_size,)),
+        cfg, encoders=(), encoder_weights=(),
+        model=dataclasses.replace(m, encoder_dims=(m.hidden_size,), projector="sra"),
         objective=dataclasses.replace(cfg.objective, target="self", self_depth=min(m.depth, 2 * m.encoder_depth),
-                                      self_time_gap=0.2))
+                                      self_time_gap=0.2, self_loss="cosine"))
 
 
 def _reg(cfg: TrainConfig) -> TrainConfig:

@@ -128,7 +128,8 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
                     steps: int | None = None, cfg_scale: float | None = None,
                     guidance_interval: tuple[float, float] | None = None,
                     labels="random", batch_size: int = 64, vae=None, decode=None, start: int = 0,
-                    progress: bool = False, guided_channels: int | str | None = None) -> np.ndarray:
+                    progress: bool = False, guided_channels: int | str | None = None,
+                    cls_cfg_scale: float | None = None) -> np.ndarray:
     """Generate images in-process (the default job, training previews, ``repa sample-grid``); the same images as
     ``repa sample`` for the same seed.
 
@@ -139,7 +140,8 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
         config: the sampling settings (``repa.SampleConfig``; default ``SampleConfig()``: the papers' sampler for
             the network, 250 steps, no guidance).
         seed: base seed; sample i depends on (seed, i) only.
-        sampler, steps, cfg_scale, guidance_interval, guided_channels: override the fields of ``config``.
+        sampler, steps, cfg_scale, guidance_interval, guided_channels, cls_cfg_scale: override the fields of
+            ``config`` (``cls_cfg_scale``: REG networks only, the class token's guidance scale).
         labels: ``random``, ``balanced`` or an int array of ``num`` class indices (ignored: unconditional models).
         batch_size: samples per forward batch (does not change the result).
         vae: a loaded ``AutoencoderKL`` (``repa.autoencoder.load_vae``) or a hub id / folder; latent models only.
@@ -149,11 +151,11 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
     """
     from tqdm.auto import tqdm
     check_request(num=num, seed=seed, labels=labels, batch_size=batch_size)
-    resolve_sampling(None, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                     guidance_interval=guidance_interval, guided_channels=guided_channels)  # before the model
+    overrides = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
+                     guided_channels=guided_channels, cls_cfg_scale=cls_cfg_scale)
+    resolve_sampling(None, config, **overrides)  # before the model
     loaded = as_loaded(model)
-    settings = resolve_sampling(loaded, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                                guidance_interval=guidance_interval, guided_channels=guided_channels)
+    settings = resolve_sampling(loaded, config, **overrides)
     decode = decode or decoder(loaded, vae)
     indices = np.arange(start, start + num)
     all_labels = request_labels(loaded.config, indices, seed, labels)
@@ -240,7 +242,7 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
                   guidance_interval: tuple[float, float] | None = None,
                   labels: str = "random", batch_size: int = 64, vae: str | None = None, which: str = "ema",
                   device: str | None = None, progress: bool = True, guided_channels: int | str | None = None,
-                  origin: str = "auto") -> Path:
+                  origin: str = "auto", cls_cfg_scale: float | None = None) -> Path:
     """``repa sample``: N samples of a checkpoint into ``out_dir`` (shards, then ``samples.npz``, grid, settings).
 
     Launch with ``torchrun --nproc_per_node G`` to shard the work; a rerun resumes. Arguments as in
@@ -249,7 +251,7 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
     Returns the path of ``samples.npz``. One process (one ``torchrun`` job) writes a folder at a time.
     """
     overrides = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
-                     guided_channels=guided_channels)
+                     guided_channels=guided_channels, cls_cfg_scale=cls_cfg_scale)
     check_request(num=num, seed=seed, labels=labels, batch_size=batch_size)
     resolve_sampling(None, config, **overrides)          # the settings alone, before anything is loaded
     from repa.hub import looks_like_hub_id

@@ -178,9 +178,13 @@ def build_projector(hidden_size: int, projector_dim: int, encoder_dim: int, kind
     ``mlp`` (REPA): Linear(D, 2048) - SiLU - Linear(2048, 2048) - SiLU - Linear(2048, E), token by token.
     ``conv`` (iREPA, Singh et al. 2025): one ``kernel`` x ``kernel`` convolution D -> E on the token grid, so each
     projected token also sees its neighbours.
+    ``sra`` (SRA, Jiang et al. 2025): ``SRAHead``, Linear(D, D + E) - SiLU - Linear(D + E, E) (``projector_dim`` is
+    not used).
     """
     if kind == "conv":
         return ConvProjector(hidden_size, encoder_dim, kernel)
+    if kind == "sra":
+        return SRAHead(hidden_size, encoder_dim)
     return nn.Sequential(
         nn.Linear(hidden_size, projector_dim), nn.SiLU(),
         nn.Linear(projector_dim, projector_dim), nn.SiLU(),
@@ -202,6 +206,21 @@ class ConvProjector(nn.Module):
             raise ValueError(f"the conv projector needs a square token grid, got {N} tokens")
         grid = x.transpose(1, 2).reshape(B, D, side, side)         # (B, D, h, w)
         return self.conv(grid).flatten(2).transpose(1, 2)           # (B, N, E)
+
+
+class SRAHead(nn.Module):
+    """SRA's projector (vvvvvjdy/SRA ``SiT-SRA/models/sit.py``, ``SimpleHead``): Linear(D, D + E) - SiLU -
+    Linear(D + E, E), token by token; with SRA's E = D, Linear(D, 2D) - SiLU - Linear(2D, D). The parameter names
+    are the reference's, so its checkpoints' ``ap_head.*`` weights load into it as they are."""
+
+    def __init__(self, hidden_size: int, encoder_dim: int):
+        super().__init__()
+        self.linear1 = nn.Linear(hidden_size, hidden_size + encoder_dim)
+        self.linear2 = nn.Linear(hidden_size + encoder_dim, encoder_dim)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.act(self.linear1(x)))
 
 
 # ---- the network -------------------------------------------------------------------------------------------------
