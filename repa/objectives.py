@@ -4,10 +4,12 @@
   "SiT"), the paper's main objective;
 - ``iddpm``: DiT's improved-DDPM hybrid loss (Nichol & Dhariwal 2021), used by the paper for REPA on DiT.
 
-Every objective has the same signature ``loss(features, x0, labels, encoder_tokens, cfg, *, t, noise,
-proj_coeff=None, **alignment) -> LossOutput`` and adds the same alignment term (``repa.losses.with_alignment``).
-``features`` is a callable ``(x_t, t, y, *, project) -> ModelOutput``: a network's ``forward_features``, or the
-``FeaturesView`` that DDP wraps in training. A new objective is one function and one registry entry.
+An objective (``Objective``) owns its step: ``inputs(ctx)`` draws what it needs (times, noise, the condition's
+dropout, teacher outputs, the variants' extras) from named random streams of (seed, step), and ``loss(features,
+inputs, cfg)`` returns a ``LossOutput``: the total and named terms that the loop logs without knowing them. Both
+objectives add the same alignment term (``repa.losses.with_alignment``). ``features`` is a callable
+``(x_t, t, cond, **kwargs) -> ModelOutput``: a network's ``forward_features``, or the ``FeaturesView`` that DDP wraps
+in training. A new objective is a subclass and one ``OBJECTIVES`` entry (docs/CONTRACTS.md).
 
 The alignment term's successors are options of the same objective (docs/VARIANTS.md):
 
@@ -175,8 +177,9 @@ def step_generator(seed: int, step: int, stream: str, device: torch.device | str
 class StepContext:
     """What the training loop gives an objective at one step.
 
-    Randomness is drawn for the whole global batch from a named stream (``draw``), then cut to this rank's
-    ``rows``: one process and N processes with the same global batch compute the same thing.
+    Randomness is drawn for the whole global batch from a named stream (``generator``, then ``normal`` /
+    ``uniform``) and cut to this rank's ``rows``: one process and N processes with the same global batch compute
+    the same thing.
     """
     cfg: TrainConfig
     step: int
