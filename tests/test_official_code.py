@@ -4,8 +4,8 @@ Nothing of that code is in this repository. Point an environment variable at a s
 its tests; they skip otherwise:
 
 - ``SRA_OFFICIAL_REPO``: vvvvvjdy/SRA (``SiT-SRA/loss.py``, ``SiT-SRA/models/sit.py``);
-- ``IREPA_OFFICIAL_REPO``: End2End-Diffusion/iREPA (``ldm/models/sit.py``);
-- ``HASTE_OFFICIAL_REPO``: NUS-HPC-AI-Lab/HASTE (``models/sit.py``);
+- ``IREPA_OFFICIAL_REPO``: End2End-Diffusion/iREPA (``ldm/models/sit.py``, ``ldm/utils.py``);
+- ``HASTE_OFFICIAL_REPO``: NUS-HPC-AI-Lab/HASTE (``models/sit.py``, ``loss.py``);
 - ``REG_OFFICIAL_REPO``: Martinser/REG (``models/sit.py``, ``samplers.py``).
 
 The loss functions need torch only; the networks import timm (``from timm.models.vision_transformer import
@@ -39,7 +39,7 @@ def _official(name: str, module: str):
     if module.startswith("models"):
         pytest.importorskip("timm")
     root = os.path.join(os.path.abspath(REPOS[name]), SUBDIR[name])
-    for cached in [m for m in sys.modules if m in ("loss", "samplers", "models") or m.startswith("models.")]:
+    for cached in [m for m in sys.modules if m in ("loss", "samplers", "models", "utils") or m.startswith("models.")]:
         del sys.modules[cached]
     sys.path.insert(0, root)
     try:
@@ -142,6 +142,39 @@ def test_haste_checkpoint_loads_with_its_projector(tmp_path):
     torch.testing.assert_close(out.projected[0], zs_ref[0], rtol=0, atol=1e-5)
     for block, ref in zip((1, 2), logits_ref):      # what HASTE's attention term reads
         torch.testing.assert_close(out.attention[block], ref, rtol=0, atol=1e-5)
+
+
+# ---- iREPA's and HASTE's loss pieces -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gamma", [1.0, 0.6])
+def test_irepa_spatial_normalisation_equals_the_official_zscore(gamma):
+    utils = _official("irepa", "utils")
+    from repa.losses import spatial_normalize
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randn(3, 16, 8, generator=gen) + torch.randn(1, 1, 8, generator=gen) * 3   # per-channel offsets
+    torch.testing.assert_close(spatial_normalize(tokens, gamma), utils.spatial_zscore(tokens, alpha=gamma),
+                               rtol=0, atol=1e-6)
+
+
+def test_haste_attention_and_feature_terms_equal_the_official_siloss():
+    """The official SILoss (hard-wired to SiT-XL/2 with DINOv2-B: model blocks 5-8 against teacher blocks 9-12, 12
+    heads, 256 tokens) on a stand-in network returning fixed attention logits and projections: its attention term
+    softmaxes the teacher's patch logits, which ``Encoder.tokens_and_attention`` returns as probabilities."""
+    loss = _official("haste", "loss")
+    from repa.losses import alignment_loss, attention_alignment_loss
+    gen = torch.Generator().manual_seed(3)
+    batch, heads, tokens = 2, 12, 256
+    student = [torch.randn(batch, heads + 4, tokens, tokens, generator=gen) for _ in range(8)]   # 16 model heads
+    teacher = [torch.randn(batch, heads, tokens, tokens, generator=gen) for _ in range(12)]
+    projected, targets = torch.randn(batch, tokens, 16, generator=gen), torch.randn(batch, tokens, 16, generator=gen)
+    images = torch.randn(batch, 4, 32, 32, generator=gen)
+
+    def network(x, t, return_act=True, **kwargs):
+        return torch.zeros_like(x), student, [projected]
+    _, attn, proj = loss.SILoss()(network, images, zs=[teacher], proj_s=[targets])
+    want_attn = attention_alignment_loss(student[4:8], [teacher[i + 4].softmax(dim=-1) for i in range(4, 8)]).mean()
+    torch.testing.assert_close(want_attn, attn, rtol=1e-6, atol=0)
+    torch.testing.assert_close(alignment_loss([projected], [targets]).mean(), proj.reshape(()), rtol=1e-6, atol=0)
 
 
 # ---- REG: the sampler with its own class-token scale ----------------------------------------------------------------
