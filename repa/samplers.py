@@ -206,6 +206,15 @@ def resolve_sampling(model, config: SampleConfig | None = None, **overrides) -> 
         usable = ", ".join(n for n, s in SAMPLERS.items() if s.prediction == prediction)
         raise ConfigError(f"sampler {name!r} needs a {entry.prediction} network, but this one predicts {prediction} "
                           f"(model.prediction); use {usable}")
+    net = _network(model)
+    data_channels = getattr(getattr(net, "config", None), "in_channels", None)
+    if data_channels is not None and config.guided_channels is not None:   # before any sample or file is made
+        if has_class_token(model):
+            if config.guided_channels != "all":
+                raise ConfigError("a REG network's image and class token are guided together: guided_channels must "
+                                  f"be 'all' (or left out), got {config.guided_channels!r}")
+        else:
+            guided_channels_of(net, config.guided_channels, data_channels)
     cls = None if config.cls_cfg_scale is None else float(config.cls_cfg_scale)
     return Sampling(entry, config.steps, float(config.cfg_scale), config.guidance_interval, config.guided_channels,
                     cls)
