@@ -24,7 +24,7 @@ import torch
 
 from repa import distributed
 from repa.config import ConfigError, ModelConfig, TrainConfig, to_json, train_config_from_dict
-from repa.integrity import (add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
+from repa.integrity import (DIGEST_KEY, add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
                             verify_state_digest)
 from repa.models import build_model, heads_of, size_of
 from repa.models.released import ORIGINS, resolve_origin
@@ -99,8 +99,8 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     sidecar = path.with_name(path.name + ".sha256")
-    if verify and sidecar.is_file():
-        expected = sidecar.read_text().strip()
+    if verify and sidecar.is_file():     # ours ("HASH") or sha256sum's ("HASH  NAME", "HASH *NAME")
+        expected = (sidecar.read_text(errors="replace").split() or [""])[0].lstrip("\\").lower()
         if sha256_file(path) != expected:
             raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 does not match {sidecar.name}")
     try:
@@ -115,6 +115,9 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
             verify_state_digest(obj, path)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
+        if not sidecar.is_file() and DIGEST_KEY not in obj and obj.get("format") == FORMAT:
+            warnings.warn(f"checkpoint {path} has no digest (neither {sidecar.name} nor one inside it): its content "
+                          f"cannot be verified", stacklevel=2)
     return obj
 
 
@@ -431,7 +434,7 @@ def _load_folder(folder: Path, *, which: str, device, origin: str, encoder_depth
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which: str = "ema",
-                 origin: str = "auto", encoder_depth: int | None = None) -> Path:
+                 origin: str = "auto", encoder_depth: int | None = None, overwrite: bool = False) -> Path:
     """Write ``out/model.safetensors`` + ``out/config.json`` (``repa export``) from anything ``load_model`` reads.
 
     ``config.json`` holds the model config (to rebuild the network), the training config (provenance: objective,
@@ -441,9 +444,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which
     """
     from repa import hub
     from repa.config import to_dict
+    hub.check_export_folder(out, overwrite)           # before anything is loaded: never replace a user's file
     loaded = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth)
     meta = {"weights": which, "step": loaded.step, "source": os.path.basename(str(checkpoint)),
             "model": to_dict(loaded.config),
             "train_config": to_dict(loaded.train_config) if loaded.train_config is not None else None,
             "versions": library_versions("repa", "torch", "safetensors")}
-    return hub.write_model_folder(out, loaded.model.state_dict(), meta)
+    return hub.write_model_folder(out, loaded.model.state_dict(), meta, overwrite=overwrite)

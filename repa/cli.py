@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(("" if command else _top_level_help() + "\n") + f"repa: error: {message}", file=sys.stderr)
         return 2
     from repa.interrupt import Interrupted, signals_as_exceptions
+    import warnings                                   # a warning is one line too: "repa COMMAND: warning: ..."
+    warnings.formatwarning = lambda message, *_, **__: f"repa {command}: warning: {' '.join(str(message).split())}\n"
     try:
         with signals_as_exceptions():
             opts = parse_command(command, rest)
