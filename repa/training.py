@@ -212,7 +212,7 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
     mine = slice(process.rank * per_rank, (process.rank + 1) * per_rank)
     micro = per_rank // cfg.grad_accum_steps
     first_bad = torch.full((), -1, dtype=torch.long, device=dev)
-    skipped = 0
+    skipped = good = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = distributed.local_tensors(ema.parameters()), distributed.local_tensors(net.parameters())
     ema_features = FeaturesView(ema)
@@ -249,11 +249,19 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
                                                                       & torch.isfinite(grad_norm))
         if cfg.max_skipped_steps > 0 and bool(bad):
             skipped += 1
+            if not all(bool(torch.isfinite(p).all()) for p in net_params):    # skipping cannot repair the weights
+                raise NonFiniteError(step, "the weights are no longer finite (an earlier update diverged), so "
+                                     "skipping steps cannot recover", last_ckpt)
             if skipped > cfg.max_skipped_steps:
                 raise NonFiniteError(step, "more than max_skipped_steps non-finite steps", last_ckpt)
             opt.zero_grad(set_to_none=True)
             state.step += 1
+            if not good and state.step >= end:     # never "finished" without one update: that is not a run
+                raise NonFiniteError(step, f"every step of this run ({skipped}) was non-finite and skipped", last_ckpt)
+            if good and (state.step % cfg.ckpt_every == 0 or state.step == end):
+                last_ckpt = state.save(cfg.run_dir, cfg.keep_last, cfg.milestone_every)
             continue
+        good += 1
         first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
         if scaler is not None:
             scaler.step(opt)
