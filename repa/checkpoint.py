@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from repa import distributed
-from repa.config import ConfigError, ModelConfig, TrainConfig, to_json, train_config_from_dict
+from repa.config import ConfigError, ModelConfig, TrainConfig, diff, to_json, train_config_from_dict
 from repa.integrity import (DIGEST_KEY, add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
                             verify_state_digest)
 from repa.models import build_model, heads_of, size_of
@@ -121,17 +121,33 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
     return obj
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, Path] | None:
-    """The newest checkpoint of a run that loads and verifies; broken newer ones are reported and skipped."""
+def saved_config(path: str | os.PathLike) -> TrainConfig | None:
+    """The training config stored inside checkpoint ``path``, read without loading its tensors (memory-mapped);
+    None when the file or its config cannot be read."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return train_config_from_dict(json.loads(obj["config"]))
+    except Exception:  # noqa: BLE001 - any unreadable file: the caller falls back (resume reports it)
+        return None
+
+
+def latest_checkpoint(run_dir: str | os.PathLike, fits=None) -> tuple[dict, Path] | None:
+    """The newest checkpoint of a run that loads, verifies and ``fits`` (a function of the state returning None, or
+    why it does not fit); broken or unfitting newer ones are reported (one warning each) and skipped."""
     found = list_checkpoints(run_dir)
     for step, path in reversed(found):
         try:
-            return load_checkpoint(path), path
+            state = load_checkpoint(path)
+            reason = fits(state) if fits is not None else None
+            if reason is None:
+                return state, path
+            warnings.warn(f"skipping checkpoint {path}: {reason}")
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint: {exc}")
     if found:       # never start again from step 0 silently over a run's broken checkpoints
         names = ", ".join(p.name for _, p in found)
-        raise CheckpointError(f"every checkpoint of {run_dir} is corrupt or unreadable ({names}); "
+        raise CheckpointError(f"every checkpoint of {run_dir} is corrupt, unreadable or of another model ({names}); "
                               f"restore them from a copy, or move the folder {Path(run_dir) / 'checkpoints'} away to "
                               f"start the run again from step 0")
     return None
@@ -206,12 +222,24 @@ class TrainingState:
 
     def resume(self, run_dir: str | os.PathLike) -> Path | None:
         """Load the newest complete checkpoint of ``run_dir``, if any; returns its path."""
-        found = latest_checkpoint(run_dir)
+        found = latest_checkpoint(run_dir, fits=self._fits)
         if found is None:
             return None
         state, path = found
         self.load_state_dict(state)
         return path
+
+    def _fits(self, state: dict) -> str | None:
+        """None when checkpoint ``state`` holds this run's network, else what differs."""
+        try:
+            model = train_config_from_dict(json.loads(state["config"])).model
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"its config cannot be read ({exc})"
+        changed = {k: v for k, v in diff(model, self.cfg.model).items()}
+        if changed:
+            listing = "; ".join(f"model.{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            return f"it holds another model ({listing})"
+        return None
 
 
 # ---- architecture inference for reference checkpoints ----------------------------------------------------------------
