@@ -369,6 +369,8 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     """
     if which not in ("ema", "model"):
         raise ConfigError(f"which must be 'ema' or 'model', got {which!r}")
+    from repa.preflight import check_device
+    check_device(str(device), "device")           # a CUDA device this machine lacks: one line, not an assertion
     if origin not in ORIGINS:
         raise ConfigError(f"origin must be one of {ORIGINS}, got {origin!r}")
     from repa import hub

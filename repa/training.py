@@ -113,6 +113,10 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     One writer per run: a second process on the same ``run_dir`` is refused with the holder's pid; a first start
     that fails before writing anything leaves no run directory behind.
     """
+    validate(cfg)                                  # a wrong argument (not a TrainConfig) before any folder is made
+    if device is not None:
+        from repa.preflight import check_device
+        check_device(str(device), "device")
     rank = int(os.environ.get("RANK", 0))
     with claim_folder(cfg.run_dir, "run", enabled=rank == 0):
         return _train(cfg, dataset=dataset, encoders=encoders, allow_config_change=allow_config_change,
