@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from repa import distributed
-from repa.config import ConfigError, ModelConfig, TrainConfig, to_json, train_config_from_dict
-from repa.integrity import (add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
+from repa.config import ConfigError, ModelConfig, TrainConfig, diff, to_json, train_config_from_dict
+from repa.integrity import (DIGEST_KEY, add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
                             verify_state_digest)
 from repa.models import build_model, heads_of, size_of
 from repa.models.released import ORIGINS, resolve_origin
@@ -99,8 +99,8 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     sidecar = path.with_name(path.name + ".sha256")
-    if verify and sidecar.is_file():
-        expected = sidecar.read_text().strip()
+    if verify and sidecar.is_file():     # ours ("HASH") or sha256sum's ("HASH  NAME", "HASH *NAME")
+        expected = (sidecar.read_text(errors="replace").split() or [""])[0].lstrip("\\").lower()
         if sha256_file(path) != expected:
             raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 does not match {sidecar.name}")
     try:
@@ -115,20 +115,39 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> dict:
             verify_state_digest(obj, path)
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
+        if not sidecar.is_file() and DIGEST_KEY not in obj and obj.get("format") == FORMAT:
+            warnings.warn(f"checkpoint {path} has no digest (neither {sidecar.name} nor one inside it): its content "
+                          f"cannot be verified", stacklevel=2)
     return obj
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, Path] | None:
-    """The newest checkpoint of a run that loads and verifies; broken newer ones are reported and skipped."""
+def saved_config(path: str | os.PathLike) -> TrainConfig | None:
+    """The training config stored inside checkpoint ``path``, read without loading its tensors (memory-mapped);
+    None when the file or its config cannot be read."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return train_config_from_dict(json.loads(obj["config"]))
+    except Exception:  # noqa: BLE001 - any unreadable file: the caller falls back (resume reports it)
+        return None
+
+
+def latest_checkpoint(run_dir: str | os.PathLike, fits=None) -> tuple[dict, Path] | None:
+    """The newest checkpoint of a run that loads, verifies and ``fits`` (a function of the state returning None, or
+    why it does not fit); broken or unfitting newer ones are reported (one warning each) and skipped."""
     found = list_checkpoints(run_dir)
     for step, path in reversed(found):
         try:
-            return load_checkpoint(path), path
+            state = load_checkpoint(path)
+            reason = fits(state) if fits is not None else None
+            if reason is None:
+                return state, path
+            warnings.warn(f"skipping checkpoint {path}: {reason}")
         except CheckpointError as exc:
             warnings.warn(f"skipping checkpoint: {exc}")
     if found:       # never start again from step 0 silently over a run's broken checkpoints
         names = ", ".join(p.name for _, p in found)
-        raise CheckpointError(f"every checkpoint of {run_dir} is corrupt or unreadable ({names}); "
+        raise CheckpointError(f"every checkpoint of {run_dir} is corrupt, unreadable or of another model ({names}); "
                               f"restore them from a copy, or move the folder {Path(run_dir) / 'checkpoints'} away to "
                               f"start the run again from step 0")
     return None
@@ -203,12 +222,24 @@ class TrainingState:
 
     def resume(self, run_dir: str | os.PathLike) -> Path | None:
         """Load the newest complete checkpoint of ``run_dir``, if any; returns its path."""
-        found = latest_checkpoint(run_dir)
+        found = latest_checkpoint(run_dir, fits=self._fits)
         if found is None:
             return None
         state, path = found
         self.load_state_dict(state)
         return path
+
+    def _fits(self, state: dict) -> str | None:
+        """None when checkpoint ``state`` holds this run's network, else what differs."""
+        try:
+            model = train_config_from_dict(json.loads(state["config"])).model
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"its config cannot be read ({exc})"
+        changed = {k: v for k, v in diff(model, self.cfg.model).items()}
+        if changed:
+            listing = "; ".join(f"model.{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            return f"it holds another model ({listing})"
+        return None
 
 
 # ---- architecture inference for reference checkpoints ----------------------------------------------------------------
@@ -338,6 +369,8 @@ def load_model(path: str | os.PathLike, *, which: str = "ema", device: str | tor
     """
     if which not in ("ema", "model"):
         raise ConfigError(f"which must be 'ema' or 'model', got {which!r}")
+    from repa.preflight import check_device
+    check_device(str(device), "device")           # a CUDA device this machine lacks: one line, not an assertion
     if origin not in ORIGINS:
         raise ConfigError(f"origin must be one of {ORIGINS}, got {origin!r}")
     from repa import hub
@@ -431,7 +464,7 @@ def _load_folder(folder: Path, *, which: str, device, origin: str, encoder_depth
 
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which: str = "ema",
-                 origin: str = "auto", encoder_depth: int | None = None) -> Path:
+                 origin: str = "auto", encoder_depth: int | None = None, overwrite: bool = False) -> Path:
     """Write ``out/model.safetensors`` + ``out/config.json`` (``repa export``) from anything ``load_model`` reads.
 
     ``config.json`` holds the model config (to rebuild the network), the training config (provenance: objective,
@@ -441,9 +474,10 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which
     """
     from repa import hub
     from repa.config import to_dict
+    hub.check_export_folder(out, overwrite)           # before anything is loaded: never replace a user's file
     loaded = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth)
     meta = {"weights": which, "step": loaded.step, "source": os.path.basename(str(checkpoint)),
             "model": to_dict(loaded.config),
             "train_config": to_dict(loaded.train_config) if loaded.train_config is not None else None,
             "versions": library_versions("repa", "torch", "safetensors")}
-    return hub.write_model_folder(out, loaded.model.state_dict(), meta)
+    return hub.write_model_folder(out, loaded.model.state_dict(), meta, overwrite=overwrite)

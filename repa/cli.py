@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         print(("" if command else _top_level_help() + "\n") + f"repa: error: {message}", file=sys.stderr)
         return 2
     from repa.interrupt import Interrupted, signals_as_exceptions
+    import warnings                                   # a warning is one line too: "repa COMMAND: warning: ..."
+    plain, warnings.formatwarning = warnings.formatwarning, \
+        lambda message, *_, **__: f"repa {command}: warning: {' '.join(str(message).split())}\n"
     try:
         with signals_as_exceptions():
             opts = parse_command(command, rest)
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         label = "" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "error: "
         print(f"repa {command}: {label}{' '.join(str(message).split())}", file=sys.stderr)
         return code
+    finally:
+        warnings.formatwarning = plain
     return int(result or 0)
 
 

@@ -216,11 +216,12 @@ class ExportCommand(_Model):
     """Export a checkpoint as OUT/model.safetensors + OUT/config.json (loadable by repa.load_model, torch.hub and
     the Hugging Face Hub)."""
     out: Positional[str]              # the folder to write
+    overwrite: bool = False           # replace the model.safetensors / config.json that OUT already holds
 
     def run(self):
         from repa.checkpoint import export_model
         folder = export_model(self.checkpoint, self.out, which=self.which, origin=self.origin,
-                              encoder_depth=self.encoder_depth)
+                              encoder_depth=self.encoder_depth, overwrite=self.overwrite)
         print(f"wrote {folder}/model.safetensors and {folder}/config.json; load with repa.load_model({str(folder)!r})")
 
 

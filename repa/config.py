@@ -12,11 +12,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from repa.fields import INT_LIMIT, ConfigError, _require, check_fields  # noqa: F401 (re-exported)
 from repa.paths import PATHS as INTERPOLANTS
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the allowed values."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,16 +210,38 @@ PREDICTIONS = ("velocity", "epsilon")   # what a network predicts; objectives an
 TIME_CONVENTIONS = ("data_at_0", "noise_at_0")
 
 
-def _require(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{field_name}: {message}")
+MAX_CLASSES = 1_000_000                # a label table beyond this is a typo (ImageNet-21k has 21841 classes)
+MAX_PARAMETERS = 10 ** 11             # a network beyond this cannot be built (SiT-XL/2 has 675M)
+
+
+def _parameters(m: ModelConfig) -> float:
+    """A rough parameter count of the network ``m`` describes (blocks, label table, projectors)."""
+    d = m.hidden_size
+    blocks = m.depth * d * d * (4 + 2 * m.mlp_ratio + 6)       # attention, MLP, adaLN
+    return blocks + (m.num_classes + 1) * d + sum((d + 2 * m.projector_dim) * m.projector_dim + m.projector_dim * e
+                                                  for e in m.encoder_dims)
 
 
 def validate_model(m: ModelConfig) -> None:
     """Raise ConfigError for an inconsistent model section."""
+    check_fields(m, "model.")
+    _require(m.family in ("SiT", "DiT"), "model.name", f"must be a SiT-... or DiT-... name, got {m.name!r}")
     _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
+    _require(m.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {m.hidden_size}")
+    _require(m.num_heads >= 1, "model.num_heads", f"must be >= 1, got {m.num_heads}")
+    _require(m.in_channels >= 1, "model.in_channels", f"must be >= 1, got {m.in_channels}")
+    _require(m.input_size >= 1, "model.input_size", f"must be >= 1, got {m.input_size}")
+    _require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {m.mlp_ratio}")
+    _require(m.projector_dim >= 1, "model.projector_dim", f"must be >= 1, got {m.projector_dim}")
+    _require(m.num_classes <= MAX_CLASSES, "model.num_classes", f"must be at most {MAX_CLASSES}, got {m.num_classes}")
     _require(m.hidden_size % m.num_heads == 0, "model.hidden_size",
              f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    _require(m.hidden_size % 4 == 0, "model.hidden_size",
+             f"must be a multiple of 4 (the 2D sin-cos position embedding), got {m.hidden_size}")
+    _require(int(m.hidden_size * m.mlp_ratio) >= 1, "model.mlp_ratio",
+             f"gives an MLP of width 0 (model.hidden_size={m.hidden_size} x {m.mlp_ratio})")
+    _require(_parameters(m) <= MAX_PARAMETERS, "model", f"{m.name} with these sizes would have about "
+             f"{_parameters(m):.3g} parameters (more than {MAX_PARAMETERS:.0e}); check the size fields")
     _require(m.patch_size >= 1, "model.patch_size", f"must be >= 1, got {m.patch_size}")
     _require(m.input_size % m.patch_size == 0, "model.input_size",
              f"{m.input_size} is not divisible by the patch size {m.patch_size}; use an input size that is a "
@@ -232,15 +253,10 @@ def validate_model(m: ModelConfig) -> None:
     _require(m.num_classes > 0 or m.class_dropout == 0, "model.class_dropout",
              f"an unconditional model (model.num_classes=0) has no label to drop: set model.class_dropout=0 "
              f"(got {m.class_dropout})")
-    _require(m.space in ("latent", "pixel"), "model.space", f"must be 'latent' or 'pixel', got {m.space!r}")
     _require(all(e >= 1 for e in m.encoder_dims), "model.encoder_dims", f"must be positive, got {m.encoder_dims}")
-    _require(m.prediction in PREDICTIONS, "model.prediction", f"must be one of {PREDICTIONS}, got {m.prediction!r}")
-    _require(m.time_convention in TIME_CONVENTIONS, "model.time_convention",
-             f"must be one of {TIME_CONVENTIONS}, got {m.time_convention!r}")
     _require(m.time_convention == "data_at_0" or (m.family == "SiT" and m.prediction == "velocity"),
              "model.time_convention", f"{m.time_convention!r} is willisma/SiT's convention: a SiT velocity network "
              f"(got {m.name}, prediction {m.prediction!r})")
-    _require(m.projector in PROJECTORS, "model.projector", f"must be one of {PROJECTORS}, got {m.projector!r}")
     _require(m.projector_kernel >= 1 and m.projector_kernel % 2 == 1, "model.projector_kernel",
              f"must be an odd positive integer (the conv keeps the token grid), got {m.projector_kernel}")
     if m.class_token:
@@ -296,10 +312,10 @@ def validate_objective(o: ObjectiveConfig) -> None:
 
 def validate_train(c: TrainConfig) -> None:
     """Validate every section of a training config; raises ConfigError naming the field."""
+    _require(isinstance(c, TrainConfig), "config", f"must be a repa.TrainConfig, got {type(c).__name__}")
+    check_fields(c)
     validate_model(c.model)
     validate_objective(c.objective)
-    _require(c.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {c.precision!r}")
-    _require(c.parallel in ("ddp", "fsdp"), "parallel", f"must be 'ddp' or 'fsdp', got {c.parallel!r}")
     _require(c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}")
     _require(c.grad_accum_steps >= 1, "grad_accum_steps", f"must be >= 1, got {c.grad_accum_steps}")
     _require(c.global_batch_size % c.grad_accum_steps == 0, "grad_accum_steps",
@@ -308,6 +324,13 @@ def validate_train(c: TrainConfig) -> None:
     _require(0.0 <= c.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {c.ema_decay}")
     _require(c.optim.lr > 0, "optim.lr", f"must be > 0, got {c.optim.lr}")
     _require(c.optim.grad_clip >= 0, "optim.grad_clip", f"must be >= 0 (0 disables), got {c.optim.grad_clip}")
+    _require(c.optim.eps > 0, "optim.eps", f"must be > 0, got {c.optim.eps}")
+    for name in ("beta1", "beta2"):
+        value = getattr(c.optim, name)
+        _require(0 <= value < 1, f"optim.{name}", f"must be in [0, 1), got {value}")
+    _require(bool(c.run_dir.strip()), "run_dir", "must name a folder, got an empty string")
+    _require(c.sample_steps >= 1, "sample_steps", f"must be >= 1, got {c.sample_steps}")
+    _require(all(bool(e.strip()) for e in c.encoders), "encoders", f"an empty encoder name in {list(c.encoders)}")
     _require(c.log_every >= 1 and c.ckpt_every >= 1, "log_every", "log_every and ckpt_every must be >= 1")
     _require(c.keep_last >= 1, "keep_last", f"must be >= 1, got {c.keep_last}")
     o, m = c.objective, c.model

@@ -8,12 +8,15 @@ network only the local cache is used).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
 from pathlib import Path
 
 from repa.config import ConfigError
+from repa.utils import sha256_file
 
 FOLDER_FORMAT = "repa-model"
 FOLDER_FORMAT_VERSION = 1
@@ -37,20 +40,32 @@ class ModelFolderError(ConfigError):
     """An exported model folder is unreadable or not in this format."""
 
 
-def write_model_folder(out: str | os.PathLike, state: dict, meta: dict) -> Path:
-    """Write ``state`` (tensors) as ``out/model.safetensors`` and ``meta`` as ``out/config.json``, atomically."""
+def check_export_folder(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """``out`` may receive an exported model: a folder (or nothing yet) holding neither file the export writes,
+    unless ``overwrite``; a FileExistsError names the file that would be replaced."""
+    from repa.preflight import check_output_dir
+    check_output_dir(out, "OUT")
+    existing = [Path(out) / name for name in (WEIGHTS_NAME, CONFIG_NAME) if os.path.lexists(Path(out) / name)]
+    if existing and not overwrite:
+        raise FileExistsError(errno.EEXIST, f"{existing[0]} exists; the export would replace it: give an empty "
+                                            "folder, or pass --overwrite", str(existing[0]))
+
+
+def write_model_folder(out: str | os.PathLike, state: dict, meta: dict, overwrite: bool = False) -> Path:
+    """Write ``state`` (tensors) as ``out/model.safetensors`` and ``meta`` (with the weights file's sha256, which
+    ``read_model_folder`` checks) as ``out/config.json``, atomically; never replaces a file unless ``overwrite``."""
     from safetensors.torch import save
 
     from repa.utils import atomic_write, atomic_write_text
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file; give a folder for the exported model")
+    check_export_folder(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     payload = save(tensors, metadata={"format": "pt"})
     atomic_write(out / WEIGHTS_NAME, lambda f: f.write(payload))
-    atomic_write_text(out / CONFIG_NAME, json.dumps({"format": FOLDER_FORMAT,
-                                                     "format_version": FOLDER_FORMAT_VERSION, **meta}, indent=2) + "\n")
+    atomic_write_text(out / CONFIG_NAME, json.dumps({"format": FOLDER_FORMAT, "format_version": FOLDER_FORMAT_VERSION,
+                                                     **meta, "weights_sha256": hashlib.sha256(payload).hexdigest()},
+                                                    indent=2) + "\n")
     return out
 
 
@@ -77,6 +92,10 @@ def read_model_folder(folder: str | os.PathLike):
         train_cfg = train_config_from_dict(meta["train_config"]) if meta.get("train_config") else None
     except (KeyError, ConfigError, TypeError) as exc:
         raise ModelFolderError(f"{config_path}: {exc}") from None
+    expected = meta.get("weights_sha256")
+    if expected is not None and sha256_file(folder / WEIGHTS_NAME) != expected:
+        raise ModelFolderError(f"{folder / WEIGHTS_NAME} is corrupt: its sha256 does not match weights_sha256 in "
+                               f"{config_path} (a changed or damaged byte); export the checkpoint again")
     try:
         state = load_file(str(folder / WEIGHTS_NAME))
     except (OSError, SafetensorError) as exc:

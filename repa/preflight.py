@@ -61,8 +61,15 @@ def _probe_writable(folder: Path, target: Path, flag: str) -> None:
             pass
 
 
+def _check_named(path, flag: str) -> None:
+    """An empty path would write into the current folder: refuse it (a ConfigError, one line)."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag}: give a path, got an empty string")
+
+
 def check_output_file(path: str | os.PathLike, flag: str) -> None:
     """``path`` will be written as a file: it must not be a folder, and its folder must be writable."""
+    _check_named(path, flag)
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{flag} {target} is a folder; give a file path such as "
@@ -76,6 +83,7 @@ def check_output_file(path: str | os.PathLike, flag: str) -> None:
 
 def check_output_dir(path: str | os.PathLike, flag: str) -> None:
     """``path`` will be (or is) a folder this process writes into: not a file, writable. Creates nothing."""
+    _check_named(path, flag)
     target = Path(path)
     existing = _nearest_existing(target)
     if not existing.is_dir():

@@ -206,6 +206,15 @@ def resolve_sampling(model, config: SampleConfig | None = None, **overrides) -> 
         usable = ", ".join(n for n, s in SAMPLERS.items() if s.prediction == prediction)
         raise ConfigError(f"sampler {name!r} needs a {entry.prediction} network, but this one predicts {prediction} "
                           f"(model.prediction); use {usable}")
+    net = _network(model)
+    data_channels = getattr(getattr(net, "config", None), "in_channels", None)
+    if data_channels is not None and config.guided_channels is not None:   # before any sample or file is made
+        if has_class_token(model):
+            if config.guided_channels != "all":
+                raise ConfigError("a REG network's image and class token are guided together: guided_channels must "
+                                  f"be 'all' (or left out), got {config.guided_channels!r}")
+        else:
+            guided_channels_of(net, config.guided_channels, data_channels)
     cls = None if config.cls_cfg_scale is None else float(config.cls_cfg_scale)
     return Sampling(entry, config.steps, float(config.cfg_scale), config.guidance_interval, config.guided_channels,
                     cls)
@@ -323,8 +332,34 @@ def sample(model, noise: torch.Tensor, cond, config: SampleConfig | None = None,
     settings = resolve_sampling(model, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                 guidance_interval=guidance_interval, guided_channels=guided_channels,
                                 cls_cfg_scale=cls_cfg_scale)
+    check_inputs(model, noise, cond)
     return run_sampling(model, noise, cond, settings, generator=generator, path=path, null_class=null_class,
                         dtype=dtype, class_token_noise=class_token_noise)[0]
+
+
+def check_inputs(model, noise, cond) -> None:
+    """ConfigError for start noise or labels that do not fit the network (shape, dtype, label range), when the
+    network has a ``.config`` to check against (a bare callable is trusted)."""
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.ndim != 4:
+        raise ConfigError(f"noise must be a float tensor (B, C, H, W), got "
+                          f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+    cfg = getattr(_network(model), "config", None)
+    if cfg is not None and hasattr(cfg, "in_channels"):
+        want = (cfg.in_channels, cfg.input_size, cfg.input_size)
+        if tuple(noise.shape[1:]) != want:
+            raise ConfigError(f"noise must be (B, {', '.join(map(str, want))}) for {cfg.name}, got {tuple(noise.shape)}")
+    if cond is None:
+        return
+    if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool \
+            or tuple(cond.shape) != (noise.shape[0],):
+        raise ConfigError(f"cond must be an integer tensor of {noise.shape[0]} labels (one per noise row), got "
+                          f"{cond.dtype if isinstance(cond, torch.Tensor) else type(cond).__name__} "
+                          f"{tuple(getattr(cond, 'shape', ()))}")
+    if cfg is not None and getattr(cfg, "num_classes", None) is not None and cond.numel():
+        high = cfg.num_classes + (cfg.class_dropout > 0)      # the null label where guidance has one
+        if int(cond.min()) < 0 or int(cond.max()) >= high:
+            raise ConfigError(f"cond labels must lie in 0..{high - 1} for {cfg.name}, got "
+                              f"{int(cond.min())}..{int(cond.max())}")
 
 
 def sample_with_class_token(model, noise: torch.Tensor, cond, config: SampleConfig | None = None, *,
@@ -337,6 +372,7 @@ def sample_with_class_token(model, noise: torch.Tensor, cond, config: SampleConf
     settings = resolve_sampling(model, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                 guidance_interval=guidance_interval, guided_channels=guided_channels,
                                 cls_cfg_scale=cls_cfg_scale)
+    check_inputs(model, noise, cond)
     return run_sampling(model, noise, cond, settings, **kwargs)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from repa import distributed
-from repa.checkpoint import TrainingState, list_checkpoints
+from repa.checkpoint import TrainingState, list_checkpoints, saved_config
 from repa.conditions import condition_of
 from repa.config import ConfigError, TrainConfig, diff, to_json, train_config_from_dict
 from repa.data.loader import BatchLoader
@@ -47,18 +47,38 @@ class TrainResult:
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
 
-def _check_run_dir(cfg: TrainConfig, allow_config_change: bool, is_main: bool) -> None:
-    """Refuse to reuse a run directory whose saved config differs (beyond resume-safe fields)."""
+def _run_config(cfg: TrainConfig) -> TrainConfig | None:
+    """The config of the run in ``cfg.run_dir``: the one inside its newest checkpoint that holds the requested
+    network (checkpoints of another model are skipped at resume), else inside its newest readable checkpoint, else
+    ``config.json``; None when no checkpoint claims the folder (a config without any checkpoint claims nothing)."""
+    found = list_checkpoints(cfg.run_dir)
+    if not found:
+        return None
+    newest = None
+    for _, path in reversed(found):
+        saved = saved_config(path)
+        if saved is not None and saved.model == cfg.model:
+            return saved
+        newest = newest or saved
     saved = Path(cfg.run_dir) / "config.json"
-    if saved.exists() and list_checkpoints(cfg.run_dir):   # a config without any checkpoint claims nothing
-        old = train_config_from_dict(json.loads(saved.read_text()))
+    return newest or (train_config_from_dict(json.loads(saved.read_text())) if saved.is_file() else None)
+
+
+def _check_run_dir(cfg: TrainConfig, allow_config_change: bool) -> None:
+    """Refuse to reuse a run directory whose run's config (the checkpoints' own, ``config.json`` only without
+    them) differs beyond resume-safe fields; nothing is written here (``config.json`` once the run has resumed)."""
+    old = _run_config(cfg)
+    if old is not None:
         changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS}
+        model = {k: v for k, v in changed.items() if k.startswith("model.")}
+        if model and allow_config_change:      # no checkpoint of the run could load into another network
+            listing = "; ".join(f"{k}: {old_v!r} -> {new_v!r}" for k, (old_v, new_v) in model.items())
+            raise ConfigError(f"--allow-config-change cannot change the network of run {cfg.run_dir} ({listing}): "
+                              "its checkpoints hold the old one; use another run_dir")
         if changed and not allow_config_change:
             listing = "; ".join(f"{k}: {old_v!r} -> {new_v!r}" for k, (old_v, new_v) in changed.items())
             raise ConfigError(f"run directory {cfg.run_dir} belongs to a run with a different config ({listing}). "
                               "Use another run_dir, or pass --allow-config-change to resume with these changes.")
-    if is_main:
-        atomic_write_text(saved, to_json(cfg))
 
 
 def _micro_batch(inputs: dict, part: slice) -> dict:
@@ -93,6 +113,10 @@ def train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change:
     One writer per run: a second process on the same ``run_dir`` is refused with the holder's pid; a first start
     that fails before writing anything leaves no run directory behind.
     """
+    validate(cfg)                                  # a wrong argument (not a TrainConfig) before any folder is made
+    if device is not None:
+        from repa.preflight import check_device
+        check_device(str(device), "device")
     rank = int(os.environ.get("RANK", 0))
     with claim_folder(cfg.run_dir, "run", enabled=rank == 0):
         return _train(cfg, dataset=dataset, encoders=encoders, allow_config_change=allow_config_change,
@@ -141,7 +165,7 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     teachers = Teachers.load(cfg, objective.teacher_needs(cfg), dataset, encoders, dev)
     if process.is_main:
         check_output_dir(cfg.run_dir, "run_dir")
-    _check_run_dir(cfg, allow_config_change, process.is_main)
+    _check_run_dir(cfg, allow_config_change)
     if process.is_main:                            # half-written files of a killed writer of this run
         clean_stale_temp_files(cfg.run_dir)
         clean_stale_temp_files(Path(cfg.run_dir) / "checkpoints")
@@ -172,6 +196,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     try:
         state = TrainingState(cfg, net, ema, opt, scaler, loader, sharded=fsdp)
         last_ckpt = state.resume(cfg.run_dir)
+        if process.is_main:                        # written once the run can start (or resume): never before
+            atomic_write_text(Path(cfg.run_dir) / "config.json", to_json(cfg))
         if last_ckpt is not None and process.is_main:
             print(f"resumed from step {state.step} (checkpoint {last_ckpt})", flush=True)
 
@@ -212,7 +238,7 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
     mine = slice(process.rank * per_rank, (process.rank + 1) * per_rank)
     micro = per_rank // cfg.grad_accum_steps
     first_bad = torch.full((), -1, dtype=torch.long, device=dev)
-    skipped = 0
+    skipped = good = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = distributed.local_tensors(ema.parameters()), distributed.local_tensors(net.parameters())
     ema_features = FeaturesView(ema)
@@ -249,11 +275,19 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
                                                                       & torch.isfinite(grad_norm))
         if cfg.max_skipped_steps > 0 and bool(bad):
             skipped += 1
+            if not all(bool(torch.isfinite(p).all()) for p in net_params):    # skipping cannot repair the weights
+                raise NonFiniteError(step, "the weights are no longer finite (an earlier update diverged), so "
+                                     "skipping steps cannot recover", last_ckpt)
             if skipped > cfg.max_skipped_steps:
                 raise NonFiniteError(step, "more than max_skipped_steps non-finite steps", last_ckpt)
             opt.zero_grad(set_to_none=True)
             state.step += 1
+            if not good and state.step >= end:     # never "finished" without one update: that is not a run
+                raise NonFiniteError(step, f"every step of this run ({skipped}) was non-finite and skipped", last_ckpt)
+            if good and (state.step % cfg.ckpt_every == 0 or state.step == end):
+                last_ckpt = state.save(cfg.run_dir, cfg.keep_last, cfg.milestone_every)
             continue
+        good += 1
         first_bad = torch.where((first_bad < 0) & bad, torch.full_like(first_bad, step), first_bad)
         if scaler is not None:
             scaler.step(opt)

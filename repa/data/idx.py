@@ -103,4 +103,22 @@ def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DIR, split: str =
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"Fashion-MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
-    return images.astype(np.uint8, copy=False), labels.astype(np.int64)
+    return _as_uint8(images, image_path), labels.astype(np.int64)
+
+
+def _as_uint8(images: np.ndarray, path) -> np.ndarray:
+    """IDX images as uint8: uint8 kept; floats in [0, 1] scaled by 255 (in [0, 255] kept); integers in [0, 255]
+    kept, in [0, 65535] scaled from 16 bits; anything else (NaN, negative, larger) refused by name."""
+    if images.dtype == np.uint8:
+        return images
+    if images.size == 0:
+        return images.astype(np.uint8)
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        raise DataError(f"{path}: float images with NaN or inf values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > (255 if np.issubdtype(images.dtype, np.floating) else 65535):
+        raise DataError(f"{path}: {images.dtype} images with values {low:g}..{high:g}; expected [0, 1], [0, 255] "
+                        "or 16-bit integers")
+    scale = (255.0 if high <= 1 else 1.0) if np.issubdtype(images.dtype, np.floating) else \
+        (1.0 if high <= 255 else 255.0 / 65535.0)
+    return np.clip(np.rint(images.astype(np.float64) * scale), 0, 255).astype(np.uint8)

@@ -68,11 +68,17 @@ def _list_class_folders(root: str, split: str | None) -> SourceListing:
     labels: list[int] = []
     empty: list[str] = []
     ignored: list[str] = list(stray)
+    seen: set[str] = set()          # folders already read: a symlink loop or a second link is read once
     for label, name in enumerate(class_dirs):
         found = []
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, root)
+            if os.path.realpath(dirpath) in seen:
+                dirnames[:] = []
+                ignored.append(rel_dir.replace(os.sep, "/") + "/ (a folder already read: symlink loop or duplicate)")
+                continue
+            seen.add(os.path.realpath(dirpath))
             for fname in sorted(filenames):
                 rel = os.path.join(rel_dir, fname).replace(os.sep, "/")
                 (found if _is_image(fname) else ignored).append(rel)

@@ -298,10 +298,36 @@ def open_manifest(path: str | os.PathLike) -> dict:
                             f"command to finish it")
         raise DataError(f"{path!r} is not a prepared dataset (no {MANIFEST}); create it with `repa prepare`")
     manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict):
+        raise DataError(f"{manifest_path}: expected a JSON object, got a {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{manifest_path}: format {manifest.get('format')!r} version "
                         f"{manifest.get('format_version')!r}; this code reads {FORMAT!r} version {FORMAT_VERSION}")
+    _check_manifest(manifest, manifest_path)
     return manifest
+
+
+def _check_manifest(m: dict, where: str) -> None:
+    """The entries every reader uses, with their types; a DataError names the first one missing or wrong."""
+    def need(ok: bool, entry: str, expected: str) -> None:
+        if not ok:
+            raise DataError(f"{where}: entry {entry!r} is missing or not {expected}; the manifest is damaged "
+                            "(prepare the dataset again)")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0     # noqa: E731
+    for key in ("num_items", "num_classes", "resolution", "channels"):
+        need(is_int(m.get(key)), key, "an integer >= 0")
+    need(isinstance(m.get("class_names"), list), "class_names", "a list")
+    shards = m.get("shards")
+    need(isinstance(shards, dict) and isinstance(shards.get("counts"), list)
+         and all(map(is_int, shards["counts"])), "shards.counts", "a list of integers")
+    need(sum(shards["counts"]) == m["num_items"], "shards.counts", f"summing to num_items={m['num_items']}")
+    arrays = m.get("arrays")
+    need(isinstance(arrays, dict) and "image" in arrays and "label" in arrays, "arrays", "a mapping with image, label")
+    for name, spec in arrays.items():
+        need(isinstance(spec, dict) and isinstance(spec.get("dtype"), str) and isinstance(spec.get("item_shape"), list)
+             and all(map(is_int, spec["item_shape"])) and isinstance(spec.get("sha256"), list)
+             and len(spec["sha256"]) == len(shards["counts"]), f"arrays.{name}",
+             "a mapping with dtype, item_shape and one sha256 per shard")
 
 
 def open_dataset(path: str | os.PathLike) -> PreparedDataset:

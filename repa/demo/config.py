@@ -136,6 +136,24 @@ def validate_demo(demo: DemoConfig) -> None:
                           f"{demo.autoencoder.decoder_steps} and {demo.autoencoder.adv_weight}")
     if demo.curve_points > demo.steps:
         raise ConfigError(f"curve_points: {demo.curve_points} evaluations for {demo.steps} steps; use fewer points")
+    _check_before_any_stage(demo)
+
+
+def _check_before_any_stage(demo: DemoConfig) -> None:
+    """Every other setting, before the first stage runs: each field's type and range (``repa.fields``), the
+    teacher, the sampling settings, CKNNA's time, and the training config of every arm as training will check it."""
+    from repa.config import ConfigError, SampleConfig
+    from repa.encoders import encoder_dim
+    from repa.fields import check_fields
+    from repa.objectives import validate
+    from repa.samplers import check_sample_config
+    check_fields(demo)
+    if not 0.0 <= demo.align_t <= 1.0:
+        raise ConfigError(f"align_t: a diffusion time in [0, 1], got {demo.align_t}")
+    check_sample_config(SampleConfig(sampler=demo.sampler, steps=demo.sample_steps, cfg_scale=demo.cfg_scale))
+    width = encoder_dim(demo.teacher)
+    for arm in demo.arms:
+        validate(arm_config(demo, arm, demo.seeds[0], demo.out, width))
 
 
 def demo_model(demo: DemoConfig, encoder_dim: int) -> ModelConfig:

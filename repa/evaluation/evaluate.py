@@ -190,6 +190,18 @@ def _try_save(path: Path, **arrays) -> None:
         warnings.warn(f"could not cache reference statistics at {path} ({exc}); they will be recomputed next time")
 
 
+def _read_cache(path: Path) -> dict | None:
+    """A cached statistics file, or None when absent; a corrupt one is reported, removed and recomputed."""
+    if not path.is_file():
+        return None
+    try:
+        return load_stats(path)
+    except (ConfigError, OSError) as exc:
+        warnings.warn(f"cached reference statistics {path} are corrupt ({exc}); removed, computing them again")
+        path.unlink(missing_ok=True)
+        return None
+
+
 def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=None, batch_size: int = 50,
                      max_images: int | None = None, use_cache: bool = True, progress: bool = True,
                      plan=None, cache_dir: str | os.PathLike | None = None) -> ReferenceStats:
@@ -210,8 +222,8 @@ def _reference_stats(ref: str | os.PathLike, inception: InceptionV3, *, encoder=
     inc_file = _cache_file(folder or Path("."), f"inception-{inception.sha1[:12]}", resolution, num, cache_dir)
     enc_file = (_cache_file(folder or Path("."), f"fd-{encoder.name}", resolution, num, cache_dir)
                 if encoder else None)
-    inc = load_stats(inc_file) if use_cache and inc_file.is_file() else None
-    enc = load_stats(enc_file) if enc_file is not None and use_cache and enc_file.is_file() else None
+    inc = _read_cache(inc_file) if use_cache else None
+    enc = _read_cache(enc_file) if enc_file is not None and use_cache else None
     todo_inc, todo_enc = inc is None, encoder is not None and enc is None
     if todo_inc or todo_enc:
         res = _feature_pass(batches(), num, inception=inception if todo_inc else None, spatial=True,

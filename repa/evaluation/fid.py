@@ -7,6 +7,7 @@ The distance is the ADM evaluator's (``FIDStatistics.frechet_distance``): ``|mu1
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +134,12 @@ def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file {path} does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        keys = [k for k in data.files if k != "arr_0"]          # never load a reference batch's images here
-        out = {k: data[k] for k in keys}
-    if "mu" not in out or "sigma" not in out:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = [k for k in data.files if k != "arr_0"]          # never load a reference batch's images here
+            out = {k: data[k] for k in keys}
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError) as exc:    # truncated, not an .npz, pickled
+        raise ConfigError(f"{path}: not a readable .npz of statistics ({' '.join(str(exc).split())[:120]})") from None
+    if not isinstance(out, dict) or "mu" not in out or "sigma" not in out:
         raise ConfigError(f"{path}: a statistics file needs arrays 'mu' and 'sigma', found {sorted(out)}")
     return out

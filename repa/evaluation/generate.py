@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from repa.checkpoint import LoadedModel, as_loaded, load_model
-from repa.config import ConfigError, ModelConfig, SampleConfig
+from repa.config import INT_LIMIT, ConfigError, ModelConfig, SampleConfig
 from repa.guidance import condition_for
 from repa.samplers import Sampling, resolve_sampling, run_sampling
 from repa.utils import atomic_write, to_uint8
@@ -64,11 +64,16 @@ def sample_labels(indices, seed: int, num_classes: int, mode: str = "random") ->
                      for i in idx], dtype=np.int64)
 
 
+MAX_GRID = 10_000                # the images of one sample-grid PNG
+MAX_SAMPLES = 10_000_000         # FID-50K needs 50000; beyond this a request is a typo (and would not fit a disk)
+
+
 def check_request(*, num: int, seed: int, labels, batch_size: int) -> None:
     """Raise ConfigError for an invalid request (how many, which seed, which labels), before a model is loaded."""
-    for name, value, low in (("num", num, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value, low, high in (("num", num, 1, MAX_SAMPLES), ("batch_size", batch_size, 1, MAX_SAMPLES),
+                                   ("seed", seed, 0, INT_LIMIT)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value!r}")
     if isinstance(labels, str) and labels not in LABEL_MODES:
         raise ConfigError(f"labels must be one of {LABEL_MODES} or an array of class indices, got {labels!r}")
 
@@ -184,9 +189,10 @@ def write_sample_grid(checkpoint, out, config: SampleConfig | None = None, *, nu
     there; ``device`` default CUDA when available), after checking the settings and the output file."""
     from repa.preflight import check_output_file
     from repa.runlock import clean_stale_temp_files
-    for flag, value in (("--num", num), ("--steps", (config or SampleConfig()).steps)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_GRID:
+        raise ConfigError(f"--num must be an integer in 1..{MAX_GRID} (the images of one PNG), got {num!r}")
+    check_request(num=1, seed=seed, labels="balanced", batch_size=1)
+    resolve_sampling(None, config)                        # the settings alone, before anything is loaded
     check_output_file(out, "--out")
     clean_stale_temp_files(os.path.dirname(os.path.abspath(out)), prefix=f".{os.path.basename(out)}.tmp")
     model = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth,
@@ -262,7 +268,7 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
     out = Path(out_dir)
     is_main = int(os.environ.get("RANK", 0)) == 0
     if is_main:
-        check_output_dir(out, "--out")
+        check_output_dir(out_dir, "--out")
     with claim_folder(out, "sample folder", enabled=is_main):    # one writer per sample folder
         return _sample_claimed(checkpoint, out, config, overrides, num=num, seed=seed, labels=labels,
                                batch_size=batch_size, vae=vae, which=which, device=device, progress=progress,

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -175,8 +176,11 @@ def load_logits(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | N
     if not path.is_file():
         raise FileNotFoundError(f"logits weight file {path} does not exist (needed for the Inception Score)")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            tensors = {k: torch.from_numpy(data[k]) for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                tensors = {k: torch.from_numpy(data[k]) for k in data.files}
+        except (ValueError, EOFError, zipfile.BadZipFile, OSError) as exc:   # truncated, not a zip, pickled
+            raise ConfigError(f"--logits {path}: not a readable .npz ({' '.join(str(exc).split())[:120]})") from None
     else:
         from repa.integrity import load_state_dict_file
         tensors = load_state_dict_file(path, "--logits")     # refuses (never runs) pickles of Python objects

@@ -1,0 +1,68 @@
+"""The generic boundary check of typed config dataclasses (``check_fields``) and the project's error type for an
+invalid value (``ConfigError``, re-exported by ``repa.config``): every field is checked by its type hint, so a field
+added later is covered without a new line."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the allowed values."""
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field_name}: {message}")
+
+
+INT_LIMIT = 2 ** 63 - 1                # every integer field fits a signed 64-bit integer (seeds, steps, sizes)
+
+
+def check_fields(cfg: Any, prefix: str = "") -> None:
+    """The generic boundary check of a config dataclass, field by field from its type hints: the right type (a
+    bool is not an int, an int not a str), every float finite and >= 0, every int in 0..2**63-1, every Literal one
+    of its choices, nested sections recursively. Fields added later are covered by their type; the specific
+    ranges are checked after this (``validate_model`` ...)."""
+    for name, tp in typing.get_type_hints(type(cfg)).items():
+        _check_value(getattr(cfg, name), tp, prefix + name)
+
+
+def _check_value(value: Any, tp: Any, name: str) -> None:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        _require(isinstance(value, tp), name, f"expected a {tp.__name__}, got {value!r}")
+        return check_fields(value, name + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        arms = [a for a in args if a is not type(None)]
+        errors = []
+        for arm in arms:
+            try:
+                return _check_value(value, arm, name)
+            except ConfigError as exc:
+                errors.append(str(exc).split(": ", 1)[-1])
+        raise ConfigError(f"{name}: " + " or ".join(errors))
+    if origin is typing.Literal:
+        _require(value in args and type(value) in {type(a) for a in args}, name,
+                 f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+    elif origin is tuple:
+        _require(isinstance(value, tuple), name, f"expected a tuple, got {value!r}")
+        for item in value:
+            _check_value(item, args[0], name)
+    elif tp is bool:
+        _require(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+    elif tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), name, f"must be an integer, got {value!r}")
+        _require(value >= 0, name, f"must be >= 0, got {value}")
+        _require(value <= INT_LIMIT, name, f"must fit in 64 bits (at most 2**63 - 1), got {value}")
+    elif tp is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name,
+                 f"must be a number, got {value!r}")
+        _require(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
+    elif tp is str:
+        _require(isinstance(value, str), name, f"must be a string, got {value!r}")
