@@ -15,6 +15,7 @@ import os
 import shlex
 import sys
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -135,7 +136,7 @@ def _tyro(cls: type, argv: list[str], prog: str, **kwargs):
 def _usage_error(event, cls: type):
     from tyro import _errors as e
 
-    from repa.commands import UsageError
+    from repa.fields import UsageError
     arg = getattr(event, "argument", None)
     name = f"{arg.display_name()}: " if arg is not None else ""
     if isinstance(event, e.UnrecognizedArgs):
@@ -207,9 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(("" if command else _top_level_help() + "\n") + f"repa: error: {message}", file=sys.stderr)
         return 2
     from repa.interrupt import Interrupted, signals_as_exceptions
-    import warnings                                   # a warning is one line too: "repa COMMAND: warning: ..."
-    plain, warnings.formatwarning = warnings.formatwarning, \
-        lambda message, *_, **__: f"repa {command}: warning: {' '.join(str(message).split())}\n"
+    plain = warnings.formatwarning                   # a warning is one line too: "repa COMMAND: warning: ..."
+    warnings.formatwarning = lambda message, *_, **__: f"repa {command}: warning: {' '.join(str(message).split())}\n"
     try:
         with signals_as_exceptions():
             opts = parse_command(command, rest)

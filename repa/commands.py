@@ -15,13 +15,9 @@ from tyro.conf import Positional, arg
 from tyro.constructors import PrimitiveConstructorSpec
 
 from repa.analysis.run import AnalyzeOptions
-from repa.config import ConfigError, SampleConfig, TrainConfig
+from repa.config import SampleConfig, TrainConfig
 from repa.data.command import PrepareOptions
 from repa.demo.config import DemoConfig
-
-
-class UsageError(ConfigError):
-    """The command line does not parse (unknown flag, bad value, missing argument)."""
 
 
 Which = Literal["ema", "model"]
@@ -50,7 +46,6 @@ class _Model:
     checkpoint: Positional[str]
     # network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's or facebookresearch/DiT's
     origin: Origin = "auto"
-    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
     which: Which = "ema"              # weights to use (ema: what the papers evaluate)
 
 
@@ -102,8 +97,6 @@ class SampleCommand(_Sampled):
 
     def run(self):
         from repa.evaluation.generate import sample_to_npz
-        if self.encoder_depth is not None:
-            raise ConfigError("--encoder-depth does not change samples (the projectors are not used); leave it out")
         sample_to_npz(self.checkpoint, self.out, self.sampling, num=self.num_samples, seed=self.seed,
                       labels=self.labels, batch_size=self.batch_size, vae=self.vae, which=self.which,
                       device=self.device, origin=self.origin)
@@ -118,7 +111,7 @@ class SampleGridCommand(_Sampled):
     def run(self):
         from repa.evaluation.generate import write_sample_grid
         write_sample_grid(self.checkpoint, self.out, self.sampling, num=self.num, seed=self.seed, vae=self.vae,
-                          which=self.which, origin=self.origin, encoder_depth=self.encoder_depth, device=self.device)
+                          which=self.which, origin=self.origin, device=self.device)
         print(f"wrote {self.out}")
 
 
@@ -216,6 +209,7 @@ class ExportCommand(_Model):
     """Export a checkpoint as OUT/model.safetensors + OUT/config.json (loadable by repa.load_model, torch.hub and
     the Hugging Face Hub)."""
     out: Positional[str]              # the folder to write
+    encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
     overwrite: bool = False           # replace the model.safetensors / config.json that OUT already holds
 
     def run(self):

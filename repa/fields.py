@@ -14,6 +14,10 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the allowed values."""
 
 
+class UsageError(ConfigError):
+    """A command line does not parse (unknown flag, bad value, missing argument)."""
+
+
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{field_name}: {message}")

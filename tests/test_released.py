@@ -285,7 +285,7 @@ def test_guided_channels_choice_is_checked(tmp_path, capsys):
     for bad in (0, 5, "three", True):
         with pytest.raises(ValueError, match="guided_channels"):
             repa.sample(loaded, z, y, sampler="ddpm", steps=2, cfg_scale=2.0, guided_channels=bad)
-    from repa.commands import UsageError
+    from repa.fields import UsageError
     argv = [str(path), "--num", "1", "--out", str(tmp_path / "out")]
     assert parse_command("sample", argv).sampling.guided_channels is None
     assert parse_command("sample", argv + ["--guided-channels", "all"]).sampling.guided_channels == "all"
