@@ -158,13 +158,14 @@ def test_empty_output_paths_are_refused(capsys, ctx):
     (["demo", "--out", "{tmp}/d", "--data-root", "{tmp}/dr", "--align-t", "5"], "demo", "align_t"),
     (["demo", "--out", "{tmp}/d", "--data-root", "{tmp}/dr", "--sampler", "bogus"], "demo", "sampler"),
     (["demo", "--out", "{tmp}/d", "--data-root", "{tmp}/dr", "--teacher", "bogus"], "demo", "bogus"),
+    (["prepare", "{src}", "{tmp}/p", "--resolution", "40000"], "prepare", "resolution"),
 ], ids=["num", "guided-channels", "ddpm-on-sit", "sample-seed", "truncated-logits", "demo-lr", "demo-ema",
-        "demo-depth", "demo-encoder-depth", "demo-align-t", "demo-sampler", "demo-teacher"])
+        "demo-depth", "demo-encoder-depth", "demo-align-t", "demo-sampler", "demo-teacher", "prepare-resolution"])
 def test_other_commands_refuse_bad_values_and_write_nothing(capsys, ctx, argv, command, needle):
     np.savez(ctx.tmp / "x.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
     np.savez(ctx.tmp / "bad.npz", weight=np.zeros((1008, 2048), np.float32))
     (ctx.tmp / "bad.npz").write_bytes((ctx.tmp / "bad.npz").read_bytes()[:100])
-    argv = [a.format(ckpt=ctx.ckpt, tmp=ctx.tmp, data=ctx.data) for a in argv]
+    argv = [a.format(ckpt=ctx.ckpt, tmp=ctx.tmp, data=ctx.data, src=ctx.data.parent / "src") for a in argv]
     _refused(capsys, ctx, argv, command, needle)
 
 

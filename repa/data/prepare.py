@@ -33,6 +33,9 @@ LATENT_DTYPES = ("float32", "float16")
 
 # ---- the plan: everything the stored bytes depend on -------------------------------------------------------------
 
+MAX_RESOLUTION = 4096          # 48 MiB per RGB image; larger sides are typos, not datasets
+
+
 def default_chunk_size(item_bytes: int) -> int:
     """About 64 MiB of images per chunk, a multiple of 64 items, between 64 and 65536."""
     return int(min(65536, max(64, ((64 << 20) // max(item_bytes, 1)) // 64 * 64)))
@@ -55,8 +58,9 @@ def make_plan(listing: SourceListing, *, resolution: int | None, channels: int, 
     side = resolution or listing.native_size
     if side is None:
         raise DataError(f"{listing.root}: images of a folder have different sizes; give --resolution (e.g. 256)")
-    if resolution is not None and resolution < 8:
-        raise DataError(f"resolution must be >= 8, got {resolution}")
+    if resolution is not None and not 8 <= resolution <= MAX_RESOLUTION:
+        raise DataError(f"resolution must be in 8..{MAX_RESOLUTION} px, got {resolution} (one RGB image of that side "
+                        f"is {3 * resolution ** 2 / 2 ** 30:.1f} GiB)")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise DataError(f"--chunk-size must be a positive number of items, got {chunk_size}")
     if latents is not None and (channels != 3 or side % 8):
