@@ -173,45 +173,37 @@ def test_reg_euler_integrates_image_and_class_token_jointly():
         sample(model, x1, y, steps=2, class_token_noise=c1, guided_channels=1)
 
 
-def test_reg_sde_is_the_reference_euler_maruyama():
+def _reg_sde_against_reference(seed: int, **cls_scale):
+    """``sample_with_class_token`` (SDE, 5 steps, guidance 2.3) and the written-out reference on the same start and
+    step noise: the joint state's step noise is one (B, C*H*W + E) draw per step, its first C*H*W entries the
+    image's."""
     model = _reg_model().double().eval()
-    gen = torch.Generator().manual_seed(4)
+    gen = torch.Generator().manual_seed(seed)
     x1 = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
     c1 = torch.randn(2, 16, generator=gen, dtype=torch.float64)
     y, steps = torch.tensor([1, 2]), 5
-    got_x, got_c = sample_with_class_token(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3,
+    got_x, got_c = sample_with_class_token(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3, **cls_scale,
                                            class_token_noise=c1, generator=torch.Generator().manual_seed(9))
-    # the joint state's step noise is one (B, C*H*W + E) draw per step: its first C*H*W entries go to the image
-    replay = torch.Generator().manual_seed(9)
-
-    def step_noise(i):
-        eps = torch.randn(2, 64 + 16, generator=replay, dtype=torch.float64)
-        return eps[:, :64].reshape(2, 1, 8, 8), eps[:, 64:]
-    want_x, want_c = _reference_euler_maruyama(model, x1, c1, y, steps, 2.3, model.config.null_class, step_noise)
-    torch.testing.assert_close(got_x, want_x)
-    torch.testing.assert_close(got_c, want_c)
-
-
-@pytest.mark.parametrize("w_cls", [0.0, 1.0, 4.0])
-def test_reg_class_token_has_its_own_guidance_scale(w_cls):
-    """``cls_cfg_scale``: the class token's scale where the image is guided; 0 (and 1) mean its conditional drift."""
-    model = _reg_model().double().eval()
-    gen = torch.Generator().manual_seed(5)
-    x1 = torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
-    c1 = torch.randn(2, 16, generator=gen, dtype=torch.float64)
-    y, steps = torch.tensor([1, 2]), 5
-    got_x, got_c = sample_with_class_token(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3,
-                                           cls_cfg_scale=w_cls, class_token_noise=c1,
-                                           generator=torch.Generator().manual_seed(9))
     replay = torch.Generator().manual_seed(9)
 
     def step_noise(i):
         eps = torch.randn(2, 64 + 16, generator=replay, dtype=torch.float64)
         return eps[:, :64].reshape(2, 1, 8, 8), eps[:, 64:]
     want_x, want_c = _reference_euler_maruyama(model, x1, c1, y, steps, 2.3, model.config.null_class, step_noise,
-                                               w_cls=w_cls)
+                                               **{"w_cls": v for v in cls_scale.values()})
     torch.testing.assert_close(got_x, want_x)
     torch.testing.assert_close(got_c, want_c)
+    return model, x1, c1, y, steps, got_x
+
+
+def test_reg_sde_is_the_reference_euler_maruyama():
+    _reg_sde_against_reference(4)
+
+
+@pytest.mark.parametrize("w_cls", [0.0, 1.0, 4.0])
+def test_reg_class_token_has_its_own_guidance_scale(w_cls):
+    """``cls_cfg_scale``: the class token's scale where the image is guided; 0 (and 1) mean its conditional drift."""
+    model, x1, c1, y, steps, got_x = _reg_sde_against_reference(5, cls_cfg_scale=w_cls)
     same = sample(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3, class_token_noise=c1,
                   generator=torch.Generator().manual_seed(9))
     assert torch.equal(same, sample(model, x1, y, sampler="sde", steps=steps, cfg_scale=2.3, cls_cfg_scale=None,
