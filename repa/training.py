@@ -138,14 +138,13 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     """Train (or resume) the run described by ``cfg``; returns when ``max_steps`` (or ``stop_at_step``) is reached.
 
     Args:
-        cfg: the resolved config; validated here before any heavy work.
+        cfg: the resolved config, already validated by ``train`` before any folder was claimed.
         dataset: an in-memory dataset (``repa.data.memory.ArrayDataset``) instead of ``cfg.data.path``.
         encoders: encoder objects (uint8 images -> (B, N, E)) instead of loading ``cfg.encoders`` by name.
         allow_config_change: resume even though non-resume-safe config fields differ from the saved run.
         device: default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
         stop_at_step: stop early at this step (tests use it to simulate an interruption).
     """
-    validate(cfg)
     objective = get_objective(cfg.objective.kind)
     from repa.preflight import check_logging_packages
     check_logging_packages(cfg)
