@@ -77,3 +77,12 @@ def autocast_context(precision: str, device: torch.device):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_all_cpus() -> int:
+    """Give torch's CPU kernels every CPU of this process (``os.cpu_count()`` over torchrun's ``LOCAL_WORLD_SIZE``)
+    unless the user pinned a count with ``OMP_NUM_THREADS``; the default job and ``repa prepare``'s encoders both run
+    so. Returns the thread count in use."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return torch.get_num_threads()

@@ -13,6 +13,7 @@ from repa.data import store
 from repa.data.prepare import prepare_dataset, summary
 from repa.preflight import check_device
 from repa.runlock import claim_folder
+from repa.utils import use_all_cpus
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class PrepareOptions:
     split: Optional[str] = None       # split sub-folder (train / val), or train / test for Fashion-MNIST
     resolution: int = -1              # ADM centre-crop side (-1: 256 for folders; Fashion-MNIST keeps 28, also with 0)
     channels: Optional[Literal[1, 3]] = None  # 3 (RGB, default for folders) or 1 (greyscale)
+    # prepare only N items: spread evenly over the classes, each class's first N/classes in the source's order
+    max_items: Optional[int] = None
     hflip: bool = False               # also store a horizontally flipped copy of every image
     small: Literal["upscale", "skip"] = "upscale"  # images smaller than the crop: upscale (ADM) or skip
     chunk_size: Optional[int] = None  # items per chunk/shard (default: about 64 MiB of images)
@@ -34,7 +37,12 @@ class PrepareOptions:
     # token grid of the SiT the cache is for (default: a /2 SiT's grid: resolution // 16 with latents, // 2 in pixels)
     token_grid: Optional[int] = None
     encoder_weights: tuple[str, ...] = ()  # local weights, one per --tokens encoder
-    batch_size: int = 64              # VAE / encoder batch size
+    # encoder arithmetic of the token cache: bf16 autocast (as the default job; fast on CPUs with AVX512-BF16/AMX and
+    # on GPUs) or fp32 (exact; for CPUs without bf16 instructions)
+    token_precision: Literal["bf16", "fp32"] = "bf16"
+    # VAE and encoder batch size (default: 64 for the VAE; for an encoder, the default job's 500 images of 112 px
+    # in pixels: 500 at 112 px, 125 at 224 px)
+    batch_size: Optional[int] = None
     device: Optional[str] = None      # device of the VAE and encoders (default: cuda:LOCAL_RANK when available, else cpu)
     overwrite: bool = False           # delete an existing dataset in OUT and start again
     quiet: bool = False               # no progress bars
@@ -62,13 +70,17 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
         raise ConfigError("give SOURCE OUT (prepare), OUT --tokens ENCODER (add a cache) or --verify DIR")
     if len(paths) == 1 and not tokens:
         raise ConfigError(f"only one path given ({paths[0]!r}): give SOURCE and OUT, or OUT with --tokens")
+    if len(paths) == 1 and opts.max_items is not None:
+        raise ConfigError("--max-items chooses the items of a new dataset, and a token cache covers every item of "
+                          "its dataset: prepare the subset with `repa prepare SOURCE OUT2 --max-items N --tokens ...`")
     if len(paths) == 1 and (latents or vae):
         raise ConfigError("adding latents needs the source: rerun `repa prepare SOURCE OUT --vae ...`")
     if encoder_weights and len(encoder_weights) != len(tokens):
         raise ConfigError(f"--encoder-weights: give one path per --tokens encoder ({len(tokens)}), "
                           f"got {len(encoder_weights)}")
     for flag, value, low in (("--chunk-size", opts.chunk_size, 1), ("--workers", opts.workers, 0),
-                             ("--batch-size", batch_size, 1), ("--token-grid", token_grid, 1)):
+                             ("--batch-size", batch_size, 1), ("--token-grid", token_grid, 1),
+                             ("--max-items", opts.max_items, 1)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
     rank, out = int(os.environ.get("RANK", 0)), paths[-1]
@@ -77,11 +89,13 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
         prepare_dataset(paths[0], out, split=opts.split, resolution=opts.resolution or None,
                         channels=opts.channels, hflip=opts.hflip, small=opts.small, chunk_size=opts.chunk_size,
                         num_workers=opts.workers, vae=vae or (DEFAULT_VAE if latents else None),
-                        latent_dtype=opts.latent_dtype, batch_size=batch_size, device=device,
-                        overwrite=opts.overwrite, progress=progress)
+                        latent_dtype=opts.latent_dtype, batch_size=batch_size or 64, device=device,
+                        overwrite=opts.overwrite, progress=progress, max_items=opts.max_items)
         if rank == 0:         # the first line; skipped/converted files were already reported as warnings
             print(summary(store.read_json(os.path.join(out, store.MANIFEST)), os.path.abspath(out)).split("\n")[0])
     if tokens:
+        import torch
+
         from repa.data.tokens import build_token_cache
         try:
             from repa.encoders import load_encoder
@@ -90,9 +104,11 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
         while rank != 0 and not os.path.isfile(os.path.join(out, store.MANIFEST)):
             time.sleep(5.0)
         ds = store.open_dataset(out)
+        use_all_cpus()                # as the default job's token stage: every CPU of this rank
         grid = token_grid or (ds.resolution // 16 if ds.has_latents else ds.resolution // 2)
         for name, weights in zip(tokens, encoder_weights or [None] * len(tokens)):
-            encoder = load_encoder(name, resolution=ds.resolution, token_grid=grid, weights=weights, device=device)
+            encoder = load_encoder(name, resolution=ds.resolution, token_grid=grid, weights=weights, device=device,
+                                   autocast_dtype=torch.bfloat16 if opts.token_precision == "bf16" else None)
             with claim_folder(out, "dataset", enabled=rank == 0):
                 key = build_token_cache(out, encoder, weights=weights, batch_size=batch_size, progress=progress)
             if rank == 0:

@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 
 from repa.data import store
-from repa.data.sources import SourceListing, list_source, open_item
+from repa.data.sources import SourceListing, list_source, open_item, select_items
 from repa.data.store import PROGRESS, DataError, shard_path, write_json, write_npy, write_text
 from repa.data.transforms import transform_image
 from repa.runlock import LOCK_FILE, claim_folder
@@ -68,7 +68,8 @@ def make_plan(listing: SourceListing, *, resolution: int | None, channels: int, 
                          f"{channels}, side {side}")
     chunk_size = chunk_size or default_chunk_size(channels * side * side)
     n = len(listing.refs)
-    return {"source": listing.describe(), "class_names": list(listing.class_names),
+    subset = {"max_items": listing.extra["max_items"]} if "max_items" in listing.extra else {}   # only when cut
+    return {**subset, "source": listing.describe(), "class_names": list(listing.class_names),
             "listing_sha256": _listing_digest(listing), "resolution": resolution, "side": side,
             "channels": channels, "hflip": hflip, "small": small, "chunk_size": chunk_size,
             "num_chunks": (n + chunk_size - 1) // chunk_size, "latents": latents}
@@ -247,8 +248,11 @@ def _finalize(out: str, plan: dict, listing: SourceListing) -> dict:
 def summary(manifest: dict, out: str) -> str:
     """A few human-readable lines about a finished preparation (counts, skipped, converted, upscaled)."""
     r = manifest["report"]
+    source = manifest["source"]
+    subset = (f", --max-items: {source['max_items']} of the source's {source['num_source_items']}, class-balanced"
+              if "max_items" in source else "")
     lines = [f"prepared {manifest['num_items']} items ({manifest['channels']}x{manifest['resolution']}x"
-             f"{manifest['resolution']}, {manifest['num_classes']} classes) in {out}"]
+             f"{manifest['resolution']}, {manifest['num_classes']} classes{subset}) in {out}"]
     if r["num_skipped"]:
         lines.append(f"  skipped {r['num_skipped']} file(s): reasons in {out}/{store.SKIPPED}")
     if r["converted_modes"]:
@@ -340,7 +344,7 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
                     chunk_size: int | None = None, num_workers: int | None = None, vae: str | None = None,
                     latent_dtype: str = "float32", batch_size: int = 64, device=None, overwrite: bool = False,
                     rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                    _fail_after_chunks: int | None = None) -> str:
+                    max_items: int | None = None, _fail_after_chunks: int | None = None) -> str:
     """Prepare (or finish preparing) a dataset directory.
 
     Args:
@@ -359,6 +363,8 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
         overwrite: delete an existing dataset or unfinished preparation in ``out`` first.
         rank, world_size: this process's share (default from the RANK / WORLD_SIZE environment of torchrun).
         progress: show a progress bar (rank 0).
+        max_items: prepare only this many items of the source (``repa.data.sources.balanced_subset``: spread
+            evenly over the classes, each class's first items in the source's order); None: all.
         _fail_after_chunks: test hook: raise after this many chunks were written in this call.
     Returns:
         ``out`` (absolute). Only rank 0 returns after the manifest exists; other ranks return after their chunks.
@@ -369,7 +375,7 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     out = os.path.abspath(os.fspath(out))
-    listing = list_source(source, split)
+    listing = select_items(list_source(source, split), max_items)
     if resolution == -1:
         resolution = None if listing.native_size else 256
     channels = channels or (1 if listing.native_size else 3)

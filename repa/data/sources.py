@@ -7,7 +7,7 @@ data by sorting two stores independently.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -128,6 +128,50 @@ def list_source(source: str | os.PathLike, split: str | None = None) -> SourceLi
     if os.path.isfile(os.path.join(root, "train-images-idx3-ubyte.gz")):
         return _list_fashion_mnist(root, split)
     return _list_class_folders(root, split)
+
+
+# ---- a subset of a listing (--max-items) ------------------------------------------------------------------------
+
+SUBSET_RULE = "class-balanced: each class's first items in the source's order"
+
+
+def balanced_subset(labels: np.ndarray, num_classes: int, max_items: int) -> np.ndarray:
+    """Indices of ``max_items`` items spread over the classes as evenly as their sizes allow, sorted.
+
+    Every class gets the same quota q, or all its items when it has fewer (water-filling); the r items left when
+    ``max_items`` does not divide go one each to the lowest-numbered classes that still have items. A class gives its
+    first items in the listing's order. No randomness: the same source gives the same subset everywhere. Balanced,
+    not the first ``max_items``: a class-folder listing is sorted by class, so its first items are one class.
+    """
+    counts = np.bincount(labels, minlength=num_classes)
+    if max_items >= len(labels):
+        return np.arange(len(labels))
+    quota, left = np.zeros_like(counts), int(max_items)
+    while left > 0:
+        open_ = np.flatnonzero(quota < counts)                  # classes with items still to give
+        share = left // len(open_)
+        if share == 0:
+            quota[open_[:left]] += 1
+            break
+        add = np.minimum(counts[open_] - quota[open_], share)
+        quota[open_] += add
+        left -= int(add.sum())
+    order = np.argsort(labels, kind="stable")                   # by class, then the listing's order
+    rank = np.empty(len(labels), np.int64)
+    rank[order] = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.flatnonzero(rank < quota[labels])
+
+
+def select_items(listing: SourceListing, max_items: int | None) -> SourceListing:
+    """``listing`` cut to ``balanced_subset`` of ``max_items`` items (unchanged when None or not smaller)."""
+    if max_items is None or max_items >= len(listing.refs):
+        return listing
+    if max_items < 1:
+        raise DataError(f"--max-items must be >= 1, got {max_items}")
+    keep = balanced_subset(listing.labels, len(listing.class_names), max_items)
+    extra = {**listing.extra, "max_items": int(max_items), "subset": SUBSET_RULE,
+             "num_source_items": len(listing.refs)}
+    return replace(listing, refs=tuple(listing.refs[i] for i in keep), labels=listing.labels[keep], extra=extra)
 
 
 # ---- reading items (runs in worker processes) -------------------------------------------------------------------

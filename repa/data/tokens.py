@@ -20,6 +20,31 @@ from repa.data.store import PROGRESS, TOKENS, DataError, open_dataset, shard_pat
 TOKEN_FORMAT_VERSION = 1
 
 
+def encoder_precision(encoder) -> str:
+    """``fp32``, or the autocast dtype the encoder's backbone runs in (``bfloat16``: what ``repa prepare`` and the
+    default job use by default; float16 storage keeps about the same digits)."""
+    dtype = getattr(encoder, "autocast_dtype", None)
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+BATCH_PIXELS = 500 * 112 * 112   # the default job's token batches: 500 images, seen by the encoder at 112 px
+
+
+def default_batch_size(encoder) -> int:
+    """Images per encoder batch: the default job's pixels per batch at the encoder's input side (500 at 112 px,
+    125 at 224 px, 31 at 448 px), so memory stays bounded as the input grows."""
+    side = getattr(encoder, "input_size", None) or getattr(encoder, "resolution", None) or 112
+    return max(1, BATCH_PIXELS // side ** 2)
+
+
+def _still_valid(old: dict, description: dict, counts: list) -> bool:
+    """An existing cache serves the request: same encoder, weights, images, grid; an fp32 cache (also one written
+    before the precision was recorded) serves a reduced-precision request too, not the other way round."""
+    rest = [k for k in description if k != "precision"]
+    return ({k: old.get(k) for k in rest} == {k: description[k] for k in rest} and old["shards"]["counts"] == counts
+            and old.get("precision", "fp32") in ("fp32", description["precision"]))
+
+
 def _encode_shard(encoder, images: np.ndarray, batch_size: int, bar=None) -> np.ndarray:
     """(n, C, H, W) uint8 -> (n, T, E) float16, checking the Encoder contract on the way."""
     import torch
@@ -41,7 +66,7 @@ def _encode_shard(encoder, images: np.ndarray, batch_size: int, bar=None) -> np.
     return out
 
 
-def build_token_cache(dataset_dir: str, encoder, *, weights: str | None = None, batch_size: int = 64,
+def build_token_cache(dataset_dir: str, encoder, *, weights: str | None = None, batch_size: int | None = None,
                       rank: int | None = None, world_size: int | None = None, progress: bool = True,
                       _fail_after_chunks: int | None = None) -> str:
     """Compute and store the tokens of every image of a prepared dataset (resumable, splits across ranks).
@@ -51,7 +76,7 @@ def build_token_cache(dataset_dir: str, encoder, *, weights: str | None = None, 
         encoder: a ``repa.encoders`` Encoder (``.name``, ``.token_grid``, ``.embed_dim``; uint8 images at the
             dataset's resolution -> (B, token_grid**2, E)), already on its device.
         weights: the weights the encoder was loaded from (recorded in the cache description).
-        batch_size: encoder batch size.
+        batch_size: encoder batch size (default ``default_batch_size(encoder)``).
         rank, world_size: this process's share of the shards (default from the torchrun environment).
         progress: progress bar on rank 0.
         _fail_after_chunks: test hook: raise after this many shards in this call.
@@ -61,6 +86,7 @@ def build_token_cache(dataset_dir: str, encoder, *, weights: str | None = None, 
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     ds = open_dataset(dataset_dir)
+    batch_size = batch_size or default_batch_size(encoder)
     encoder_resolution = getattr(encoder, "resolution", None)
     if encoder_resolution is not None and encoder_resolution != ds.resolution:
         raise DataError(f"encoder {encoder.name!r} was built for {encoder_resolution} px images but the dataset "
@@ -70,11 +96,12 @@ def build_token_cache(dataset_dir: str, encoder, *, weights: str | None = None, 
     description = {"format": store.TOKEN_FORMAT, "format_version": TOKEN_FORMAT_VERSION, "key": name,
                    "encoder": encoder.name, "resolution": ds.resolution, "token_grid": encoder.token_grid,
                    "num_tokens": encoder.token_grid ** 2, "embed_dim": encoder.embed_dim, "dtype": "float16",
-                   "weights": weights, "images_sha256": store.images_digest(ds.manifest)}
+                   "weights": weights, "images_sha256": store.images_digest(ds.manifest),
+                   "precision": encoder_precision(encoder)}
     meta_path = os.path.join(ds.path, TOKENS, name + ".json")
     if os.path.isfile(meta_path):
         old = store.read_json(meta_path)
-        if {k: old.get(k) for k in description} == description and old["shards"]["counts"] == counts:
+        if _still_valid(old, description, counts):
             return f"tokens:{name}"
         if rank == 0:
             os.remove(meta_path)  # stale (other images or weights): rebuilt below

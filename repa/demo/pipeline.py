@@ -27,7 +27,7 @@ import torch
 from repa.config import ConfigError, to_dict
 from repa.demo.config import TOKEN_GRID, DemoConfig, arm_config, validate_demo
 from repa.demo.report import write_report
-from repa.utils import atomic_write, atomic_write_text
+from repa.utils import atomic_write, atomic_write_text, use_all_cpus
 
 
 FINAL_SAMPLES = "final_samples.npy"      # an arm's final samples (uint8), scored by the parent
@@ -267,8 +267,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     inception = load_inception(device=demo.device)     # used at the end: a missing file must fail before training
     out.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    if "OMP_NUM_THREADS" not in os.environ:     # all cores unless the user pinned a thread count
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_all_cpus()                              # all cores unless the user pinned a thread count
     log = print if progress else (lambda *a, **k: None)
     timings = saved.get("timings", {})
 
