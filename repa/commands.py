@@ -141,10 +141,8 @@ class EvalCommand(_Device, _ConfigFile):
                                    logits=self.logits, dinov2=self.dinov2, dinov2_model=self.dinov2_model,
                                    ref_num=self.ref_num, batch_size=self.batch_size, use_cache=not self.no_cache,
                                    cache_dir=self.cache_dir, device=self.device)
-        print(json.dumps(metrics, indent=2))
-        if "inception_score" not in metrics:
-            print("note: no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; see "
-                  "docs/EVALUATION.md)", file=sys.stderr)
+        print(json.dumps({k: v for k, v in metrics.items() if k != "notes"}, indent=2))
+        print("".join(f"note: {note}\n" for note in metrics["notes"]), end="", file=sys.stderr)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -120,6 +120,18 @@ def check_compile(device) -> None:
                           f"({torch.__version__}); rerun with --compile false (also after --fast)")
 
 
+def compile_notice(device) -> str:
+    """The line printed before the first compiled step, so that a progress bar waiting at 0 is explained. On a CPU
+    compiling takes minutes: 10 steps of a small fmnist-REPA run (depth 4, width 128, batch 16) took 2.5 minutes
+    to the first step compiled, 50 s for all ten eager (2 shared CPU cores; docs/BENCHMARKS.md)."""
+    import torch
+    where = torch.device(device).type
+    cost = ("on a CPU that takes minutes (about 2.5 for a small model on 2 cores, where eager steps take seconds)"
+            if where == "cpu" else "that takes a while")
+    return (f"torch.compile (--fast or --compile): the first step compiles the network, and {cost}; the progress bar "
+            "waits at 0 meanwhile (--compile false trains without compiling)")
+
+
 _WRITE_HINTS = {errno.ENOSPC: "free space on that file system or choose another folder",
                 errno.EFBIG: "the file exceeds a size limit of this system or file system",
                 errno.EROFS: "the file system is read-only; choose a writable folder",

@@ -26,7 +26,7 @@ from repa.interrupt import GracefulStop, Interrupted
 from repa.models import FeaturesView, build_model
 from repa.objectives import StepContext, get_objective, validate
 from repa.data.checks import check_dataset_for_model
-from repa.preflight import check_output_dir
+from repa.preflight import check_output_dir, compile_notice
 from repa.runlock import claim_folder, clean_stale_temp_files
 from repa.teachers import Teachers
 from repa.training_utils import MetricsLog, NonFiniteError, lr_at, sample_preview
@@ -208,6 +208,8 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
                 find_unused_parameters=_projectors_may_idle(cfg))
         if cfg.compile:
             features = torch.compile(features)
+            if process.is_main:
+                print(compile_notice(dev), flush=True)
 
         log = MetricsLog(cfg, enabled=process.is_main, start_step=state.step, progress=progress)
         with GracefulStop() as stop:               # Ctrl-C / SIGTERM: checkpoint at the end of the current step

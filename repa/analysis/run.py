@@ -30,6 +30,7 @@ from repa.analysis.probe import linear_probe
 from repa.checkpoint import LoadedModel, load_model
 from repa.config import ConfigError
 from repa.data.protocol import Dataset
+from repa.training_utils import ema_unmoved_warning
 from repa.utils import from_uint8
 
 
@@ -264,6 +265,7 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     entries = []
     for path in checkpoints:
         loaded = load_model(path, which=which, device=device)
+        ema_unmoved_warning(loaded, which)
         model, cfg, train_config = loaded.model, loaded.config, loaded.train_config
         if cfg.prediction != "velocity":
             raise ConfigError(f"{path}: a {cfg.prediction} network (model.prediction); the analysis noises inputs on "

@@ -78,8 +78,8 @@ def make_plan(listing: SourceListing, *, resolution: int | None, channels: int, 
 def _check_same_plan(old: dict, new: dict, where: str) -> None:
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diffs:
-        detail = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in diffs if k != "source") or \
-            "the source listing changed"
+        detail = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in diffs
+                           if k not in ("source", "listing_sha256", "num_chunks")) or "the source listing changed"
         raise DataError(f"{where} was prepared with other settings ({detail}); rerun with the original arguments "
                         f"to finish it, use another output folder, or pass --overwrite to start again")
 

@@ -250,7 +250,7 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
     from repa.demo.features import accuracy, load_classifier, save_classifier, train_classifier
     from repa.encoders import load_encoder
     from repa.evaluation import load_inception
-    from repa.evaluation.evaluate import fid_from_images, stats_from_images
+    from repa.evaluation.evaluate import fid_from_images, fid_note, stats_from_images
 
     validate_demo(demo)
     started = time.perf_counter()
@@ -343,6 +343,8 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
             run.timings["inception_samples"] = time.perf_counter() - t0
             run.save()
         log(f"  [{run.arm}, seed {run.seed}] TF-Inception FID {run.fid:.2f} ({demo.final_samples} samples)")
+    if fid_note(demo.final_samples):                # the arms compare with each other, not with FID-50K
+        log(f"  note: {fid_note(demo.final_samples)}")
     for run in runs:
         saved.setdefault("runs", {})[f"{run.arm}/{run.seed}"] = run.to_json()
     saved.update(demo=to_dict(demo), timings=timings)

@@ -32,6 +32,17 @@ from repa.config import ConfigError
 CACHE_DIR = "eval_stats"          # where earlier versions cached inside a dataset folder (still read)
 PR_REFERENCE_MAX = 10_000         # reference points kept for precision/recall (ADM's reference batches: 10,000)
 DINOV2_TOKEN_GRID = 16            # DINOv2 at 224 px (patch 14)
+PAPER_FID_SAMPLES = 50_000        # FID-50K: the sample count of the papers' (ADM's) protocol
+
+
+def fid_note(num_samples: int) -> str | None:
+    """One line for an FID of fewer than 50,000 samples: FID is biased upward at small N (its expected value falls
+    about linearly in 1/N: Chong & Forsyth, "Effectively Unbiased FID and Inception Score and where to find them",
+    CVPR 2020), so only FIDs of the same N compare; None for FID-50K and more."""
+    if num_samples >= PAPER_FID_SAMPLES:
+        return None
+    return (f"FID from {num_samples} samples (FID-{num_samples}) is biased upward, the more so the fewer the samples: "
+            f"compare it only with FIDs of {num_samples} samples, not with the papers' FID-50K (50,000 samples)")
 
 
 @dataclass
@@ -347,15 +358,19 @@ def compute_metrics(samples, reference, *, inception: InceptionV3 | None = None,
 
 def evaluate_samples(samples: str, reference: str, *, out: str | None = None, **kwargs) -> dict:
     """``repa eval``: ``compute_metrics`` on a sample ``.npz``, then the results as JSON (``out``, default
-    ``<samples>.metrics.json``). Returns the metrics dict."""
+    ``<samples>.metrics.json``). Returns the metrics dict, with ``json`` (its path) and ``notes`` (lines for the
+    reader: an FID of fewer than 50,000 samples, ``fid_note``; a missing Inception Score), not in the file."""
     from repa.preflight import check_output_file
     out_path = Path(out) if out else Path(samples).with_suffix(".metrics.json")
     check_output_file(out_path, "--out")          # before the Inception pass, not after it
     metrics = compute_metrics(samples, reference, **kwargs)
     atomic_write_text(out_path, json.dumps(metrics, indent=2) + "\n")
     metrics["json"] = str(out_path)
+    metrics["notes"] = [n for n in (fid_note(metrics["num_samples"]), None if "inception_score" in metrics else
+                                    "no Inception Score: it needs the Inception softmax-layer weights (--logits FILE; "
+                                    "see docs/EVALUATION.md)") if n]
     return metrics
 
 
-__all__ = ["ReferenceStats", "compute_metrics", "evaluate_samples", "fid_from_images", "stats_from_images",
+__all__ = ["ReferenceStats", "compute_metrics", "evaluate_samples", "fid_from_images", "fid_note", "stats_from_images",
            "NpzFormatError"]

@@ -27,6 +27,7 @@ from repa.checkpoint import LoadedModel, as_loaded, load_model
 from repa.config import INT_LIMIT, ConfigError, ModelConfig, SampleConfig
 from repa.guidance import condition_for
 from repa.samplers import Sampling, resolve_sampling, run_sampling
+from repa.training_utils import ema_unmoved_warning
 from repa.utils import atomic_write, to_uint8
 
 NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
@@ -197,6 +198,7 @@ def write_sample_grid(checkpoint, out, config: SampleConfig | None = None, *, nu
     clean_stale_temp_files(os.path.dirname(os.path.abspath(out)), prefix=f".{os.path.basename(out)}.tmp")
     model = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth,
                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ema_unmoved_warning(model, which)
     sample_grid_png(model, out, config, num=num, seed=seed, vae=vae)
 
 
@@ -288,6 +290,8 @@ def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labe
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     process = distributed.init(device)
     loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
+    if process.is_main:
+        ema_unmoved_warning(loaded, which)
     sampling = resolve_sampling(loaded, config, **overrides)
     condition_for(loaded.model).check_guidable(sampling.cfg_scale)     # before any file is written
     settings = {"checkpoint": str(Path(checkpoint).resolve()) if os.path.exists(checkpoint) else str(checkpoint),
