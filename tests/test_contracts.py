@@ -168,7 +168,7 @@ def test_repa_has_no_import_circles():
 LAYERS = [
     ("foundation: config, paths, file and device guards",
      ["repa", "repa.config", "repa.fields", "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
-      "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance"]),
+      "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance", "repa.ema"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
      ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
       "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.evaluation.fid", "repa.evaluation.inception",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from repa.training import train
-from repa.training_utils import ema_initial_share
+from repa.ema import ema_initial_share
 from tests.conftest import PatchTeacher, tiny_train_config
 
 EMA_WORDS = "EMA weights are still"
@@ -89,7 +89,7 @@ def test_analyze_and_sample_warn_for_the_short_run_only(runs, tmp_path):
 def test_the_threshold_is_the_ema_time_constant(decay, steps, warns):
     """Warn while steps < 1 / (1 - decay), i.e. decay ** steps > 1/e: the EMA is still mostly its initial copy."""
     from repa.checkpoint import LoadedModel
-    from repa.training_utils import ema_unmoved_warning
+    from repa.ema import ema_unmoved_warning
     loaded = LoadedModel(torch.nn.Identity(), tiny_train_config("run", ema_decay=decay), steps, "ckpt.pt")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")

@@ -30,7 +30,7 @@ from repa.analysis.probe import linear_probe
 from repa.checkpoint import LoadedModel, load_model
 from repa.config import ConfigError
 from repa.data.protocol import Dataset
-from repa.training_utils import ema_unmoved_warning
+from repa.ema import ema_unmoved_warning
 from repa.utils import from_uint8
 
 

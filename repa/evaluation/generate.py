@@ -25,9 +25,9 @@ import torch
 
 from repa.checkpoint import LoadedModel, as_loaded, load_model
 from repa.config import INT_LIMIT, ConfigError, ModelConfig, SampleConfig
+from repa.ema import ema_unmoved_warning
 from repa.guidance import condition_for
 from repa.samplers import Sampling, resolve_sampling, run_sampling
-from repa.training_utils import ema_unmoved_warning
 from repa.utils import atomic_write, to_uint8
 
 NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
