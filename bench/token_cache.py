@@ -2,6 +2,7 @@
 
     python bench/token_cache.py                       # efficientnet-lite0, grid 7, 2000 Fashion-MNIST images, 5 pairs
     python bench/token_cache.py --token-grid 14 --items 500 --repeats 3
+    python bench/token_cache.py --token-precision fp32 --batch-size 64 # repa prepare as it was before
 
 The dataset is prepared once (``repa prepare fashion-mnist DIR --max-items N``). Each repeat then times, back to
 back, (a) the default job's token stage (``repa.demo.pipeline``: ``load_encoder(..., autocast_dtype=bfloat16)`` and
@@ -35,12 +36,15 @@ def main() -> None:
     ap.add_argument("--token-grid", type=int, default=7)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--token-precision", default="bf16", help="repa prepare --token-precision")
+    ap.add_argument("--batch-size", type=int, default=None, help="repa prepare --batch-size")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "repa-bench-token-cache"))
     args = ap.parse_args()
     out = os.path.join(args.dir, f"fmnist-{args.items}")
     prepare_dataset("fashion-mnist", out, max_items=args.items, progress=False)
     images = open_dataset(out).get_batch(np.arange(args.items), keys=["image"])["image"]    # (N, 1, 28, 28)
-    opts = PrepareOptions(tokens=(args.encoder,), token_grid=args.token_grid, quiet=True)
+    opts = PrepareOptions(tokens=(args.encoder,), token_grid=args.token_grid, quiet=True,
+                          token_precision=args.token_precision, batch_size=args.batch_size)
     rates: dict[str, list[tuple[float, float]]] = {"default job": [], "repa prepare": []}
 
     def timed(name, fn):
