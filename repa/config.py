@@ -130,7 +130,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Where the training data comes from."""
-    path: str = ""                    # prepared dataset directory ("" only for in-memory data)
+    path: str = ""                    # dataset folder: prepared, or the reference's (docs/DATA.md); "" in memory
     resolution: int = 256             # image side length the encoders see
     num_workers: int = 2              # data-loading processes per rank
     use_token_cache: bool = True      # read the teachers' tokens from the dataset's cache when it has one

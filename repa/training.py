@@ -100,8 +100,8 @@ def _open_dataset(cfg: TrainConfig, dataset):
         return dataset
     if not cfg.data.path:
         raise ConfigError("data.path: no dataset given; prepare one with `repa prepare` and pass --data.path DIR")
-    from repa.data import open_dataset
-    return open_dataset(cfg.data.path)
+    from repa.data.layouts import open_folder      # a prepared dataset, or a reference folder read as it is
+    return open_folder(cfg.data.path)
 
 
 # ---- the training loop -------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Three layers, so the arithmetic is testable without checkpoints, encoders or dat
 - ``analyze_features`` (pure): a FeatureSet and the encoder's pooled features -> per-block CKNNA / CKA / mutual
   k-NN with the encoder, per-block probe accuracy, the same for the projector outputs;
 - ``analyze_model``: feature extraction (``repa.analysis.features``) followed by ``analyze_features``;
-- ``run_analysis``: loads checkpoints (``repa.load_model``), the dataset (``repa.data.open_dataset``) and the encoder
+- ``run_analysis``: loads checkpoints (``repa.load_model``), the dataset (``repa.data.open_folder``) and the encoder
   (``repa.encoders.load_encoder``), runs the above for every checkpoint on the same fixed subset, with the same
   noise and the same encoder features, and writes ``analysis.json`` plus the plots of ``repa.analysis.plots``.
 
@@ -228,7 +228,7 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
 
     Args:
         checkpoints: checkpoint files (one run at several steps, or several runs, e.g. REPA and vanilla).
-        data: prepared dataset directory (``repa.data.open_dataset``), or a ``repa.data.Dataset`` object, e.g.
+        data: dataset folder (``repa.data.open_folder``: prepared, or a reference layout), or a ``repa.data.Dataset`` object, e.g.
             ``repa.data.memory.ArrayDataset``.
         out: output folder for ``analysis.json`` and the PNG plots.
         opts: analysis settings.
@@ -253,8 +253,8 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     check_output_dir(out, "--out")              # before any model runs: a file or a read-only folder fails now
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(data, (str, os.PathLike)):
-        from repa.data import open_dataset
-        dataset, data_name = open_dataset(data), str(data)
+        from repa.data.layouts import open_folder
+        dataset, data_name = open_folder(data), str(data)
     else:
         dataset, data_name = data, type(data).__name__
     indices = fixed_subset(len(dataset), opts.num_samples, opts.seed)
