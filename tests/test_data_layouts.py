@@ -327,3 +327,30 @@ def test_an_unlabelled_reference_folder_trains_only_an_unconditional_model(capsy
     assert ds.num_classes == 0 and ds.class_names == [] and not ds.labels.any()
     line = _train_error(capsys, root, tmp_path / "run", *TINY)
     assert "no class labels" in line and "--model.num-classes 0" in line
+
+
+def test_verify_scans_every_file_of_a_reference_folder(capsys, imagenet, coco):
+    """Opening checks one file of each kind; ``repa prepare --verify DIR`` checks them all (``--no-hash``: image
+    headers only) and names each bad file."""
+    root, _ = imagenet
+    assert main(["prepare", "--verify", str(root)]) == 0 and capsys.readouterr().out.strip().endswith(": OK")
+    np.save(root / "vae-sd/00000/img-mean-std-00000005.npy", np.zeros((8, 2, 2), np.float32))
+    (root / "images/00000/img00000007.png").write_bytes(b"\x89PNG\r\n")
+    assert main(["prepare", "--verify", str(root)]) == 1
+    problems = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PROBLEM")]
+    assert len(problems) == 2 and "img-mean-std-00000005.npy: latent moments of shape (8, 2, 2)" in problems[0]
+    assert "img00000007.png: unreadable image" in problems[1]
+    coco_root, _ = coco
+    np.save(coco_root / "val/4_1.npy", np.zeros((7, 5), np.float32))
+    assert main(["prepare", "--verify", str(coco_root / "train"), "--no-hash"]) == 0
+    assert main(["prepare", "--verify", str(coco_root / "val"), "--no-hash"]) == 1
+    out = capsys.readouterr().out
+    assert "val/4_1.npy: text context of shape (7, 5), expected (7, 6)" in out
+
+
+def test_token_caches_are_refused_for_a_reference_folder(capsys, imagenet):
+    root, _ = imagenet
+    assert main(["prepare", str(root), "--tokens", "dinov2-vit-b"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("repa prepare: error: ") and "drop --tokens" in err[0]
+    assert not (root / "tokens").exists()

@@ -87,6 +87,10 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
             from repa.encoders import load_encoder
         except ImportError as exc:
             raise ConfigError(f"--tokens needs repa.encoders, which cannot be imported here ({exc})") from None
+        from repa.data.layouts import detect_layout
+        if detect_layout(out) is not None:
+            raise ConfigError(f"{out} is a reference folder, read as it is: it has no token cache and its teacher "
+                              "runs on the images at every step, as in the reference (docs/DATA.md); drop --tokens")
         while rank != 0 and not os.path.isfile(os.path.join(out, store.MANIFEST)):
             time.sleep(5.0)
         ds = store.open_dataset(out)

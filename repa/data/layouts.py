@@ -181,6 +181,35 @@ class _FileDataset(Dataset):
             out.update({k: v for k, v in (("latent_mean", mean), ("latent_std", std)) if k in wanted})
         return {k: out[k] for k in wanted}
 
+    def _arrays_of(self, i: int) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(file, what, expected shape) of the arrays of item i."""
+        if not self.has_latents:
+            return []
+        c, h, w = self._latent_shape
+        return [(self._latent_files[i], "latent moments", (2 * c, h, w))]
+
+    def scan(self, decode: bool = True) -> list[str]:
+        """Every file against the folder's shapes (what opening leaves to the reads; ``repa prepare --verify DIR``):
+        ``decode`` every image, else read its header only. Returns the problems, one line each."""
+        from PIL import Image
+        problems: list[str] = []
+        size = self._image_shape[:0:-1]                       # PIL's (width, height)
+        for i, image_file in enumerate(self._image_files):
+            try:
+                if decode:
+                    read_image(image_file, self._image_shape)
+                else:
+                    with Image.open(image_file) as image:
+                        if image.size != size:
+                            problems.append(f"{image_file}: image of size {image.size}, expected {size}")
+                for file, what, shape in self._arrays_of(i):
+                    found = _npy_shape(file, what)
+                    if found != shape:
+                        problems.append(f"{file}: {what} of shape {found}, expected {shape}")
+            except (DataError, OSError) as exc:
+                problems.append(" ".join(str(exc).split()))
+        return problems
+
     def token_cache_key(self, encoder_name: str, resolution: int, token_grid: int) -> str | None:
         """None: a reference folder holds no teacher tokens; the teacher runs on the images at every step, as in
         the reference's ``train.py``."""
@@ -384,6 +413,10 @@ class UViTCocoFeatures(_FileDataset):
             out[row] = read_npy(os.path.join(self._split, f"{i}_{k}.npy"), self.empty_context.shape, "text context")
         return out
 
+    def _arrays_of(self, i: int) -> list[tuple[str, str, tuple[int, ...]]]:
+        return super()._arrays_of(i) + [(os.path.join(self._split, f"{i}_{k}.npy"), "text context",
+                                         self.empty_context.shape) for k in range(int(self.caption_counts[i]))]
+
     def captions(self, index: int) -> list[str] | None:
         """None: U-ViT's folder stores the captions' text tokens, not their text."""
         return None
@@ -455,3 +488,4 @@ def open_folder(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{path!r} is not a prepared dataset (no {store.MANIFEST}) nor a folder of the reference "
                         f"({'; '.join(what for what, _, _ in LAYOUTS.values())}); create one with `repa prepare`")
     return store.open_dataset(path)
+
