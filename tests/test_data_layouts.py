@@ -204,6 +204,8 @@ IMAGENET_BREAKS = {
         [f"00000/img{i:08d}.png", 7] for i in range(12)]})), "has label 7 in images/dataset.json"),
     "images-missing": (lambda r: shutil.rmtree(r / "images"), "images: missing"),
     "labels-not-json": (lambda r: (r / "vae-sd/dataset.json").write_text("{"), "vae-sd/dataset.json: not a"),
+    "two-images-one-index": (lambda r: shutil.copy(r / "images/00000/img00000003.png",
+                                                   r / "images/00000/img00000003.jpg"), "have the same index"),
 }
 
 COCO_BREAKS = {

@@ -233,8 +233,8 @@ def _walk(root: str, keep) -> list[str]:
 def _pair_key(rel: str, prefix: str) -> str:
     """The name both stores share: ``00000/img00000007.png`` and ``00000/img-mean-std-00000007.npy`` ->
     ``00000/00000007``."""
-    folder, name = os.path.split(rel)
-    stem = os.path.splitext(name)[0]
+    folder, _, name = rel.rpartition("/")
+    stem = name.rpartition(".")[0] or name
     stem = stem[len(prefix):] if stem.startswith(prefix) else stem
     return f"{folder}/{stem}" if folder else stem
 
@@ -283,15 +283,15 @@ class ReferenceImageNetFolder(_FileDataset):
         encode = (f"run the reference's `python preprocessing/dataset_tools.py encode --source={images_dir} "
                   f"--dest={latents_dir}`")
         if not os.path.isdir(images_dir):
-            raise DataError(f"{images_dir}: missing; the teacher and the previews read the images: run the "
-                            f"reference's `dataset_tools.py convert --dest={images_dir}` (or give that folder)")
-        images = _keyed(_walk(images_dir, lambda n: n.lower().endswith(IMAGE_EXTENSIONS)), "img", REFERENCE_IMAGES)
+            raise DataError(f"{images_dir}: missing; the teacher and the previews read the images: write them with "
+                            f"the reference's `dataset_tools.py convert --dest={images_dir}`")
+        images = _keyed(_walk(images_dir, lambda n: n.lower().endswith(IMAGE_EXTENSIONS)), "img", images_dir)
         if os.path.isdir(latents_dir):
-            latents = _keyed(_walk(latents_dir, lambda n: n.endswith(".npy")), "img-mean-std-", REFERENCE_LATENTS)
-            self._check_pairs(images, latents, encode)
+            latents = _keyed(_walk(latents_dir, lambda n: n.endswith(".npy")), "img-mean-std-", latents_dir)
+            self._check_pairs(images, latents, images_dir, latents_dir, encode)
             keys = sorted(latents)
             labels = self._labels(os.path.join(latents_dir, LABELS_FILE), [latents[k] for k in keys], encode)
-            image_labels = _read_labels(os.path.join(images_dir, LABELS_FILE), "") \
+            image_labels = _read_labels(os.path.join(images_dir, LABELS_FILE), encode) \
                 if os.path.isfile(os.path.join(images_dir, LABELS_FILE)) else None
             for key, label in zip(keys, labels):
                 if image_labels is not None and image_labels.get(images[key], label) != label:
@@ -306,15 +306,16 @@ class ReferenceImageNetFolder(_FileDataset):
         self._setup(path, [os.path.join(images_dir, images[k]) for k in keys], latent_files, labels)
 
     @staticmethod
-    def _check_pairs(images: dict[str, str], latents: dict[str, str], encode: str) -> None:
+    def _check_pairs(images: dict[str, str], latents: dict[str, str], images_dir: str, latents_dir: str,
+                     encode: str) -> None:
         lonely_latent = sorted(set(latents) - set(images))
         if lonely_latent:
-            raise DataError(f"{REFERENCE_LATENTS}/{latents[lonely_latent[0]]}: no image of that index in "
+            raise DataError(f"{latents_dir}/{latents[lonely_latent[0]]}: no image of that index in "
                             f"{REFERENCE_IMAGES}/ ({len(latents)} latents, {len(images)} images); the latents come "
                             f"from other images: {encode}")
         lonely_image = sorted(set(images) - set(latents))
         if lonely_image:
-            raise DataError(f"{REFERENCE_IMAGES}/{images[lonely_image[0]]}: no latent of that index in "
+            raise DataError(f"{images_dir}/{images[lonely_image[0]]}: no latent of that index in "
                             f"{REFERENCE_LATENTS}/ ({len(images)} images, {len(latents)} latents; "
                             f"{len(lonely_image)} without a latent): the encoding did not finish: {encode}")
 
