@@ -68,7 +68,8 @@ def make_reference_folder(path: str, num: int, resolution: int) -> None:
     if os.path.isfile(os.path.join(path, "vae-sd", "dataset.json")):
         return
     t0, h = time.perf_counter(), resolution // 8
-    images, moments = _Synthetic((num, resolution, resolution, 3), np.uint8, 0), _Synthetic((num, 8, h, h), "float32", 1)
+    images = _Synthetic((num, resolution, resolution, 3), np.uint8, 0)
+    moments = _Synthetic((num, 8, h, h), "float32", 1)
     labels = []
     for i in range(num):
         s = f"{i:08d}"

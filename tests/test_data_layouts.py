@@ -4,7 +4,6 @@ opened, read back value for value, trained from through the CLI, and broken in e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -96,7 +95,8 @@ def coco(tmp_path):
 def test_reference_imagenet_folder_reads_back_what_was_written(imagenet):
     root, w = imagenet
     ds = open_folder(root)
-    assert isinstance(ds, ReferenceImageNetFolder) and isinstance(ds, Dataset) and detect_layout(root) == "reference-imagenet"
+    assert isinstance(ds, ReferenceImageNetFolder) and isinstance(ds, Dataset)
+    assert detect_layout(root) == "reference-imagenet"
     assert (len(ds), ds.resolution, ds.channels, ds.has_latents, ds.path) == (12, 32, 3, True, str(root))
     assert ds.num_classes == w["label"].max() + 1 and ds.labels.dtype == np.int64
     np.testing.assert_array_equal(ds.labels, w["label"])
@@ -298,8 +298,9 @@ def tiny_dinov2(tmp_path_factory):
     """Random DINOv2 weights of the registry's width (768, so the preset's projector fits), one block."""
     transformers = pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("dinov2")
-    transformers.Dinov2Model(transformers.Dinov2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=12,
-                                                       mlp_ratio=1, patch_size=14, image_size=28)).save_pretrained(folder)
+    config = transformers.Dinov2Config(hidden_size=768, num_hidden_layers=1, num_attention_heads=12, mlp_ratio=1,
+                                       patch_size=14, image_size=28)
+    transformers.Dinov2Model(config).save_pretrained(folder)
     return folder
 
 
