@@ -11,7 +11,8 @@ def check_dataset_for_model(cfg, dataset: Dataset) -> None:
     """Refuse a dataset whose images (or latents), resolution or labels do not fit ``cfg`` (a TrainConfig).
 
     For a prepared dataset the shard files are also checked against the manifest (sizes, shapes, dtypes; the full
-    hashes stay with ``repa prepare --verify``); a reference folder (``repa.data.layouts``) checked itself at open.
+    hashes stay with ``repa prepare --verify``); a reference folder (``repa.data.layouts``) checks itself when it
+    opens.
 
     Raises:
         ConfigError: naming the mismatch and the flag that fixes it.
