@@ -132,7 +132,7 @@ class DataConfig:
     """Where the training data comes from."""
     path: str = ""                    # prepared dataset directory ("" only for in-memory data)
     resolution: int = 256             # image side length the encoders see
-    num_workers: int = 2              # data-loading processes per rank
+    num_workers: int = 2              # data-loading threads per rank (prefetching batches)
     use_token_cache: bool = True      # read the teachers' tokens from the dataset's cache when it has one
 
 
