@@ -178,7 +178,7 @@ LAYERS = [
      ["repa.checkpoint", "repa.samplers", "repa.presets", "repa.visualize", "repa.training", "repa.training_utils",
       "repa.evaluation", "repa.analysis"]),
     ("the demo", ["repa.demo"]),
-    ("the command line", ["repa.cli", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
+    ("the command line", ["repa.cli", "repa.cli_parsing", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
                           "repa.data.prepare_cli"]),
 ]
 
