@@ -89,3 +89,23 @@ def test_train_quiet_prints_no_progress_bar_but_the_final_line(capsys, tmp_path)
     assert "step/s" in outputs["--no-quiet"].err or "2/2" in outputs["--no-quiet"].err   # tqdm's bar
     assert outputs["--quiet"].err == ""
     assert "finished at step 2" in outputs["--quiet"].out
+
+
+def test_loading_the_vae_and_inception_shows_no_library_deprecation_warnings(monkeypatch, tmp_path):
+    """diffusers' `local_dir_use_symlinks` and torch's `torch.jit.load` warnings are filtered around those calls only."""
+    import warnings
+
+    from repa.autoencoder import load_vae
+    from repa.evaluation.inception import default_inception_path, load_inception
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FileNotFoundError):
+            load_vae("someone/not-cached-vae")
+        if default_inception_path() is not None:
+            load_inception()
+        warnings.warn("still shown", UserWarning)               # other warnings are not silenced
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "local_dir_use_symlinks" in m or "torch.jit.load" in m], messages
+    assert "still shown" in messages
