@@ -109,3 +109,27 @@ def test_loading_the_vae_and_inception_shows_no_library_deprecation_warnings(mon
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "local_dir_use_symlinks" in m or "torch.jit.load" in m], messages
     assert "still shown" in messages
+
+
+def test_wandb_options_reach_wandb_init(tmp_path):
+    """Entity, run name, tags and project from the flags (tags also as a,b) are the keywords wandb.init gets."""
+    import dataclasses
+    import json
+
+    from repa.config import TrainConfig, from_dict, to_json
+    from repa.logging_config import wandb_init_kwargs
+    cfg = parse_command("train", ["--preset", "fmnist-REPA", "--wandb", "--wandb-run.entity", "lab",
+                                  "--wandb-run.name", "repa-b2-lambda05", "--wandb-run.tags", "repa,ablation",
+                                  "--wandb-run.project", "REPA", "--run-dir", str(tmp_path / "r")]).train
+    kwargs = wandb_init_kwargs(cfg)
+    assert (kwargs["project"], kwargs["entity"], kwargs["name"], kwargs["tags"]) == (
+        "REPA", "lab", "repa-b2-lambda05", ["repa", "ablation"])
+    assert kwargs["config"]["wandb_run"]["entity"] == "lab" and kwargs["resume"] == "allow"
+    default = wandb_init_kwargs(parse_command("train", ["--preset", "fmnist-REPA", "--run-dir", "runs/x"]).train)
+    assert (default["project"], default["entity"], default["name"], default["tags"]) == ("repa", None, "x", [])
+    assert parse_command("train", ["--wandb-run.no-images"]).train.wandb_run.images is False
+    assert from_dict(TrainConfig, json.loads(to_json(cfg))) == cfg                     # saved and read back
+    old = json.loads(to_json(cfg))
+    del old["wandb_run"]                                                               # a config.json from before
+    assert from_dict(TrainConfig, old).wandb_run == dataclasses.replace(cfg.wandb_run, entity=None, name=None,
+                                                                        tags=(), project="repa")
