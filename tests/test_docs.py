@@ -197,6 +197,23 @@ def test_the_readme_presets_table_names_the_teachers_repa_presets_lists():
     assert checked == set(PRESETS) - {n for n in PRESETS if n.startswith("DiT")} or checked == set(PRESETS)
 
 
+def test_the_readme_quick_start_commands_parse():
+    """Every `repa ...` line of the quick start is a valid command line (train: also a valid config)."""
+    import shlex
+
+    from repa.cli import parse_command
+    block = (REPO / "README.md").read_text(encoding="utf-8").split("quick start", 1)[1].split("```bash\n", 1)[1]
+    lines = [line.split("#")[0] for line in block.split("```", 1)[0].splitlines() if line.startswith("repa ")]
+    assert [shlex.split(line)[1] for line in lines] == ["prepare", "train", "sample", "eval"]
+    for line in lines:
+        command, *argv = shlex.split(line)[1:]
+        opts = parse_command(command, argv)
+        if command == "train":
+            from repa.training import check_config
+            check_config(opts.train)
+            assert opts.train.data.path == "data/mine" and opts.train.max_steps % opts.train.ckpt_every == 0
+
+
 # ---- the README's Python example runs -----------------------------------------------------------------------------
 
 def _readme_example() -> str:
