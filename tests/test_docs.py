@@ -58,10 +58,8 @@ def test_every_relative_link_in_the_docs_resolves(markdown):
 
 @pytest.mark.parametrize("source", SOURCES, ids=_rel)
 def test_the_docs_files_cited_in_the_code_exist(source):
-    """One case per source file. Known failure until the command line is fixed: ``repa/cli.py`` and
-    ``repa/commands.py`` cite ``docs/EVAL.md``, which does not exist; the page is ``docs/EVALUATION.md``."""
+    """One case per source file (``docs/EVAL.md`` was once cited for ``docs/EVALUATION.md``)."""
     missing = sorted({p for p in DOC_PATH.findall(source.read_text(encoding="utf-8")) if not (REPO / p).exists()})
-    # KNOWN FAILURE (repa/cli.py, repa/commands.py): they cite docs/EVAL.md; the fix is theirs, docs/EVALUATION.md
     assert missing == [], f"{_rel(source)} cites {missing}, which do not exist (the evaluation page: docs/EVALUATION.md)"
 
 
