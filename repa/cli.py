@@ -3,8 +3,9 @@ calls one library function; ``repa --help`` imports no command. Parsing has two 
 ``--preset``, ``--config FILE``, ``--fast``; then the command's class is read from that start (preset, file, fast path:
 ``repa.config_sources.compose``), so flags override all three and ``--help`` shows the result. ``--flag true|false``
 and a list's ``a,b`` are rewritten to tyro's ``--flag``/``--no-flag`` and ``a b`` first. A rejected command line is
-a UsageError (tyro's parse-error hook); those helpers: ``repa.cli_parsing``. Like every ConfigError, one line and
-exit 2; any other exception is a bug and keeps its traceback. Adding a command: a class with ``run`` in ``repa.commands``, a line here.
+a UsageError (tyro's parse-error hook; these helpers: ``repa.cli_parsing``): like every ConfigError, one line, exit
+2; any other exception is a bug and keeps its traceback. Adding a command: a class with ``run`` in
+``repa.commands``, a line here.
 """
 from __future__ import annotations
 

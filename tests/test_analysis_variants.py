@@ -88,8 +88,7 @@ def test_the_cli_analyses_a_reg_checkpoint_with_its_training_teacher(tmp_path, c
     assert "CKNNA@depth" in capsys.readouterr().out
 
 
-def test_an_sra_checkpoint_asks_for_an_encoder_in_user_language(tmp_path, capsys):
-    from repa.cli import main
+def test_an_sra_checkpoint_asks_for_an_encoder_in_user_language(tmp_path):
     path, _ = _checkpoint(tmp_path / "sra.pt", model_config("SiT-S/2", encoder_dims=(32,), projector="sra", **BASE),
                           ObjectiveConfig(proj_coeff=2.0, target="self", self_depth=3, self_time_gap=0.2), ())
     with pytest.raises(ConfigError, match=r"trained without a teacher \(SRA's self-alignment.*--encoder NAME"):
