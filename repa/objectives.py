@@ -40,7 +40,8 @@ import torch
 
 from repa.autoencoder import sample_latents
 from repa.conditions import condition_of
-from repa.config import ConfigError, ObjectiveConfig, TrainConfig, validate_train
+from repa.config import ConfigError, ObjectiveConfig, TrainConfig
+from repa.config_validate import validate_train
 from repa.diffusion.objective import iddpm_repa_loss
 from repa.losses import (LossOutput, alignment_loss, denoising_loss, self_alignment_loss, spatial_normalize,
                          with_alignment)
