@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from repa.fields import INT_LIMIT, ConfigError, _require, check_fields  # noqa: F401 (re-exported)
+from repa.model_names import name_of
 
 
 
@@ -267,14 +268,19 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
 
 def train_config_from_dict(data: dict) -> TrainConfig:
     """A TrainConfig from its JSON dict (``config.json``, a checkpoint), including configs written before the
-    prediction moved from ``objective.prediction`` to ``model.prediction``."""
+    prediction moved from ``objective.prediction`` to ``model.prediction``, and before a model was named for its
+    size (``SiT-B/2`` with 6 blocks loads as ``SiT-6x768/2``: the same network, named for what it is)."""
     data = json.loads(json.dumps(data))
     objective, model = data.get("objective", {}), data.get("model", {})
     if isinstance(objective, dict) and "prediction" in objective:
         prediction = objective.pop("prediction")
         if isinstance(model, dict):
             model.setdefault("prediction", prediction)
-    return from_dict(TrainConfig, data)
+    cfg = from_dict(TrainConfig, data)
+    try:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name_of(cfg.model)))
+    except (ConfigError, TypeError):
+        return cfg                       # a name that does not parse: validation reports it
 
 
 def field_types(cls: type, prefix: str = "") -> dict[str, Any]:

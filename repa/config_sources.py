@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from typing import Any
 
 from repa.config import (ConfigError, TrainConfig, _flatten, apply_overrides, from_dict, to_dict,
@@ -129,11 +130,28 @@ def read_mapping(path: str) -> dict:
 
 def merge(base: Any, data: dict) -> Any:
     """``base`` (a dataclass instance) with ``data``'s values (as read by ``read_mapping``): a nested mapping
-    updates a nested section, a list becomes a tuple; unknown names raise ConfigError. The values are not
+    updates a nested section, a list becomes a tuple; a section whose flags carry no prefix (``repa sample``'s
+    ``--steps``) takes its fields by the same names; unknown names raise ConfigError. The values are not
     type-checked here (``from_dict(type(result), to_dict(result))`` does that)."""
+    data, flat = _lift(base, data)
     names = [f.name for f in dataclasses.fields(base)]
     if set(data) - set(names):
-        raise ConfigError(f"unknown option(s) {sorted(set(data) - set(names))}; known: {names}")
+        known = sorted(set(names) - set(flat)) + sorted(n for inner in flat.values() for n in inner)
+        raise ConfigError(f"unknown option(s) {sorted(set(data) - set(names))}; known: {known}")
     return dataclasses.replace(base, **{k: merge(getattr(base, k), v) if isinstance(v, dict) and
                                         dataclasses.is_dataclass(getattr(base, k)) else
                                         tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _lift(base: Any, data: dict) -> tuple[dict, dict]:
+    """``data`` with the keys of unprefixed sections (tyro's ``arg(name="")``) moved into them, and those sections'
+    field names."""
+    hints, out = typing.get_type_hints(type(base), include_extras=True), dict(data)
+    flat = {f.name: [g.name for g in dataclasses.fields(getattr(base, f.name))] for f in dataclasses.fields(base)
+            if dataclasses.is_dataclass(getattr(base, f.name))
+            and any(getattr(m, "name", None) == "" for m in getattr(hints[f.name], "__metadata__", ()))}
+    for section, inner in flat.items():
+        lifted = {k: out.pop(k) for k in list(out) if k in inner and k not in hints}
+        if lifted:
+            out[section] = {**(out.get(section) or {}), **lifted}
+    return out, flat

@@ -31,7 +31,11 @@ def _parameters(m: ModelConfig) -> float:
 
 
 def validate_model(m: ModelConfig) -> None:
-    """Raise ConfigError for an inconsistent model section."""
+    """Raise ConfigError for an inconsistent model section (every field in error at once)."""
+    collect(lambda: _model_checks(m))
+
+
+def _model_checks(m: ModelConfig) -> None:
     check_fields(m, "model.")
     try:
         parse_name(m.name)
@@ -122,11 +126,11 @@ def validate_objective(o: ObjectiveConfig) -> None:
 
 
 def validate_train(c: TrainConfig) -> None:
-    """Validate every section of a training config; one ConfigError names every field in error (``; ``-joined):
-    first the types of all fields, then, when they are right, every range and agreement."""
+    """Validate every section of a training config; one ConfigError names every field in error, each with its first
+    problem (its type, then its range, then its agreement with the others), ``; ``-joined."""
     _require(isinstance(c, TrainConfig), "config", f"must be a repa.TrainConfig, got {type(c).__name__}")
-    collect(lambda: check_fields(c))
-    collect(lambda: validate_model(c.model), lambda: validate_objective(c.objective), lambda: _validate_run(c))
+    collect(lambda: check_fields(c), lambda: validate_model(c.model), lambda: validate_objective(c.objective),
+            lambda: _validate_run(c))
 
 
 def _known(name: str) -> bool:

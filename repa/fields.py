@@ -36,10 +36,12 @@ def _report(problem: str) -> None:
 
 
 def collect(*checks) -> None:
-    """Run every check (a callable of no argument) and raise one ConfigError listing all the problems they found,
-    ``; ``-joined, so a config with several bad fields is fixed in one go. A check stops at its first raised
-    ConfigError; one that breaks (TypeError ...) on a value already reported stops there too."""
-    found: list[str] = []
+    """Run every check (a callable of no argument) and raise one ConfigError naming every field in error, each with
+    its first problem, ``; ``-joined, so a config with several bad fields is fixed in one go. A check stops at its
+    first raised ConfigError, or where it breaks (TypeError ...) on a value already reported. Nested inside another
+    ``collect``, the problems go to the outer one, which raises."""
+    outer = _FOUND.get()
+    found: list[str] = [] if outer is None else outer
     token = _FOUND.set(found)
     try:
         for check in checks:
@@ -52,8 +54,11 @@ def collect(*checks) -> None:
                     raise
     finally:
         _FOUND.reset(token)
-    if found:
-        raise ConfigError("; ".join(dict.fromkeys(found)))
+    if found and outer is None:
+        first: dict[str, str] = {}
+        for problem in found:
+            first.setdefault(problem.split(": ", 1)[0], problem)
+        raise ConfigError("; ".join(first.values()))
 
 
 INT_LIMIT = 2 ** 63 - 1                # every integer field fits a signed 64-bit integer (seeds, steps, sizes)

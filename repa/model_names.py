@@ -47,7 +47,7 @@ def parse_name(name: str, families=tuple(PATCHES)) -> dict:
         ok = int(match["depth"]) >= 1 and int(match["width"]) >= 1
     if not ok:
         close = difflib.get_close_matches(str(name), PAPER_NAMES, n=1)
-        raise ConfigError(f"model.name: unknown model {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+        raise ConfigError(f"model.name: unknown model {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                           + f"; known: {', '.join(PAPER_NAMES)}, or a custom size Family-<depth>x<width>/<patch> "
                           "(SiT-6x128/2)")
     if match["size"] is not None:
