@@ -128,7 +128,8 @@ def validate_objective(o: ObjectiveConfig) -> None:
 def validate_train(c: TrainConfig) -> None:
     """Validate every section of a training config; one ConfigError names every field in error, each with its first
     problem (its type, then its range, then its agreement with the others), ``; ``-joined."""
-    _require(isinstance(c, TrainConfig), "config", f"must be a repa.TrainConfig, got {type(c).__name__}")
+    if not isinstance(c, TrainConfig):
+        raise ConfigError(f"config: must be a repa.TrainConfig, got {type(c).__name__}")
     collect(lambda: check_fields(c), lambda: validate_model(c.model), lambda: validate_objective(c.objective),
             lambda: _validate_run(c))
 

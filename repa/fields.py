@@ -49,7 +49,7 @@ def collect(*checks) -> None:
                 check()
             except ConfigError as exc:
                 found.append(str(exc))
-            except (TypeError, ValueError, ZeroDivisionError, KeyError, IndexError):
+            except (TypeError, ValueError, AttributeError, ZeroDivisionError, KeyError, IndexError):
                 if not found:                 # no reported value explains it: a bug, keep the traceback
                     raise
     finally:
