@@ -62,20 +62,21 @@ def follow(before: TrainConfig, after: TrainConfig, set_here: set[str]) -> Train
     if m.name != before.model.name:
         new, old = parse_name(m.name), _parts(before.model.name)
         if (new["depth"], new["hidden_size"]) != (old.get("depth"), old.get("hidden_size")):
-            derive(model, "model.", {k: new[k] for k in ("depth", "hidden_size", "num_heads")})
+            derive(model, "model.", {k: new[k] for k in ("depth", "hidden_size")})
         if new["patch_size"] != old.get("patch_size"):
             derive(model, "model.", {"patch_size": new["patch_size"]})
         if new["family"] != old.get("family"):
             derive(model, "model.", FAMILY_FIELDS.get(new["family"], {}))
             derive(objective, "objective.", {"kind": FAMILY_OBJECTIVE.get(new["family"], o.kind)})
     m = dataclasses.replace(m, **model)
-    if m.hidden_size != before.model.hidden_size and "num_heads" not in model:
+    if m.hidden_size != before.model.hidden_size:   # the heads follow the width (the papers' counts, else 64-d)
         derive(model, "model.", {"num_heads": heads_of(m.hidden_size)})
     m = dataclasses.replace(m, **model)
     if o.target == "self":                          # SRA: the model's own width; the EMA block keeps its place
         if m.hidden_size != before.model.hidden_size or o.target != before.objective.target:
             derive(model, "model.", {"encoder_dims": (m.hidden_size,)})
-        if (m.depth, m.encoder_depth) != (before.model.depth, before.model.encoder_depth) and m.encoder_depth < m.depth:
+        moved = (m.depth, m.encoder_depth) != (before.model.depth, before.model.encoder_depth)
+        if moved and m.encoder_depth < m.depth:
             scaled = round(before.objective.self_depth * m.depth / max(before.model.depth, 1))
             derive(objective, "objective.", {"self_depth": min(max(scaled, m.encoder_depth + 1), m.depth)})
     elif c.encoders != before.encoders:

@@ -143,7 +143,8 @@ def _known(name: str) -> bool:
 
 def _validate_run(c: TrainConfig) -> None:
     m = c.model
-    _require(not _known(m.name) or m.name == name_of(m), "model.name", f"{m.name!r} does not say what the model is (depth {m.depth}, width "
+    _require(not _known(m.name) or m.name == name_of(m), "model.name",
+             f"{m.name!r} does not say what the model is (depth {m.depth}, width "
              f"{m.hidden_size}, patch {m.patch_size}): name it {name_of(m)!r}, or drop the size fields and let the "
              "name set them (repa.model_config names size overrides so)")
     _require(c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}")

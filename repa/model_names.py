@@ -22,7 +22,8 @@ FAMILY_FIELDS = {"SiT": {"learn_sigma": False, "prediction": "velocity"},
 FAMILY_OBJECTIVE = {"SiT": "interpolant", "DiT": "iddpm"}
 PAPER_NAMES = tuple(f"{family}-{size}/{patch}" for family, patches in PATCHES.items() for size in SIZES
                     for patch in patches)
-_NAME = re.compile(r"(?P<family>[A-Za-z]+)-(?:(?P<size>S|B|L|XL)|(?P<depth>[0-9]+)x(?P<width>[0-9]+))/(?P<patch>[0-9]+)")
+_NAME = re.compile(r"(?P<family>[A-Za-z]+)-(?:(?P<size>S|B|L|XL)|(?P<depth>[0-9]+)x(?P<width>[0-9]+))"
+                   r"/(?P<patch>[0-9]+)")
 
 
 def heads_of(hidden_size: int) -> int:
