@@ -164,9 +164,9 @@ def demo_model(demo: DemoConfig, encoder_dim: int) -> ModelConfig:
     size = demo.autoencoder.latent_size
     patch = size // TOKEN_GRID             # the SiT's token grid is the teacher's 7x7 grid
     cfg = ModelConfig(name=model_name("SiT", demo.depth, demo.width, patch), depth=demo.depth,
-                      hidden_size=demo.width, num_heads=demo.heads, patch_size=patch, input_size=size, in_channels=demo.autoencoder.latent_channels, num_classes=10,
-                      encoder_depth=demo.encoder_depth, encoder_dims=(encoder_dim,),
-                      projector_dim=demo.projector_dim, space="latent")
+                      hidden_size=demo.width, num_heads=demo.heads, patch_size=patch, input_size=size,
+                      in_channels=demo.autoencoder.latent_channels, num_classes=10, encoder_depth=demo.encoder_depth,
+                      encoder_dims=(encoder_dim,), projector_dim=demo.projector_dim, space="latent")
     validate_model(cfg)
     return cfg
 
