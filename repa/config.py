@@ -26,10 +26,12 @@ from repa.model_names import name_of
 class ModelConfig:
     """Architecture of the denoiser (SiT or DiT) and its REPA projectors.
 
-    ``name`` is the paper's preset name (``SiT-XL/2``); the size fields are filled from the preset by
-    ``repa.models.model_config`` and may be overridden for tiny test configs.
+    ``name`` says what the network is (``SiT-XL/2``, ``SiT-6x128/1``: ``repa.model_names``); the size fields are
+    filled from it by ``repa.models.model_config``, and overriding them renames the model.
     """
-    name: str = "SiT-B/2"            # the paper's model name (SiT-XL/2, DiT-B/2, ...): family, size, patch
+    # the model: the papers' SiT-XL/2, DiT-B/2, ... or a custom SiT-<depth>x<width>/<patch>; it sets the size, the
+    # patch and what the family predicts (a DiT: epsilon with learned variance, objective.kind iddpm)
+    name: str = "SiT-B/2"
     depth: int = 12                   # number of transformer blocks
     hidden_size: int = 768            # token width D
     num_heads: int = 12               # attention heads (hidden_size must be divisible by it)

@@ -53,14 +53,14 @@ def given(argv: list[str]) -> set[str]:
 def follow(before: TrainConfig, after: TrainConfig, set_here: set[str]) -> TrainConfig:
     """``after`` (``before`` with one source's values, ``set_here`` the dotted fields that source gave) with every
     field derived from a changed field derived again, unless the source gave it too (module docstring); the model
-    is renamed for what it is. ConfigError for an unknown model name."""
+    is renamed for what it is."""
     m, o, c = after.model, after.objective, after
     model, objective = {}, {}
 
     def derive(section: dict, prefix: str, values: dict) -> None:
         section.update({k: v for k, v in values.items() if prefix + k not in set_here})
-    if m.name != before.model.name:
-        new, old = parse_name(m.name), _parts(before.model.name)
+    new, old = _parts(m.name), _parts(before.model.name)
+    if m.name != before.model.name and new:         # an unknown name: validation reports it with the rest
         if (new["depth"], new["hidden_size"]) != (old.get("depth"), old.get("hidden_size")):
             derive(model, "model.", {k: new[k] for k in ("depth", "hidden_size")})
         if new["patch_size"] != old.get("patch_size"):

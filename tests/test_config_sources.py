@@ -237,6 +237,9 @@ def test_every_invalid_field_is_reported_at_once(capsys):
     for field in ("model.encoder_depth", "optim.beta1", "grad_accum_steps", "no-such-net"):
         assert field in err, field
     assert err.count("; ") >= 3
+    err = _error(capsys, "train", "--preset", "SiT-B/2-REPA-256", "--model.name", "SiT-Q/3", "--optim.lr", "0",
+                 "--dry-run")
+    assert "unknown model 'SiT-Q/3'" in err and "optim.lr" in err
 
 
 def test_every_type_error_is_reported_at_once(capsys, tmp_path):
