@@ -246,3 +246,19 @@ def test_every_type_error_is_reported_at_once(capsys, tmp_path):
     (tmp_path / "f.yaml").write_text("max_steps: -3\nseed: -1\nmodel:\n  depth: 0\n")
     err = _error(capsys, "train", "--preset", "fmnist-REPA", "--config", str(tmp_path / "f.yaml"), "--dry-run")
     assert "max_steps" in err and "seed" in err and "model.depth" in err
+
+
+@pytest.mark.parametrize("command, argv, text, check", [
+    ("analyze", ["z.pt", "--data", "d"], "checkpoints: [x.pt, y.pt]\nlayers: [1, 2]\nt: 0.25\n",
+     lambda o: o.checkpoints == ("z.pt",) and o.settings.layers == (1, 2) and o.settings.t == 0.25),
+    ("analyze", [], "checkpoints: [x.pt, y.pt]\ndata: d\nsettings:\n  topk: 3\n",
+     lambda o: o.checkpoints == ("x.pt", "y.pt") and o.settings.topk == 3),
+    ("prepare", ["src", "out"], "paths: [a, b]\nresolution: 64\nhflip: true\n",
+     lambda o: o.paths == ("src", "out") and o.prepare.resolution == 64 and o.prepare.hflip is True),
+    ("sample-grid", ["c.pt", "--steps", "4"], "steps: 9\nsampler: heun\nnum: 2\n",
+     lambda o: o.checkpoint == "c.pt" and (o.sampling.steps, o.sampling.sampler, o.num) == (4, "heun", 2)),
+])
+def test_every_command_composes_file_then_flags_and_positionals(tmp_path, command, argv, text, check):
+    from repa.cli import parse_command
+    (tmp_path / "f.yaml").write_text(text)
+    assert check(parse_command(command, [*argv, "--config", str(tmp_path / "f.yaml")]))
