@@ -272,17 +272,25 @@ def train_config_from_dict(data: dict) -> TrainConfig:
     """A TrainConfig from its JSON dict (``config.json``, a checkpoint), including configs written before the
     prediction moved from ``objective.prediction`` to ``model.prediction``, and before a model was named for its
     size (``SiT-B/2`` with 6 blocks loads as ``SiT-6x768/2``: the same network, named for what it is)."""
+    cfg = from_dict(TrainConfig, upgrade(data))
+    try:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name_of(cfg.model)))
+    except (ConfigError, TypeError):
+        return cfg                       # a name that does not parse: validation reports it
+
+
+def upgrade(data: dict) -> dict:
+    """A copy of a training config's (possibly partial) dict in today's layout: ``objective.prediction`` (configs
+    written before it moved) becomes ``model.prediction``."""
     data = json.loads(json.dumps(data))
     objective, model = data.get("objective", {}), data.get("model", {})
     if isinstance(objective, dict) and "prediction" in objective:
         prediction = objective.pop("prediction")
         if isinstance(model, dict):
             model.setdefault("prediction", prediction)
-    cfg = from_dict(TrainConfig, data)
-    try:
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name_of(cfg.model)))
-    except (ConfigError, TypeError):
-        return cfg                       # a name that does not parse: validation reports it
+        elif "model" not in data:
+            data["model"] = {"prediction": prediction}
+    return data
 
 
 def field_types(cls: type, prefix: str = "") -> dict[str, Any]:

@@ -14,8 +14,7 @@ import json
 import typing
 from typing import Any
 
-from repa.config import (ConfigError, TrainConfig, _flatten, apply_overrides, from_dict, to_dict,
-                         train_config_from_dict)
+from repa.config import ConfigError, TrainConfig, _flatten, apply_overrides, from_dict, to_dict, upgrade
 from repa.model_names import FAMILY_FIELDS, FAMILY_OBJECTIVE, heads_of, name_of, parse_name
 
 
@@ -28,9 +27,8 @@ def compose(base: Any, file: str | None = None, overrides: dict[str, Any] | None
     if file is not None:
         try:
             data = read_mapping(file)
-            if isinstance(base, TrainConfig):
-                if {"model", "objective", "optim", "data"} <= set(data):
-                    data = to_dict(train_config_from_dict(data))           # a whole run config (config.json)
+            if isinstance(base, TrainConfig):            # a run's config.json gives every field: it is that run
+                data = upgrade(data)
                 out = follow(base, from_dict(TrainConfig, to_dict(merge(base, data))), set(_flatten(data)))
             else:
                 out = merge(out, data)

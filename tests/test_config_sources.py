@@ -262,3 +262,18 @@ def test_every_command_composes_file_then_flags_and_positionals(tmp_path, comman
     from repa.cli import parse_command
     (tmp_path / "f.yaml").write_text(text)
     assert check(parse_command(command, [*argv, "--config", str(tmp_path / "f.yaml")]))
+
+
+def test_a_file_with_every_section_still_composes_with_the_preset(capsys, tmp_path):
+    """A hand-written file with the four sections is not a whole run config: the preset's other fields stay."""
+    (tmp_path / "tiny.yaml").write_text("model: {depth: 4}\nobjective: {proj_coeff: 0.25}\noptim: {lr: 0.001}\n"
+                                        "data: {path: d}\nmax_steps: 5\n")
+    cfg, preset = _dry_run(capsys, "--preset", "fmnist-REPA", "--config", str(tmp_path / "tiny.yaml")), \
+        get_preset("fmnist-REPA")
+    assert (cfg["model"]["name"], cfg["model"]["hidden_size"], cfg["model"]["in_channels"]) == ("SiT-4x256/2", 256, 1)
+    assert cfg["encoders"] == list(preset.encoders) and cfg["global_batch_size"] == preset.global_batch_size
+    assert (cfg["objective"]["proj_coeff"], cfg["optim"]["lr"], cfg["data"]["path"]) == (0.25, 0.001, "d")
+    old = json.loads(to_json(preset))                                 # a run's config.json, in the old layout
+    old["objective"]["prediction"] = old["model"].pop("prediction")
+    (tmp_path / "run.json").write_text(json.dumps(old))
+    assert _dry_run(capsys, "--config", str(tmp_path / "run.json")) == json.loads(to_json(preset))
