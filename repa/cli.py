@@ -42,34 +42,25 @@ def options_class(command: str) -> type:
 # ---- parsing -------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Widths:
-    encoder_dims: Optional[tuple[int, ...]] = None
-
-
-@dataclass(frozen=True)
 class Sources:
     """Stage one of parsing: the options that choose where the others start (see the module docstring)."""
     preset: Optional[str] = None
     config: Optional[str] = None
     fast: bool = False
-    model: _Widths = _Widths()
 
 
 def parse_command(command: str, argv: list[str]):
     """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
     from repa.cli_parsing import flags, rewrite, run_tyro
-    from repa.config_sources import typed
+    from repa.config_sources import follow, given, typed
     cls, prog = options_class(command), f"repa {command}"
     argv = rewrite(list(argv), flags(cls))
     sources, _ = run_tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
     start = _start(cls, sources)
     opts = run_tyro(cls, argv, prog, default=start)
-    if sources.config is not None and hasattr(opts, "config"):   # tyro typed the flags; now the file's values
-        opts = typed(opts, sources.config)
-    if hasattr(opts, "train") and sources.model.encoder_dims is None and opts.train.encoders != start.train.encoders:
-        from repa.encoders import with_encoder_dims           # new encoders, widths not given: follow the encoders
-        opts = dataclasses.replace(opts, train=with_encoder_dims(opts.train))
-    return opts
+    if hasattr(opts, "train"):                    # the fields derived from others follow the flags
+        return dataclasses.replace(opts, train=follow(start.train, opts.train, given(argv)))
+    return typed(opts, sources.config) if sources.config is not None and hasattr(opts, "config") else opts
 
 
 def _start(cls: type, sources: Sources):

@@ -127,9 +127,9 @@ def check_config(cfg: TrainConfig) -> None:
     """The checks of ``cfg`` that need neither data nor a device (``repa train`` runs them first; ``--dry-run``
     stops after them): the fields and the objective, the encoders, the packages the logging needs."""
     from repa.encoders import check_train_encoders
+    from repa.fields import collect
     from repa.preflight import check_logging_packages
-    validate(cfg)
-    check_train_encoders(cfg)
+    collect(lambda: validate(cfg), lambda: check_train_encoders(cfg))     # every problem in one error
     check_logging_packages(cfg)
 
 

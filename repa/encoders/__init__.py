@@ -51,13 +51,6 @@ def encoder_dims(names: Sequence[str]) -> tuple[int, ...]:
     return tuple(encoder_dim(n) for n in names)
 
 
-def with_encoder_dims(cfg):
-    """A TrainConfig whose ``model.encoder_dims`` are the widths of its ``encoders`` (when the encoders change and
-    the widths were not given, they follow)."""
-    import dataclasses
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder_dims=encoder_dims(cfg.encoders)))
-
-
 def check_train_encoders(cfg) -> None:
     """Raise ConfigError when a training config's encoders cannot feed its projectors: an unknown name, a width
     other than ``model.encoder_dims``, or no way to give the model's token grid from ``data.resolution`` px.
