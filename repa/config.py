@@ -16,8 +16,6 @@ from repa.fields import INT_LIMIT, ConfigError, _require, check_fields  # noqa: 
 from repa.paths import PATHS as INTERPOLANTS
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------------------------
@@ -36,8 +34,9 @@ class ModelConfig:
     patch_size: int = 2               # side of the square patches that become tokens
     input_size: int = 32              # latent (or pixel) side length
     in_channels: int = 4              # channels of the latents (4 for the SD-VAE) or of the pixels
-    num_classes: int = 1000           # class labels 0..num_classes-1; 0: an unconditional model (no label input)
-    class_dropout: float = 0.1        # > 0 adds the null class (index num_classes) for guidance
+    num_classes: int = 1000           # class labels 0..num_classes-1; 0: an unconditional (or MMDiT: text) model
+    class_dropout: float = 0.1        # > 0 adds the null class (index num_classes) for guidance; MMDiT: caption dropout
+    context_dim: int = 768            # MMDiT: width of the text encoder's tokens (CLIP ViT-L/14: 768)
     encoder_depth: int = 8            # 1-based block whose output the projectors read
     encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
     projector_dim: int = 2048         # hidden width of the projector MLP
@@ -208,6 +207,7 @@ TIME_SAMPLINGS = ("uniform", "lognormal")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PREDICTIONS = ("velocity", "epsilon")   # what a network predicts; objectives and samplers declare theirs
 TIME_CONVENTIONS = ("data_at_0", "noise_at_0")
+FAMILIES = ("SiT", "DiT", "MMDiT")      # repa.models builds them
 
 
 MAX_CLASSES = 1_000_000                # a label table beyond this is a typo (ImageNet-21k has 21841 classes)
@@ -225,14 +225,10 @@ def _parameters(m: ModelConfig) -> float:
 def validate_model(m: ModelConfig) -> None:
     """Raise ConfigError for an inconsistent model section."""
     check_fields(m, "model.")
-    _require(m.family in ("SiT", "DiT"), "model.name", f"must be a SiT-... or DiT-... name, got {m.name!r}")
-    _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
-    _require(m.hidden_size >= 1, "model.hidden_size", f"must be >= 1, got {m.hidden_size}")
-    _require(m.num_heads >= 1, "model.num_heads", f"must be >= 1, got {m.num_heads}")
-    _require(m.in_channels >= 1, "model.in_channels", f"must be >= 1, got {m.in_channels}")
-    _require(m.input_size >= 1, "model.input_size", f"must be >= 1, got {m.input_size}")
+    _require(m.family in FAMILIES, "model.name", f"must be a SiT-..., DiT-... or MMDiT-... name, got {m.name!r}")
+    for name in ("depth", "hidden_size", "num_heads", "in_channels", "input_size", "projector_dim", "context_dim"):
+        _require(getattr(m, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(m, name)}")
     _require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {m.mlp_ratio}")
-    _require(m.projector_dim >= 1, "model.projector_dim", f"must be >= 1, got {m.projector_dim}")
     _require(m.num_classes <= MAX_CLASSES, "model.num_classes", f"must be at most {MAX_CLASSES}, got {m.num_classes}")
     _require(m.hidden_size % m.num_heads == 0, "model.hidden_size",
              f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
@@ -250,7 +246,10 @@ def validate_model(m: ModelConfig) -> None:
              f"must be in 1..{m.depth} (the model depth), got {m.encoder_depth}")
     _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", f"must be in [0, 1), got {m.class_dropout}")
     _require(m.num_classes >= 0, "model.num_classes", f"must be >= 0 (0: unconditional), got {m.num_classes}")
-    _require(m.num_classes > 0 or m.class_dropout == 0, "model.class_dropout",
+    _require(m.family != "MMDiT" or (m.num_classes == 0 and m.prediction == "velocity" and not m.learn_sigma
+                                     and not m.class_token), "model.name", "an MMDiT is text-conditioned velocity "
+             "network: model.num_classes=0, prediction velocity, no learn_sigma or class_token")
+    _require(m.num_classes > 0 or m.class_dropout == 0 or m.family == "MMDiT", "model.class_dropout",
              f"an unconditional model (model.num_classes=0) has no label to drop: set model.class_dropout=0 "
              f"(got {m.class_dropout})")
     _require(all(e >= 1 for e in m.encoder_dims), "model.encoder_dims", f"must be positive, got {m.encoder_dims}")

@@ -9,6 +9,7 @@ import dataclasses
 
 from repa.config import ConfigError, ModelConfig, validate_model
 from repa.models.dit import DiT
+from repa.models.mmdit import MMDiT
 from repa.models.released import ReleasedSiT
 from repa.models.sit import FeaturesView, ModelOutput, SiT
 
@@ -16,7 +17,7 @@ from repa.models.sit import FeaturesView, ModelOutput, SiT
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCHES = {"SiT": (1, 2, 4, 8), "DiT": (2, 4, 8)}
 
-FAMILIES = {"SiT": SiT, "DiT": DiT}
+FAMILIES = {"SiT": SiT, "DiT": DiT, "MMDiT": MMDiT}
 # Networks whose own time convention is not repa's, converted at every call (repa.models.released).
 CONVERTED = {"noise_at_0": ReleasedSiT}
 # DiT as released: epsilon and the variance interpolation (2C channels), trained with the improved-DDPM objective.
@@ -29,6 +30,11 @@ MODELS: dict[str, dict] = {
     for size, (d, w, h) in SIZES.items()
     for patch in patches
 }
+# MMDiT as the REPA reference builds it (sihyun-yu/REPA models/mmdit.py): named by depth as in SD3, hidden size
+# 32 x depth, heads = depth, patch 2, text-conditioned (no label table) with caption dropout 0.1.
+MMDIT_DEPTHS = (12, 18, 24, 30)
+MODELS.update({f"MMDiT-d{d}/2": {"depth": d, "hidden_size": 32 * d, "num_heads": d, "patch_size": 2,
+                                 "num_classes": 0} for d in MMDIT_DEPTHS})
 
 
 def size_of(depth: int, hidden_size: int) -> str | None:
@@ -70,5 +76,5 @@ def build_model(cfg: ModelConfig):
     return FAMILIES[cfg.family](cfg)
 
 
-__all__ = ["MODELS", "SIZES", "SiT", "DiT", "ReleasedSiT", "FeaturesView", "ModelOutput", "model_config",
+__all__ = ["MODELS", "SIZES", "SiT", "DiT", "MMDiT", "ReleasedSiT", "FeaturesView", "ModelOutput", "model_config",
            "build_model", "register_family", "size_of", "heads_of"]
