@@ -172,7 +172,7 @@ LAYERS = [
       "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
      ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
-      "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.evaluation.fid", "repa.evaluation.inception",
+      "repa.text_encoders", "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.evaluation.fid", "repa.evaluation.inception",
       "repa.evaluation.npz", "repa.evaluation.prdc", "repa.analysis.metrics", "repa.analysis.probe",
       "repa.analysis.plots", "repa.analysis.features"]),
     ("pipelines: checkpoints, sampling, training, evaluation, analysis",
