@@ -340,7 +340,7 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
                     chunk_size: int | None = None, num_workers: int | None = None, vae: str | None = None,
                     latent_dtype: str = "float32", batch_size: int = 64, device=None, overwrite: bool = False,
                     rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                    _fail_after_chunks: int | None = None) -> str:
+                    captions: str | None = None, _fail_after_chunks: int | None = None) -> str:
     """Prepare (or finish preparing) a dataset directory.
 
     Args:
@@ -359,6 +359,7 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
         overwrite: delete an existing dataset or unfinished preparation in ``out`` first.
         rank, world_size: this process's share (default from the RANK / WORLD_SIZE environment of torchrun).
         progress: show a progress bar (rank 0).
+        captions: a COCO captions file: ``source`` is then its image folder (``repa.data.captions.list_coco``).
         _fail_after_chunks: test hook: raise after this many chunks were written in this call.
     Returns:
         ``out`` (absolute). Only rank 0 returns after the manifest exists; other ranks return after their chunks.
@@ -369,7 +370,8 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     out = os.path.abspath(os.fspath(out))
-    listing = list_source(source, split)
+    from repa.data.captions import list_coco
+    listing = list_coco(source, captions, split) if captions else list_source(source, split)
     if resolution == -1:
         resolution = None if listing.native_size else 256
     channels = channels or (1 if listing.native_size else 3)
