@@ -29,7 +29,7 @@ from repa.guidance import condition_for
 from repa.samplers import Sampling, resolve_sampling, run_sampling
 from repa.utils import atomic_write, to_uint8
 
-NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
+NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM, CAPTION_STREAM = 0, 1, 2, 3, 4
 LABEL_MODES = ("random", "balanced")
 GRID_SAMPLES = 64
 SETTINGS_FILE, SAMPLES_FILE, GRID_FILE, SHARD_DIR = "settings.json", "samples.npz", "grid.png", "shards"
@@ -62,6 +62,15 @@ def sample_labels(indices, seed: int, num_classes: int, mode: str = "random") ->
         return idx % num_classes
     return np.array([np.random.default_rng(sample_seed(seed, int(i), LABEL_STREAM)).integers(num_classes)
                      for i in idx], dtype=np.int64)
+
+
+def text_contexts(source, indices, seed: int) -> np.ndarray:
+    """Caption tokens (B, L, D) of samples ``indices`` of a text network (``repa.evaluation.text.TextSource``):
+    sample i takes one of its ``source.counts`` captions uniformly, from (seed, i) alone."""
+    idx = np.asarray(indices, dtype=np.int64)
+    chosen = [np.random.default_rng(sample_seed(seed, int(i), CAPTION_STREAM)).integers(int(c))
+              for i, c in zip(idx, source.counts(idx))]
+    return source.contexts(idx, np.asarray(chosen, dtype=np.int64))
 
 
 MAX_GRID = 10_000                # the images of one sample-grid PNG
@@ -166,7 +175,7 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
     settings = resolve_sampling(loaded, config, **overrides)
     decode = decode or decoder(loaded, vae)
     indices = np.arange(start, start + num)
-    all_labels = text.contexts(indices) if text is not None else request_labels(loaded.config, indices, seed, labels)
+    all_labels = text_contexts(text, indices, seed) if text else request_labels(loaded.config, indices, seed, labels)
     out = []
     for b in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
         part = slice(b, b + batch_size)
@@ -202,7 +211,7 @@ def write_sample_grid(checkpoint, out, config: SampleConfig | None = None, *, nu
     model = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth,
                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     from repa.evaluation.text import text_source
-    source = text_source(model.config, text, num=num, seed=seed, device=next(model.model.parameters()).device)
+    source = text_source(model.config, text, num=num, device=next(model.model.parameters()).device)
     sample_grid_png(model, out, config, num=num, seed=seed, vae=vae, text=source)
 
 
@@ -298,7 +307,7 @@ def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labe
     loaded = load_model(checkpoint, which=which, device=process.device, origin=origin)
     sampling = resolve_sampling(loaded, config, **overrides)
     from repa.evaluation.text import text_source
-    source = text_source(loaded.config, text, num=num, seed=seed, device=process.device)
+    source = text_source(loaded.config, text, num=num, device=process.device)
     (source.condition if source else condition_for(loaded.model)).check_guidable(sampling.cfg_scale)  # before writing
     settings = {"checkpoint": str(Path(checkpoint).resolve()) if os.path.exists(checkpoint) else str(checkpoint),
                 "which": which, "num": num, "seed": seed, **sampling.as_settings(), "labels": labels, "vae": vae}
@@ -332,8 +341,8 @@ def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labe
         print(f"resuming: {len(mine) - len(todo)} of {len(mine)} batches of this rank are done")
     for start, end in tqdm(todo, disable=not (progress and process.is_main), desc="sampling", unit="batch"):
         indices = np.arange(start, end)
-        batch_labels = source.contexts(indices) if source else sample_labels(indices, seed, loaded.config.num_classes,
-                                                                             labels)
+        batch_labels = text_contexts(source, indices, seed) if source else sample_labels(indices, seed,
+                                                                                         loaded.config.num_classes, labels)
         images = generate_batch(loaded, indices, batch_labels, sampling, seed=seed, decode=decode,
                                 condition=source and source.condition)
         stored = np.full(len(indices), -1, np.int64) if batch_labels is None or source else batch_labels

@@ -3,8 +3,9 @@ captioned dataset (the reference's MS-COCO protocol, sihyun-yu/REPA ``generate_t
 validation item with one of its captions, guidance against the empty caption on the interval).
 
 ``TextOptions`` are the options of ``repa sample`` / ``repa sample-grid`` for such networks; ``text_source``
-turns them into a ``TextSource``: the caption tokens of samples ``indices`` (a function of (seed, i) alone, so
-sharded and resumed runs give the same images) and the condition bound to the empty caption (guidance's null).
+turns them into a ``TextSource``: the caption tokens of samples (``repa.evaluation.generate.text_contexts`` draws
+which caption from (seed, i) alone, so sharded and resumed runs give the same images) and the condition bound to
+the empty caption (guidance's null value).
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ import numpy as np
 
 from repa.config import ConfigError
 from repa.text_encoders import DEFAULT_TEXT_ENCODER
-
-CAPTION_STREAM = 4        # repa.evaluation.generate's per-sample streams: noise 0, label 1, SDE 2, class token 3
 
 
 @dataclass(frozen=True)
@@ -35,15 +34,15 @@ class TextSource:
     """The caption tokens of samples and the text condition bound to the empty caption.
 
     Attributes:
-        contexts: indices (B,) -> float32 (B, L, D) caption tokens.
+        counts: sample indices (B,) -> how many captions each sample chooses from (B,) (1 for prompts).
+        contexts: (sample indices (B,), chosen caption (B,)) -> float32 (B, L, D) caption tokens.
         condition: ``repa.conditions.TextContext`` with ``empty`` set (guidance's null value).
         settings: what determines the captions (recorded in settings.json: a rerun with others is refused).
-        captions: indices -> the caption strings used (for the record), or None.
     """
-    contexts: Callable[[np.ndarray], np.ndarray]
+    counts: Callable[[np.ndarray], np.ndarray]
+    contexts: Callable[[np.ndarray, np.ndarray], np.ndarray]
     condition: object
     settings: dict
-    captions: Callable[[np.ndarray], list] | None = None
 
 
 def read_prompts(path: str) -> list[str]:
@@ -57,15 +56,7 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def caption_choice(indices: np.ndarray, counts: np.ndarray, seed: int) -> np.ndarray:
-    """Which caption of its item sample i uses: uniform over the item's ``counts[i]`` captions, from (seed, i)."""
-    from repa.evaluation.generate import sample_seed
-    return np.array([np.random.default_rng(sample_seed(seed, int(i), CAPTION_STREAM)).integers(int(c))
-                     for i, c in zip(indices, counts)], dtype=np.int64)
-
-
-def text_source(config, text: TextOptions | None, *, num: int, seed: int, device=None,
-                encoder=None) -> TextSource | None:
+def text_source(config, text: TextOptions | None, *, num: int, device=None, encoder=None) -> TextSource | None:
     """The captions of ``num`` samples of the network described by ``config`` (a ModelConfig).
 
     None for a network without a text condition (then --prompts / --captions are refused). ``encoder`` is an
@@ -90,8 +81,8 @@ def text_source(config, text: TextOptions | None, *, num: int, seed: int, device
         tokens, empty = encoder.encode(prompts), encoder.empty_context()
         settings = {"prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
                     "text_encoder": str(text.text_encoder)}
-        source = TextSource(lambda idx: tokens[np.asarray(idx) % len(prompts)], None, settings,
-                            lambda idx: [prompts[int(i) % len(prompts)] for i in idx])
+        source = TextSource(lambda idx: np.ones(len(idx), np.int64),
+                            lambda idx, chosen: tokens[np.asarray(idx) % len(prompts)], None, settings)
     else:
         from repa.data import open_dataset
         from repa.data.protocol import check_text_dataset
@@ -100,19 +91,10 @@ def text_source(config, text: TextOptions | None, *, num: int, seed: int, device
         if num > len(dataset):
             raise ConfigError(f"--captions {text.captions} has {len(dataset)} items: sample at most that many "
                               f"(one per item), got --num {num}")
-        counts = np.asarray(dataset.caption_counts)
-        empty = np.asarray(dataset.empty_context)
-
-        def contexts(idx):
-            idx = np.asarray(idx, dtype=np.int64)
-            return dataset.get_contexts(idx, caption_choice(idx, counts[idx], seed))
-
-        def captions(idx):
-            idx = np.asarray(idx, dtype=np.int64)
-            chosen = caption_choice(idx, counts[idx], seed)
-            return [(dataset.captions(int(i)) or [None] * (k + 1))[k] for i, k in zip(idx, chosen)]
-        source = TextSource(contexts, None, {"captions": str(Path(text.captions).resolve())}, captions)
-        tokens = contexts(np.arange(min(num, 1)))
+        counts, empty = np.asarray(dataset.caption_counts), np.asarray(dataset.empty_context)
+        source = TextSource(lambda idx: counts[np.asarray(idx, np.int64)], dataset.get_contexts, None,
+                            {"captions": str(Path(text.captions).resolve())})
+        tokens = dataset.get_contexts([0], [0])
     if tokens.shape[-1] != config.context_dim or tuple(empty.shape) != tuple(tokens.shape[1:]):
         raise ConfigError(f"the caption tokens are {tuple(tokens.shape[1:])} (empty caption {tuple(empty.shape)}) "
                           f"but {config.name} reads {config.context_dim}-wide tokens: use the text encoder the "
@@ -121,4 +103,4 @@ def text_source(config, text: TextOptions | None, *, num: int, seed: int, device
     return source
 
 
-__all__ = ["CAPTION_STREAM", "TextOptions", "TextSource", "caption_choice", "read_prompts", "text_source"]
+__all__ = ["TextOptions", "TextSource", "read_prompts", "text_source"]
