@@ -162,3 +162,25 @@ def test_config_checks_and_condition():
         tiny(num_classes=10)
     with pytest.raises(ConfigError, match="model.context_dim"):
         tiny(context_dim=0)
+
+
+def test_a_reference_training_checkpoint_loads_through_load_model(tmp_path):
+    """train_t2i.py saves {model, ema, opt, args, steps} with an argparse Namespace; the layout is the reference's
+    (tests/test_reference_t2i.py checks it against the reference network itself)."""
+    import argparse
+    import dataclasses
+    import repa
+    net = perturbed(tiny(depth=2, hidden_size=64, num_heads=2, encoder_depth=1))
+    state = net.state_dict()
+    path = tmp_path / "0000005.pt"
+    torch.save({"model": state, "ema": state, "opt": {}, "steps": 5,
+                "args": argparse.Namespace(resolution=64, encoder_depth=1, cfg_prob=0.1, enc_type="dinov2-vit-b")},
+               path)
+    loaded = repa.load_model(path)
+    assert loaded.step == 5 and loaded.train_config is None
+    want = dataclasses.replace(net.config, name="MMDiT-d2/2", num_heads=2)
+    assert loaded.config == want
+    gen = torch.Generator().manual_seed(3)
+    x, t, ctx = torch.randn(2, 4, 8, 8, generator=gen), torch.rand(2, generator=gen), torch.randn(2, 4, 12, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x, t, ctx), net(x, t, ctx))

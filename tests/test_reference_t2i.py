@@ -69,3 +69,19 @@ def test_reference_euler_sampler_with_empty_context_guidance(ref):
     got = repa.sample(ours, noise, ctx, sampler="euler", steps=6, cfg_scale=4.0, guidance_interval=(0.3, 0.7),
                       condition=TextContext(0.1).bind(empty))
     assert (want.float() - got).abs().max() <= 1e-5
+
+
+def test_reference_training_checkpoint_loads_through_load_model(ref, tmp_path):
+    import argparse
+    net, _ = pair(ref, 32)
+    state = net.state_dict()
+    path = tmp_path / "0000007.pt"
+    torch.save({"model": state, "ema": state, "opt": {}, "steps": 7,
+                "args": argparse.Namespace(resolution=256, encoder_depth=2, cfg_prob=0.1)}, path)
+    loaded = repa.load_model(path)
+    gen = torch.Generator().manual_seed(4)
+    x, t, ctx = torch.randn(2, 4, 32, 32, generator=gen), torch.rand(2, generator=gen), torch.randn(2, 77, 768,
+                                                                                                 generator=gen)
+    with torch.no_grad():
+        assert (net(x, t, context=ctx)[0] - loaded.model(x, t, ctx)).abs().max() <= 1e-5
+    assert loaded.config.name == "MMDiT-d3/2" and loaded.config.num_heads == 3 and loaded.step == 7

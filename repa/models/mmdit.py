@@ -177,4 +177,23 @@ class MMDiT(nn.Module):
         return ModelOutput(self.unpatchify(self.final_layer(h, cond)), projected, hidden)
 
 
-__all__ = ["MMDiT", "JointBlock", "StreamBlock", "cropped_table", "POS_TABLE_SIDE"]
+def config_from_state(state: dict, args: dict | None = None) -> ModelConfig:
+    """The ModelConfig of an MMDiT state dict in the reference's layout (``train_t2i.py`` checkpoints), from its
+    shapes and its training arguments: heads = depth (the reference's rule), patch 2, the latent grid of
+    ``args.resolution`` (default 256 px: the 16 x 16 table is not cropped), caption dropout ``args.cfg_prob``."""
+    args = args or {}
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("joint_blocks."))
+    width, in_channels, patch = state["x_embedder.proj.weight"].shape[:3]
+    encoder_dims, projector_dim, i = [], 2048, 0
+    while f"projectors.{i}.4.weight" in state:
+        encoder_dims.append(int(state[f"projectors.{i}.4.weight"].shape[0]))
+        projector_dim, i = int(state[f"projectors.{i}.0.weight"].shape[0]), i + 1
+    return ModelConfig(name=f"MMDiT-d{depth}/{patch}", depth=depth, hidden_size=int(width), num_heads=depth,
+                       patch_size=int(patch), input_size=int(args.get("resolution", 256)) // 8,
+                       in_channels=int(in_channels), num_classes=0, class_dropout=float(args.get("cfg_prob", 0.1)),
+                       context_dim=int(state["context_embedder.weight"].shape[1]),
+                       encoder_depth=int(args.get("encoder_depth", min(8, depth))), encoder_dims=tuple(encoder_dims),
+                       projector_dim=projector_dim)
+
+
+__all__ = ["MMDiT", "config_from_state", "JointBlock", "StreamBlock", "cropped_table", "POS_TABLE_SIDE"]
