@@ -189,3 +189,26 @@ def test_repa_eval_scores_prompt_samples_against_the_validation_images(coco, tmp
     assert main(["eval", str(out / "samples.npz"), "--ref", str(val), "--no-cache"]) == 0
     metrics = json.loads((out / "samples.metrics.json").read_text())
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0
+
+
+def test_caption_tokens_resume_after_a_failure_to_the_same_bytes(tmp_path, tiny_clip_dir):
+    from repa.data.captions import build_caption_cache
+    from repa.data.prepare import prepare_dataset
+    from repa.text_encoders import load_text_encoder
+    ann = write_coco(tmp_path, "train", 10, 0)
+    encoder = load_text_encoder(str(tiny_clip_dir))
+    folders = []
+    for name, fail in (("full", None), ("resumed", 1)):
+        out = prepare_dataset(str(tmp_path / "train2014"), str(tmp_path / name), captions=str(ann), resolution=16,
+                              chunk_size=4, num_workers=0, progress=False)
+        if fail:
+            with pytest.raises(RuntimeError, match="injected failure"):
+                build_caption_cache(out, str(ann), encoder, progress=False, _fail_after_chunks=fail)
+            assert not (Path(out) / "captions/meta.json").exists()
+            assert not isinstance(open_dataset(out), TextDataset)      # unfinished: not a captioned dataset yet
+        build_caption_cache(out, str(ann), encoder, progress=False)
+        folders.append(Path(out))
+    files = sorted(str(p.relative_to(folders[0])) for p in (folders[0] / "captions").rglob("*") if p.is_file())
+    assert len(files) == 3 * 2 + 3                  # 3 shards of context and count; empty, strings, meta
+    for rel in files:
+        assert (folders[0] / rel).read_bytes() == (folders[1] / rel).read_bytes(), rel
