@@ -2,6 +2,7 @@
 
     python bench/loader.py                       # 20k synthetic 256x256x3 images + 4x32x32 latent mean/std
     python bench/loader.py --fashion-mnist       # the real Fashion-MNIST train split (28x28x1), prepared first
+    python bench/loader.py --reference --num 2048   # the reference's images/ + vae-sd/ folder, read as it is
 
 The synthetic dataset is written once in the ``repa prepare`` format (random pixels; about 4.6 GB at the defaults)
 into --dir and reused by later runs; pass --clean to delete it at the end. Figures are taken after one warm-up
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 
-from repa.data import open_dataset
+from repa.data import open_dataset, open_folder
 from repa.data.arrays import save_arrays
 from repa.data.loader import BatchLoader
 
@@ -59,6 +60,29 @@ def make_synthetic(path: str, num: int, resolution: int, latent_dtype: str) -> N
     print(f"wrote {num} synthetic items to {path} in {time.perf_counter() - t0:.1f} s")
 
 
+def make_reference_folder(path: str, num: int, resolution: int) -> None:
+    """The same synthetic items in the reference's layout (dataset_tools.py: PNG at compress_level 0, one float32
+    (8, h, w) .npy of mean and std per image, dataset.json), unless it is already there."""
+    import json
+    from PIL import Image
+    if os.path.isfile(os.path.join(path, "vae-sd", "dataset.json")):
+        return
+    t0, h = time.perf_counter(), resolution // 8
+    images = _Synthetic((num, resolution, resolution, 3), np.uint8, 0)
+    moments = _Synthetic((num, 8, h, h), "float32", 1)
+    labels = []
+    for i in range(num):
+        s = f"{i:08d}"
+        for store in ("images", "vae-sd"):
+            os.makedirs(os.path.join(path, store, s[:5]), exist_ok=True)
+        Image.fromarray(images[i:i + 1][0]).save(os.path.join(path, "images", s[:5], f"img{s}.png"), compress_level=0)
+        np.save(os.path.join(path, "vae-sd", s[:5], f"img-mean-std-{s}.npy"), np.abs(moments[i:i + 1][0]))
+        labels.append([f"{s[:5]}/img-mean-std-{s}.npy", i % 1000])
+    with open(os.path.join(path, "vae-sd", "dataset.json"), "w") as f:
+        json.dump({"labels": labels}, f)
+    print(f"wrote {num} synthetic items in the reference's layout to {path} in {time.perf_counter() - t0:.1f} s")
+
+
 def measure(loader, num_batches: int) -> tuple[float, float]:
     """(samples per wall second, samples per CPU second of this process) over ``num_batches`` batches.
 
@@ -83,6 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader thread counts to measure")
     p.add_argument("--fashion-mnist", action="store_true", help="benchmark the real Fashion-MNIST train split")
+    p.add_argument("--reference", action="store_true", help="the reference's images/ + vae-sd/ folder, as it is")
     p.add_argument("--clean", action="store_true", help="delete the benchmark dataset afterwards")
     args = p.parse_args(argv)
 
@@ -92,10 +117,13 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         prepare_dataset("fashion-mnist", path, progress=False)
         print(f"prepare fashion-mnist (or find it prepared): {time.perf_counter() - t0:.1f} s")
+    elif args.reference:
+        path = args.dir + "-reference"
+        make_reference_folder(path, args.num, args.resolution)
     else:
         path = args.dir
         make_synthetic(path, args.num, args.resolution, args.latent_dtype)
-    ds = open_dataset(path)
+    ds = open_folder(path)
     print(f"dataset: {ds}")
     batches_per_epoch = len(ds) // args.batch_size
     for workers in args.workers:

@@ -77,7 +77,7 @@ def repa_step(depth: int, batch: int, encoder_depth: int):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    net = build_model(model_config("MMDiT-d12/2", depth=depth, hidden_size=32 * depth, num_heads=depth,
+    net = build_model(model_config("MMDiT-12x384/2", depth=depth, hidden_size=32 * depth, num_heads=depth,
                                    encoder_depth=encoder_depth, encoder_dims=(768,))).to(device).train()
     ema = copy.deepcopy(net).requires_grad_(False)
     params, ema_params = list(net.parameters()), list(ema.parameters())
@@ -131,7 +131,7 @@ def repa_loop_step_s(depth: int, batch: int, warmup: int, steps: int, encoder_de
     from repa.training import train
 
     n, rng = batch * 4, np.random.default_rng(0)
-    mcfg = model_config("MMDiT-d12/2", depth=depth, hidden_size=32 * depth, num_heads=depth, input_size=32,
+    mcfg = model_config("MMDiT-12x384/2", depth=depth, hidden_size=32 * depth, num_heads=depth, input_size=32,
                         encoder_depth=encoder_depth, encoder_dims=(768,))
     key = f"tokens:dinov2-vit-b@256/{mcfg.grid_size}"
     dataset = TextArrayDataset(np.zeros((n, 3, 256, 256), np.uint8), rng.standard_normal((n, L, CONTEXT), np.float32),

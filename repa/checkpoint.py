@@ -26,7 +26,7 @@ from repa import distributed
 from repa.config import ConfigError, ModelConfig, TrainConfig, diff, to_json, train_config_from_dict
 from repa.integrity import (DIGEST_KEY, add_state_digest, check_finite, checkpoint_write_error, describe_load_failure,
                             verify_state_digest)
-from repa.models import build_model, heads_of, size_of
+from repa.models import build_model, heads_of, model_name
 from repa.models.released import ORIGINS, resolve_origin
 from repa.utils import atomic_write, atomic_write_text, library_versions, sha256_file
 
@@ -273,8 +273,7 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
         i += 1
     num_classes = 0 if table is None else int(args.get("num_classes", rows - 1 if rows % 10 == 1 else rows))
     class_dropout = float(args.get("cfg_prob", 0.1 if rows == num_classes + 1 else 0.0))
-    size = size_of(int(depth), int(width))
-    name = f"SiT-{size}/{patch}" if size else str(args.get("model", f"SiT-custom/{patch}"))
+    name = model_name("SiT", int(depth), int(width), int(patch))     # what the weights' shapes say it is
     # Heads are not visible in shapes: the paper's widths have fixed head counts, others use 64-d heads.
     heads = int(args.get("num_heads", heads_of(int(width))))
     encoder_depth = int(args.get("encoder_depth", min(8, depth)))

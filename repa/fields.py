@@ -3,6 +3,7 @@ invalid value (``ConfigError``, re-exported by ``repa.config``): every field is 
 added later is covered without a new line."""
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import types
@@ -18,9 +19,46 @@ class UsageError(ConfigError):
     """A command line does not parse (unknown flag, bad value, missing argument)."""
 
 
+_FOUND: contextvars.ContextVar[list | None] = contextvars.ContextVar("repa_config_errors", default=None)
+
+
 def _require(ok: bool, field_name: str, message: str) -> None:
+    """ConfigError ``field: message`` unless ``ok``; inside ``collect`` the problem is noted and checking goes on."""
     if not ok:
-        raise ConfigError(f"{field_name}: {message}")
+        _report(f"{field_name}: {message}")
+
+
+def _report(problem: str) -> None:
+    found = _FOUND.get()
+    if found is None:
+        raise ConfigError(problem)
+    found.append(problem)
+
+
+def collect(*checks) -> None:
+    """Run every check (a callable of no argument) and raise one ConfigError naming every field in error, each with
+    its first problem, ``; ``-joined, so a config with several bad fields is fixed in one go. A check stops at its
+    first raised ConfigError, or where it breaks (TypeError ...) on a value already reported. Nested inside another
+    ``collect``, the problems go to the outer one, which raises."""
+    outer = _FOUND.get()
+    found: list[str] = [] if outer is None else outer
+    token = _FOUND.set(found)
+    try:
+        for check in checks:
+            try:
+                check()
+            except ConfigError as exc:
+                found.append(str(exc))
+            except (TypeError, ValueError, AttributeError, ZeroDivisionError, KeyError, IndexError):
+                if not found:                 # no reported value explains it: a bug, keep the traceback
+                    raise
+    finally:
+        _FOUND.reset(token)
+    if found and outer is None:
+        first: dict[str, str] = {}
+        for problem in found:
+            first.setdefault(problem.split(": ", 1)[0], problem)
+        raise ConfigError("; ".join(first.values()))
 
 
 INT_LIMIT = 2 ** 63 - 1                # every integer field fits a signed 64-bit integer (seeds, steps, sizes)
@@ -32,7 +70,19 @@ def check_fields(cfg: Any, prefix: str = "") -> None:
     of its choices, nested sections recursively. Fields added later are covered by their type; the specific
     ranges are checked after this (``validate_model`` ...)."""
     for name, tp in typing.get_type_hints(type(cfg)).items():
-        _check_value(getattr(cfg, name), tp, prefix + name)
+        value = getattr(cfg, name)
+        if dataclasses.is_dataclass(tp) and isinstance(value, tp):
+            check_fields(value, prefix + name + ".")
+            continue
+        token, problem = _FOUND.set(None), None     # a field stops at its first problem (inside ``collect``, the
+        try:                                        # next field is checked all the same)
+            _check_value(value, tp, prefix + name)
+        except ConfigError as exc:
+            problem = str(exc)
+        finally:
+            _FOUND.reset(token)
+        if problem is not None:
+            _report(problem)
 
 
 def _check_value(value: Any, tp: Any, name: str) -> None:

@@ -40,8 +40,10 @@ import torch
 
 from repa.autoencoder import sample_latents
 from repa.conditions import condition_of
-from repa.config import ConfigError, ObjectiveConfig, TrainConfig, validate_train
+from repa.config import ConfigError, ObjectiveConfig, TrainConfig
+from repa.config_validate import validate_train
 from repa.diffusion.objective import iddpm_repa_loss
+from repa.fields import collect
 from repa.losses import (LossOutput, alignment_loss, denoising_loss, self_alignment_loss, spatial_normalize,
                          with_alignment)
 from repa.paths import get_path
@@ -356,10 +358,10 @@ def get_objective(kind: str) -> Objective:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Validate a whole training config: every field (``repa.config.validate_train``), then its objective's own
-    checks (``objective.kind`` must be registered, the model must predict what it trains, options it lacks)."""
-    validate_train(cfg)
-    get_objective(cfg.objective.kind).check(cfg)
+    """Validate a whole training config: every field (``repa.config_validate.validate_train``) and its objective's
+    own checks (``objective.kind`` must be registered, the model must predict what it trains, options it lacks),
+    every problem in one ConfigError."""
+    collect(lambda: validate_train(cfg), lambda: get_objective(cfg.objective.kind).check(cfg))   # all at once
 
 
 def repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: list[torch.Tensor] | None,

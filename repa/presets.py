@@ -15,6 +15,7 @@ import dataclasses
 
 from repa.config import ConfigError, DataConfig, ObjectiveConfig, TrainConfig
 from repa.encoders import encoder_dims
+from repa.model_names import FAMILY_OBJECTIVE
 from repa.models import model_config
 
 
@@ -25,7 +26,7 @@ def _imagenet(model: str, encoder_depth: int, resolution: int, proj_coeff: float
     return TrainConfig(
         model=model_config(model, input_size=latent, in_channels=4, num_classes=1000, encoder_depth=encoder_depth,
                            encoder_dims=encoder_dims(teachers)),
-        objective=ObjectiveConfig(proj_coeff=proj_coeff),
+        objective=ObjectiveConfig(kind=FAMILY_OBJECTIVE[model.split("-")[0]], proj_coeff=proj_coeff),
         data=DataConfig(resolution=resolution),
         encoders=teachers,
         run_dir=f"runs/{model.replace('/', '-').lower()}-{tag}-{resolution}",
@@ -92,7 +93,7 @@ def coco(proj_coeff: float, resolution: int = 256) -> TrainConfig:
     to the empty caption, DINOv2-B, encoder depth 8, lambda 0.5, batch 256, lr 1e-4, fp16, 400K steps."""
     teachers = ("dinov2-vit-b",)
     return TrainConfig(
-        model=model_config("MMDiT-d24/2", input_size=resolution // 8, in_channels=4, class_dropout=0.1,
+        model=model_config("MMDiT-24x768/2", input_size=resolution // 8, in_channels=4, class_dropout=0.1,
                            context_dim=768, encoder_depth=8, encoder_dims=encoder_dims(teachers)),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(resolution=resolution),
@@ -107,10 +108,8 @@ def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainCo
     teachers = ("efficientnet-lite0",)
     return TrainConfig(
         # a custom size, named for what it is (the paper's SiT-S is 12 x 384)
-        model=dataclasses.replace(
-            model_config("SiT-S/2", depth=depth, hidden_size=width, num_heads=4, input_size=28, in_channels=1,
-                         num_classes=10, encoder_depth=2, encoder_dims=encoder_dims(teachers), projector_dim=512,
-                         space="pixel"), name=f"SiT-{depth}x{width}/2"),
+        model=model_config(f"SiT-{depth}x{width}/2", num_heads=4, input_size=28, in_channels=1, num_classes=10,
+                           encoder_depth=2, encoder_dims=encoder_dims(teachers), projector_dim=512, space="pixel"),
         objective=ObjectiveConfig(proj_coeff=proj_coeff),
         data=DataConfig(path="runs/data/fashion-mnist", resolution=28, num_workers=0),
         encoders=teachers,
@@ -129,6 +128,11 @@ PRESETS = {
     "SiT-XL/2-vanilla-256": lambda: _imagenet("SiT-XL/2", 8, 256, 0.0),
     "SiT-XL/2-REPA-512": lambda: _imagenet("SiT-XL/2", 8, 512, 0.5),
     "SiT-XL/2-vanilla-512": lambda: _imagenet("SiT-XL/2", 8, 512, 0.0),
+    # DiT with the improved-DDPM objective (epsilon, learned variance): the SiT runs with the DiT family (docs/DIT.md)
+    "DiT-B/2-REPA-256": lambda: _imagenet("DiT-B/2", 4, 256, 0.5),
+    "DiT-B/2-vanilla-256": lambda: _imagenet("DiT-B/2", 4, 256, 0.0),
+    "DiT-XL/2-REPA-256": lambda: _imagenet("DiT-XL/2", 8, 256, 0.5),
+    "DiT-XL/2-vanilla-256": lambda: _imagenet("DiT-XL/2", 8, 256, 0.0),
     "SiT-B/2-iREPA-256": lambda: irepa("SiT-B/2", 4),
     "SiT-XL/2-iREPA-256": lambda: irepa("SiT-XL/2", 8),
     "SiT-B/2-SRA-256": lambda: sra("SiT-B/2", 4, 8),
@@ -151,10 +155,13 @@ def get_preset(name: str) -> TrainConfig:
 
 
 def describe() -> str:
-    """A plain-text table of the presets (``repa presets``): model, encoder depth, lambda, resolution, batch, encoders."""
-    lines = [f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders"]
+    """A plain-text table of the presets (``repa presets``): model, encoder depth, lambda, resolution, batch, the
+    teacher the objective runs ("none": vanilla twins keep the encoder only for the projectors' widths)."""
+    from repa.objectives import OBJECTIVES      # teacher: the encoders the objective runs (vanilla: none, lambda 0)
+    lines = [f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  teacher"]
     for name, make in PRESETS.items():
         c = make()
+        used = ",".join(c.encoders) if OBJECTIVES[c.objective.kind].teacher_needs(c).any else "none"
         lines.append(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
-                     f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
+                     f"{c.data.resolution:4d} {c.global_batch_size:5d}  {used}")
     return "\n".join(lines)

@@ -69,7 +69,7 @@ def _check_run_dir(cfg: TrainConfig, allow_config_change: bool) -> None:
     them) differs beyond resume-safe fields; nothing is written here (``config.json`` once the run has resumed)."""
     old = _run_config(cfg)
     if old is not None:
-        changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS}
+        changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS and "wandb_run." not in k}
         model = {k: v for k, v in changed.items() if k.startswith("model.")}
         if model and allow_config_change:      # no checkpoint of the run could load into another network
             listing = "; ".join(f"{k}: {old_v!r} -> {new_v!r}" for k, (old_v, new_v) in model.items())
@@ -100,8 +100,8 @@ def _open_dataset(cfg: TrainConfig, dataset):
         return dataset
     if not cfg.data.path:
         raise ConfigError("data.path: no dataset given; prepare one with `repa prepare` and pass --data.path DIR")
-    from repa.data import open_dataset
-    return open_dataset(cfg.data.path)
+    from repa.data.layouts import open_folder      # a prepared dataset, or a reference folder read as it is
+    return open_folder(cfg.data.path)
 
 
 # ---- the training loop -------------------------------------------------------------------------------------------
@@ -127,9 +127,9 @@ def check_config(cfg: TrainConfig) -> None:
     """The checks of ``cfg`` that need neither data nor a device (``repa train`` runs them first; ``--dry-run``
     stops after them): the fields and the objective, the encoders, the packages the logging needs."""
     from repa.encoders import check_train_encoders
+    from repa.fields import collect
     from repa.preflight import check_logging_packages
-    validate(cfg)
-    check_train_encoders(cfg)
+    collect(lambda: validate(cfg), lambda: check_train_encoders(cfg))     # every problem in one error
     check_logging_packages(cfg)
 
 
@@ -314,5 +314,5 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         if stop_signal:
             raise Interrupted(stop_signal, step, last_ckpt)
         if cfg.sample_every and step % cfg.sample_every == 0 and process.is_main:
-            sample_preview(ema, cfg, step)
+            sample_preview(ema, cfg, step, log)
     return last_ckpt

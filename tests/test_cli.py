@@ -35,7 +35,7 @@ def test_bad_values_name_the_field(capsys, args, message):
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_is_valid(name):
-    from repa.config import validate_train
+    from repa.config_validate import validate_train
     validate_train(get_preset(name))
 
 

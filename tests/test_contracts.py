@@ -168,18 +168,19 @@ def test_repa_has_no_import_circles():
 # (function-body imports count). Each module belongs to the layer of the longest name below that it starts with.
 LAYERS = [
     ("foundation: config, paths, file and device guards",
-     ["repa", "repa.config", "repa.fields", "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
+     ["repa", "repa.config", "repa.config_validate", "repa.model_names", "repa.fields", "repa.logging_config",
+      "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
       "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
      ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
-      "repa.text_encoders", "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.evaluation.fid", "repa.evaluation.inception",
+      "repa.text_encoders", "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.data.layouts", "repa.evaluation.fid", "repa.evaluation.inception",
       "repa.evaluation.npz", "repa.evaluation.prdc", "repa.analysis.metrics", "repa.analysis.probe",
       "repa.analysis.plots", "repa.analysis.features"]),
     ("pipelines: checkpoints, sampling, training, evaluation, analysis",
-     ["repa.checkpoint", "repa.samplers", "repa.presets", "repa.visualize", "repa.training", "repa.training_utils",
+     ["repa.checkpoint", "repa.config_sources", "repa.samplers", "repa.presets", "repa.visualize", "repa.training", "repa.training_utils",
       "repa.evaluation", "repa.analysis"]),
     ("the demo", ["repa.demo"]),
-    ("the command line", ["repa.cli", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
+    ("the command line", ["repa.cli", "repa.cli_parsing", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
                           "repa.data.prepare_cli"]),
 ]
 

@@ -9,7 +9,8 @@ import torch
 
 import repa
 from repa.checkpoint import infer_model_config
-from repa.config import ConfigError, ObjectiveConfig, validate_objective
+from repa.config import ConfigError, ObjectiveConfig
+from repa.config_validate import validate_objective
 from repa.diffusion import iddpm_repa_loss, timesteps_from_time
 from repa.objectives import repa_loss
 from repa.models import MODELS, build_model, model_config

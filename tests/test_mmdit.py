@@ -15,7 +15,7 @@ from repa.models import MODELS, build_model, model_config
 def tiny(**kw):
     fields = dict(depth=2, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1, encoder_dims=(16,),
                   projector_dim=24, context_dim=12)
-    return model_config("MMDiT-d24/2", **{**fields, **kw})
+    return model_config("MMDiT-24x768/2", **{**fields, **kw})
 
 
 def perturbed(cfg, seed=0):
@@ -33,7 +33,7 @@ def test_registry_sizes_are_the_references():
         if name.startswith("MMDiT-"):
             d = size["depth"]
             assert (size["hidden_size"], size["num_heads"], size["patch_size"], size["num_classes"]) == (32 * d, d, 2, 0)
-    cfg = model_config("MMDiT-d24/2")
+    cfg = model_config("MMDiT-24x768/2")
     assert (cfg.hidden_size, cfg.num_heads, cfg.context_dim, cfg.class_dropout) == (768, 24, 768, 0.1)
     # the reference's MMDiT(input_size=32, z_dims=[768], encoder_depth=8) has 512,415,504 parameters (counted once
     # with the reference code at commit 67f7145)
@@ -178,7 +178,7 @@ def test_a_reference_training_checkpoint_loads_through_load_model(tmp_path):
                path)
     loaded = repa.load_model(path)
     assert loaded.step == 5 and loaded.train_config is None
-    want = dataclasses.replace(net.config, name="MMDiT-d2/2", num_heads=2)
+    want = dataclasses.replace(net.config, name="MMDiT-2x64/2", num_heads=2)
     assert loaded.config == want
     gen = torch.Generator().manual_seed(3)
     x, t, ctx = torch.randn(2, 4, 8, 8, generator=gen), torch.rand(2, generator=gen), torch.randn(2, 4, 12, generator=gen)

@@ -40,7 +40,8 @@ def test_registry_has_every_size_and_patch():
     for size in ("S", "B", "L", "XL"):
         for patch in (1, 2, 4, 8):
             assert f"SiT-{size}/{patch}" in MODELS
-    assert MODELS["SiT-XL/2"] == {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2}
+    assert MODELS["SiT-XL/2"] == {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2,
+                                  "learn_sigma": False, "prediction": "velocity"}
 
 
 @pytest.mark.parametrize("name", SIT_NAMES)

@@ -40,7 +40,7 @@ def pair(ref, input_size):
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ours = build_model(model_config("MMDiT-d24/2", depth=3, hidden_size=96, num_heads=3, input_size=input_size,
+    ours = build_model(model_config("MMDiT-24x768/2", depth=3, hidden_size=96, num_heads=3, input_size=input_size,
                                     encoder_depth=2, encoder_dims=(32,), projector_dim=48))
     ours.load_state_dict(net.state_dict(), strict=True)
     return net.eval(), ours.eval()
@@ -84,4 +84,4 @@ def test_reference_training_checkpoint_loads_through_load_model(ref, tmp_path):
                                                                                                  generator=gen)
     with torch.no_grad():
         assert (net(x, t, context=ctx)[0] - loaded.model(x, t, ctx)).abs().max() <= 1e-5
-    assert loaded.config.name == "MMDiT-d3/2" and loaded.config.num_heads == 3 and loaded.step == 7
+    assert loaded.config.name == "MMDiT-3x96/2" and loaded.config.num_heads == 3 and loaded.step == 7

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import repa
-from repa.config import ConfigError, ObjectiveConfig, apply_overrides, validate_train
+from repa.config import ConfigError, ObjectiveConfig, apply_overrides
+from repa.config_validate import validate_train
 from repa.models import build_model
 from repa.objectives import repa_loss
 from repa.samplers import sample, sample_with_class_token

@@ -90,7 +90,7 @@ def test_loader_draws_captions_per_step_independent_of_world_size_and_resumes():
 
 
 def text_config(run_dir, **overrides):
-    model = model_config("MMDiT-d12/2", depth=2, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1,
+    model = model_config("MMDiT-12x384/2", depth=2, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1,
                          encoder_dims=(16,), projector_dim=32, context_dim=6, class_dropout=0.25)
     cfg = tiny_train_config(run_dir, model=model, max_steps=6, ckpt_every=3, log_every=3, global_batch_size=8)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, resolution=32), **overrides)
@@ -132,7 +132,7 @@ def test_text_flags_resolve_to_the_options():
 def test_text_sampling_refuses_missing_or_misplaced_captions(tmp_path):
     from repa.evaluation.text import TextOptions, read_prompts, text_source
     from tests.conftest import tiny_model_config
-    model = model_config("MMDiT-d12/2", depth=1, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1,
+    model = model_config("MMDiT-12x384/2", depth=1, hidden_size=32, num_heads=2, input_size=8, encoder_depth=1,
                          encoder_dims=(), context_dim=6)
     with pytest.raises(ConfigError, match="give --prompts FILE .* or --captions DATASET"):
         text_source(model, None, num=1)

@@ -62,7 +62,7 @@ def prepare(coco: Path, split: str, out: Path, clip: Path, vae: Path, *extra) ->
 
 
 def text_train_config(run_dir, data: Path, **overrides):
-    model = model_config("MMDiT-d12/2", depth=2, hidden_size=32, num_heads=2, input_size=16, encoder_depth=1,
+    model = model_config("MMDiT-12x384/2", depth=2, hidden_size=32, num_heads=2, input_size=16, encoder_depth=1,
                          encoder_dims=(112,), projector_dim=32, context_dim=16, class_dropout=0.2)
     cfg = tiny_train_config(run_dir, model=model, encoders=("efficientnet-lite0",), max_steps=8, ckpt_every=2,
                             log_every=2, global_batch_size=8)

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from repa.config import ConfigError
 from repa.data.protocol import Dataset, check_text_dataset
+from repa.data.store import PreparedDataset
 from repa.data.verify import verify_dataset
 
 
 def check_dataset_for_model(cfg, dataset: Dataset) -> None:
     """Refuse a dataset whose images (or latents), resolution or labels do not fit ``cfg`` (a TrainConfig).
 
-    For a prepared dataset (one with a ``path``) the shard files are also checked against the manifest (sizes,
-    shapes, dtypes; the full hashes stay with ``repa prepare --verify``).
+    For a prepared dataset the shard files are also checked against the manifest (sizes, shapes, dtypes; the full
+    hashes stay with ``repa prepare --verify``); a reference folder (``repa.data.layouts``) checks itself when it
+    opens.
 
     Raises:
         ConfigError: naming the mismatch and the flag that fixes it.
@@ -35,7 +37,7 @@ def check_dataset_for_model(cfg, dataset: Dataset) -> None:
     if cfg.data.resolution != dataset.resolution:
         raise ConfigError(f"data.resolution is {cfg.data.resolution} but {where} holds {dataset.resolution}px "
                           f"images: set --data.resolution {dataset.resolution}")
-    if dataset.path is not None:
+    if isinstance(dataset, PreparedDataset):
         problems = verify_dataset(dataset.path, check_hashes=False)
         if problems:
             raise ConfigError(f"{where} does not match its manifest: {'; '.join(problems[:3])}"
@@ -46,6 +48,9 @@ def check_dataset_for_model(cfg, dataset: Dataset) -> None:
         return
     if m.num_classes == 0:                         # an unconditional model reads no labels
         return
+    if dataset.num_classes == 0:
+        raise ConfigError(f"{where} has no class labels but the model is class-conditional: train it unconditional "
+                          "(--model.num-classes 0 --model.class-dropout 0), or give a labelled dataset")
     labels = dataset.labels
     if len(labels):
         low, high = int(labels.min()), int(labels.max())

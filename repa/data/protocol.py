@@ -1,10 +1,11 @@
 """The dataset interface that training, the loader, evaluation and analysis read; nothing else is asked of a dataset.
 
-Two classes implement it: ``repa.data.store.PreparedDataset`` (a folder written by ``repa prepare``) and
-``repa.data.memory.ArrayDataset`` (arrays in memory). A captioned dataset (text-to-image) is a ``Dataset`` that is
-also a ``TextDataset``. Both subclass ``Dataset`` so that a missing member is an
-error where the class is written, not an ``AttributeError`` deep inside a training run; a third-party dataset may
-subclass it too, or only provide the same members (the protocol is runtime-checkable).
+``repa.data.store.PreparedDataset`` (a folder written by ``repa prepare``), ``repa.data.memory.ArrayDataset`` (arrays
+in memory) and the readers of the reference's own folders (``repa.data.layouts``) implement it. They subclass
+``Dataset`` so that a missing member is an error where the class is written, not an ``AttributeError`` deep inside a
+training run; a third-party dataset may subclass it too, or only provide the same members (the protocol is
+runtime-checkable). A captioned dataset
+(text-to-image) is also a ``TextDataset``.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ class Dataset(Protocol):
         class_names: class names, index = label.
         labels: int64 (N,), the label of every item.
         has_latents: ``get_batch`` can return ``"latent_mean"`` and ``"latent_std"`` (the VAE posterior moments).
-        path: the folder ``repa prepare`` wrote (training checks it against its manifest; evaluation caches
-            reference statistics by it), or None for data with no such folder, e.g. held in memory.
+        path: the folder ``repa prepare`` wrote (training checks it against its manifest), or the reference folder
+            read as it is (``repa.data.layouts``); evaluation caches reference statistics by it. None for data with
+            no folder, e.g. held in memory.
     """
 
     resolution: int

@@ -31,7 +31,8 @@ def _check_shard(root: str, field: str, k: int, count: int, dtype: str, item_sha
 
 
 def verify_dataset(path: str | os.PathLike, *, check_hashes: bool = True) -> list[str]:
-    """Re-check a dataset: manifest, shard shapes and dtypes, counts, sha256 of every file, labels, token caches.
+    """Re-check a dataset: manifest, shard shapes and dtypes, counts, sha256 of every file, labels, token caches;
+    for a reference folder (``repa.data.layouts``) every file's shape (``check_hashes``: decode every image).
 
     Args:
         path: dataset directory.
@@ -40,6 +41,12 @@ def verify_dataset(path: str | os.PathLike, *, check_hashes: bool = True) -> lis
         a list of problems, empty when the dataset is intact.
     """
     root = os.path.abspath(os.fspath(path))
+    from repa.data import layouts
+    if layouts.detect_layout(root) is not None:            # a reference folder: every file against the first
+        try:
+            return layouts.open_folder(root).scan(decode=check_hashes)
+        except store.DataError as exc:
+            return [str(exc)]
     try:
         m = store.open_manifest(root)
     except (FileNotFoundError, store.DataError) as exc:

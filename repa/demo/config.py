@@ -108,7 +108,8 @@ class DemoConfig:
 
 def validate_demo(demo: DemoConfig) -> None:
     """Refuse settings the job cannot run, naming the field."""
-    from repa.config import TIME_SAMPLINGS, ConfigError
+    from repa.config import ConfigError
+    from repa.config_validate import TIME_SAMPLINGS
     unknown = [a for a in demo.arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"arms: unknown arm(s) {unknown}; known arms: {', '.join(ARMS)}")
@@ -158,14 +159,14 @@ def _check_before_any_stage(demo: DemoConfig) -> None:
 
 def demo_model(demo: DemoConfig, encoder_dim: int) -> ModelConfig:
     """The demo's SiT, named for what it is (a custom size, not one of the paper's)."""
-    from repa.config import validate_model
+    from repa.config_validate import validate_model
+    from repa.model_names import model_name
     size = demo.autoencoder.latent_size
     patch = size // TOKEN_GRID             # the SiT's token grid is the teacher's 7x7 grid
-    name = f"SiT-{demo.depth}x{demo.width}/{patch}"
-    cfg = ModelConfig(name=name, depth=demo.depth, hidden_size=demo.width, num_heads=demo.heads, patch_size=patch,
-                      input_size=size, in_channels=demo.autoencoder.latent_channels, num_classes=10,
-                      encoder_depth=demo.encoder_depth, encoder_dims=(encoder_dim,),
-                      projector_dim=demo.projector_dim, space="latent")
+    cfg = ModelConfig(name=model_name("SiT", demo.depth, demo.width, patch), depth=demo.depth,
+                      hidden_size=demo.width, num_heads=demo.heads, patch_size=patch, input_size=size,
+                      in_channels=demo.autoencoder.latent_channels, num_classes=10, encoder_depth=demo.encoder_depth,
+                      encoder_dims=(encoder_dim,), projector_dim=demo.projector_dim, space="latent")
     validate_model(cfg)
     return cfg
 

@@ -253,8 +253,8 @@ def _plan_reference(ref):
         return "dataset", ref, (ref.resolution, ref.resolution)
     path = Path(ref)
     if path.is_dir():
-        from repa.data import open_dataset
-        ds = open_dataset(path)
+        from repa.data.layouts import open_folder
+        ds = open_folder(path)
         return "dataset", ds, (ds.resolution, ds.resolution)
     if path.suffix == ".npz" or path.is_file():
         handle = open_reference(path)

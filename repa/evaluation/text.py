@@ -84,9 +84,9 @@ def text_source(config, text: TextOptions | None, *, num: int, device=None, enco
         source = TextSource(lambda idx: np.ones(len(idx), np.int64),
                             lambda idx, chosen: tokens[np.asarray(idx) % len(prompts)], None, settings)
     else:
-        from repa.data import open_dataset
+        from repa.data.layouts import open_folder
         from repa.data.protocol import check_text_dataset
-        dataset = open_dataset(text.captions)
+        dataset = open_folder(text.captions)          # a prepared folder or U-ViT's MS-COCO features
         check_text_dataset(dataset, config.context_dim)
         if num > len(dataset):
             raise ConfigError(f"--captions {text.captions} has {len(dataset)} items: sample at most that many "

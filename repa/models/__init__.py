@@ -7,44 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 
-from repa.config import ConfigError, ModelConfig, validate_model
+from repa.config import ConfigError, ModelConfig
+from repa.config_validate import validate_model
+from repa.model_names import FAMILY_FIELDS, PAPER_NAMES, SIZES, heads_of, model_name, parse_name, size_of
 from repa.models.dit import DiT
 from repa.models.mmdit import MMDiT
 from repa.models.released import ReleasedSiT
 from repa.models.sit import FeaturesView, ModelOutput, SiT
 
-# Sizes of the SiT/DiT papers: (depth, hidden size, heads).
-SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-PATCHES = {"SiT": (1, 2, 4, 8), "DiT": (2, 4, 8)}
-
 FAMILIES = {"SiT": SiT, "DiT": DiT, "MMDiT": MMDiT}
 # Networks whose own time convention is not repa's, converted at every call (repa.models.released).
 CONVERTED = {"noise_at_0": ReleasedSiT}
-# DiT as released: epsilon and the variance interpolation (2C channels), trained with the improved-DDPM objective.
-FAMILY_DEFAULTS = {"SiT": {}, "DiT": {"learn_sigma": True, "prediction": "epsilon"}}
 
-MODELS: dict[str, dict] = {
-    f"{family}-{size}/{patch}": {"depth": d, "hidden_size": w, "num_heads": h, "patch_size": patch,
-                                 **FAMILY_DEFAULTS[family]}
-    for family, patches in PATCHES.items()
-    for size, (d, w, h) in SIZES.items()
-    for patch in patches
-}
-# MMDiT as the REPA reference builds it (sihyun-yu/REPA models/mmdit.py): named by depth as in SD3, hidden size
-# 32 x depth, heads = depth, patch 2, text-conditioned (no label table) with caption dropout 0.1.
+# The papers' names, each with the fields it sets (size, patch, and what its family predicts: DiT as released
+# predicts epsilon and the variance interpolation, 2C channels, trained with the improved-DDPM objective).
+MODELS: dict[str, dict] = {name: {k: v for k, v in parse_name(name).items() if k != "family"}
+                           | FAMILY_FIELDS[parse_name(name)["family"]] for name in PAPER_NAMES}
+# MMDiT as the REPA reference builds it (sihyun-yu/REPA models/mmdit.py): hidden size 32 x depth, heads = depth,
+# patch 2, text-conditioned (no label table) with caption dropout 0.1; named depth x width.
 MMDIT_DEPTHS = (12, 18, 24, 30)
-MODELS.update({f"MMDiT-d{d}/2": {"depth": d, "hidden_size": 32 * d, "num_heads": d, "patch_size": 2,
-                                 "num_classes": 0} for d in MMDIT_DEPTHS})
-
-
-def size_of(depth: int, hidden_size: int) -> str | None:
-    """The paper's size name (``"XL"``) of a network with this depth and width, or None for a custom size."""
-    return next((name for name, (d, w, _) in SIZES.items() if (d, w) == (depth, hidden_size)), None)
-
-
-def heads_of(hidden_size: int) -> int:
-    """Attention heads of the paper's size with this width; 64-d heads for other widths."""
-    return next((h for _, w, h in SIZES.values() if w == hidden_size), max(1, hidden_size // 64))
+MODELS.update({f"MMDiT-{d}x{32 * d}/2": {"depth": d, "hidden_size": 32 * d, "num_heads": d, "patch_size": 2,
+                                        "num_classes": 0, **FAMILY_FIELDS["MMDiT"]} for d in MMDIT_DEPTHS})
 
 
 def register_family(name: str, cls) -> None:
@@ -53,14 +36,19 @@ def register_family(name: str, cls) -> None:
 
 
 def model_config(name: str, **overrides) -> ModelConfig:
-    """The ModelConfig of preset ``name`` (e.g. ``"SiT-XL/2"``), with field overrides, validated."""
-    if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {name!r}; known models: {', '.join(MODELS)}")
+    """The ModelConfig of model ``name`` (``"SiT-XL/2"``, or a custom size ``"SiT-6x128/1"``) with field
+    overrides, validated. The name sets the size, the patch and what the family predicts; overridden size fields
+    rename the model for what it is (``model_config("SiT-B/2", depth=6)`` is ``SiT-6x768/2``)."""
+    parts = parse_name(name, tuple(FAMILIES))
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     bad = sorted(set(overrides) - fields)
     if bad:
         raise ConfigError(f"unknown model field(s) {bad}; known: {sorted(fields)}")
-    cfg = ModelConfig(name=name, **{**MODELS[name], **overrides})
+    family = parts.pop("family")
+    if "hidden_size" in overrides and "num_heads" not in overrides:
+        parts["num_heads"] = heads_of(overrides["hidden_size"])     # the heads follow the width
+    cfg = ModelConfig(name=name, **{**parts, **FAMILY_FIELDS.get(family, {}), **overrides})
+    cfg = dataclasses.replace(cfg, name=model_name(family, cfg.depth, cfg.hidden_size, cfg.patch_size))
     validate_model(cfg)
     return cfg
 
@@ -77,4 +65,4 @@ def build_model(cfg: ModelConfig):
 
 
 __all__ = ["MODELS", "SIZES", "SiT", "DiT", "MMDiT", "ReleasedSiT", "FeaturesView", "ModelOutput", "model_config",
-           "build_model", "register_family", "size_of", "heads_of"]
+           "build_model", "register_family", "size_of", "heads_of", "model_name", "parse_name"]
