@@ -248,6 +248,9 @@ def infer_model_config(state: dict[str, torch.Tensor], args: dict | None = None)
     """Rebuild the ModelConfig of a reference SiT/REPA (or REG) state dict from its shapes (and its args when
     given)."""
     args = args or {}
+    if "joint_blocks.0.x_block.attn.qkv.weight" in state:     # the reference's text-to-image MMDiT
+        from repa.models.mmdit import config_from_state
+        return config_from_state(state, args)
     required = ("pos_embed", "x_embedder.proj.weight", "final_layer.linear.weight")
     missing = [k for k in required if k not in state]
     if missing:

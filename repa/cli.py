@@ -19,7 +19,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-
 COMMANDS: dict[str, str] = {       # the lines of `repa --help`; each command's options and run: repa.commands
     "prepare": "prepare a dataset folder (images, VAE latents, token caches); reruns resume",
     "train": "train a SiT/DiT with (or without) REPA; reruns resume",

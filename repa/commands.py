@@ -18,7 +18,7 @@ from repa.analysis.run import AnalyzeOptions
 from repa.config import SampleConfig, TrainConfig
 from repa.data.command import PrepareOptions
 from repa.demo.config import DemoConfig
-
+from repa.evaluation.text import TextOptions
 
 Which = Literal["ema", "model"]
 Origin = Literal["auto", "repa", "sit", "dit"]
@@ -54,6 +54,7 @@ class _Sampled(_Model, _Device, _ConfigFile):
     sampling: Annotated[SampleConfig, arg(name="")] = field(default_factory=SampleConfig)
     seed: int = 0                     # seeds the start noise and the SDE's noise (sample i depends on (seed, i) only)
     vae: Optional[str] = None         # hub id or folder of the decoding VAE of latent models (default sd-vae-ft-ema)
+    text: Annotated[TextOptions, arg(name="")] = field(default_factory=TextOptions)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class SampleCommand(_Sampled):
         from repa.evaluation.generate import sample_to_npz
         sample_to_npz(self.checkpoint, self.out, self.sampling, num=self.num_samples, seed=self.seed,
                       labels=self.labels, batch_size=self.batch_size, vae=self.vae, which=self.which,
-                      device=self.device, origin=self.origin)
+                      device=self.device, origin=self.origin, text=self.text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +114,7 @@ class SampleGridCommand(_Sampled):
     def run(self):
         from repa.evaluation.generate import write_sample_grid
         write_sample_grid(self.checkpoint, self.out, self.sampling, num=self.num, seed=self.seed, vae=self.vae,
-                          which=self.which, origin=self.origin, device=self.device)
+                          which=self.which, origin=self.origin, device=self.device, text=self.text)
         print(f"wrote {self.out}")
 
 

@@ -37,8 +37,9 @@ class ModelConfig:
     patch_size: int = 2               # side of the square patches that become tokens
     input_size: int = 32              # latent (or pixel) side length
     in_channels: int = 4              # channels of the latents (4 for the SD-VAE) or of the pixels
-    num_classes: int = 1000           # class labels 0..num_classes-1; 0: an unconditional model (no label input)
-    class_dropout: float = 0.1        # > 0 adds the null class (index num_classes) for guidance
+    num_classes: int = 1000           # class labels 0..num_classes-1; 0: an unconditional (or MMDiT: text) model
+    class_dropout: float = 0.1        # > 0 adds the null class (index num_classes) for guidance; MMDiT: caption dropout
+    context_dim: int = 768            # MMDiT: width of the text encoder's tokens (CLIP ViT-L/14: 768)
     encoder_depth: int = 8            # 1-based block whose output the projectors read
     encoder_dims: tuple[int, ...] = (768,)   # one projector per encoder, output width E
     projector_dim: int = 2048         # hidden width of the projector MLP

@@ -48,6 +48,7 @@ def _model_checks(m: ModelConfig) -> None:
     _require(m.input_size >= 1, "model.input_size", f"must be >= 1, got {m.input_size}")
     _require(m.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {m.mlp_ratio}")
     _require(m.projector_dim >= 1, "model.projector_dim", f"must be >= 1, got {m.projector_dim}")
+    _require(m.context_dim >= 1, "model.context_dim", f"must be >= 1, got {m.context_dim}")
     _require(m.num_classes <= MAX_CLASSES, "model.num_classes", f"must be at most {MAX_CLASSES}, got {m.num_classes}")
     _require(m.hidden_size % m.num_heads == 0, "model.hidden_size",
              f"{m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
@@ -65,7 +66,10 @@ def _model_checks(m: ModelConfig) -> None:
              f"must be in 1..{m.depth} (the model depth), got {m.encoder_depth}")
     _require(0.0 <= m.class_dropout < 1.0, "model.class_dropout", f"must be in [0, 1), got {m.class_dropout}")
     _require(m.num_classes >= 0, "model.num_classes", f"must be >= 0 (0: unconditional), got {m.num_classes}")
-    _require(m.num_classes > 0 or m.class_dropout == 0, "model.class_dropout",
+    _require(m.family != "MMDiT" or (m.num_classes == 0 and m.prediction == "velocity" and not m.learn_sigma
+                                     and not m.class_token), "model.name", "an MMDiT is text-conditioned velocity "
+             "network: model.num_classes=0, prediction velocity, no learn_sigma or class_token")
+    _require(m.num_classes > 0 or m.class_dropout == 0 or m.family == "MMDiT", "model.class_dropout",
              f"an unconditional model (model.num_classes=0) has no label to drop: set model.class_dropout=0 "
              f"(got {m.class_dropout})")
     _require(all(e >= 1 for e in m.encoder_dims), "model.encoder_dims", f"must be positive, got {m.encoder_dims}")

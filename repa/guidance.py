@@ -132,13 +132,15 @@ class GuidedModel:
         tail_channels, tail_scale: REG's class token: the last ``tail_channels`` channels are mixed with their own
             scale ``tail_scale`` where the rest is guided (Martinser/REG ``samplers.py``: ``cls_cfg_scale`` > 0:
             u + s (c - u); 0: the conditional half alone).
+        condition: the condition whose null value guidance mixes against (default ``condition_for(model,
+            null_class)``); a text network's, bound to the empty caption (``TextContext.bind``).
     """
 
     def __init__(self, model, cond, *, cfg_scale: float = 1.0, interval: tuple[float, float] = (0.0, 1.0),
                  null_class: int | None = None, dtype: torch.dtype | None = None,
                  time_dtype: torch.dtype | None = None, channels: int | None = None,
                  guided_channels: int | None = None, path=None, tail_channels: int = 0,
-                 tail_scale: float | None = None):
+                 tail_scale: float | None = None, condition: Condition | None = None):
         check_guidance(cfg_scale, interval)
         if tail_channels:
             check_guidance(tail_scale, interval)
@@ -149,7 +151,7 @@ class GuidedModel:
         self.time_dtype = time_dtype or self.dtype
         self.channels, self.guided_channels = channels, guided_channels
         self.guides = self.cfg_scale != 1.0
-        condition = condition_for(model, null_class)
+        condition = condition or condition_for(model, null_class)
         condition.check_guidable(self.cfg_scale)
         self.null_cond = condition.null(cond) if self.guides else None
 

@@ -18,8 +18,12 @@ from repa.fields import ConfigError
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 PATCHES = {"SiT": (1, 2, 4, 8), "DiT": (2, 4, 8)}          # the patch sizes of the papers' names
 FAMILY_FIELDS = {"SiT": {"learn_sigma": False, "prediction": "velocity"},
-                 "DiT": {"learn_sigma": True, "prediction": "epsilon"}}
-FAMILY_OBJECTIVE = {"SiT": "interpolant", "DiT": "iddpm"}
+                 "DiT": {"learn_sigma": True, "prediction": "epsilon"},
+                 "MMDiT": {"learn_sigma": False, "prediction": "velocity", "num_classes": 0}}
+FAMILY_OBJECTIVE = {"SiT": "interpolant", "DiT": "iddpm", "MMDiT": "interpolant"}
+# MMDiT (text-to-image, repa.models.mmdit) has no paper sizes: always depth x width, heads = depth (the REPA
+# reference's rule: 32 x depth wide, 32-d heads)
+FAMILIES = (*PATCHES, "MMDiT")
 PAPER_NAMES = tuple(f"{family}-{size}/{patch}" for family, patches in PATCHES.items() for size in SIZES
                     for patch in patches)
 _NAME = re.compile(r"(?P<family>[A-Za-z]+)-(?:(?P<size>S|B|L|XL)|(?P<depth>[0-9]+)x(?P<width>[0-9]+))"
@@ -36,7 +40,7 @@ def size_of(depth: int, hidden_size: int) -> str | None:
     return next((name for name, (d, w, _) in SIZES.items() if (d, w) == (depth, hidden_size)), None)
 
 
-def parse_name(name: str, families=tuple(PATCHES)) -> dict:
+def parse_name(name: str, families=FAMILIES) -> dict:
     """The parts of model name ``name``: ``family``, ``depth``, ``hidden_size``, ``num_heads``, ``patch_size``.
 
     A paper size needs one of the paper's patches (``SiT-XL/2``, ``DiT-B/4``); a custom size ``DxW`` any patch
@@ -55,7 +59,7 @@ def parse_name(name: str, families=tuple(PATCHES)) -> dict:
         depth, width, heads = SIZES[match["size"]]
     else:
         depth, width = int(match["depth"]), int(match["width"])
-        heads = heads_of(width)
+        heads = depth if match["family"] == "MMDiT" and width % depth == 0 else heads_of(width)
     return {"family": match["family"], "depth": depth, "hidden_size": width, "num_heads": heads,
             "patch_size": int(match["patch"])}
 

@@ -219,8 +219,9 @@ def clean_inputs(ctx: StepContext) -> torch.Tensor:
 
 
 def condition_inputs(ctx: StepContext):
-    """The condition values of the batch with the condition's training dropout (stream ``condition``)."""
-    condition = condition_of(ctx.cfg.model)
+    """The condition values of the batch with the condition's training dropout (stream ``condition``) to its null
+    value (bound from the batch: a text condition's empty caption)."""
+    condition = condition_of(ctx.cfg.model).bind(ctx.batch)
     values = condition.values(ctx.batch, ctx.device)
     return condition.drop(values, ctx.uniform(ctx.generator("condition")))
 

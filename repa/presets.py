@@ -7,7 +7,7 @@ with the offline EfficientNet-Lite0 teacher.
 The successors of REPA (docs/VARIANTS.md) change only what their reference code changes from that run:
 ``-iREPA-`` (conv projector, spatially normalised targets), ``-SRA-`` (no teacher: the model's EMA),
 ``-HASTE-`` (attention-map alignment, both terms stopped at 250K steps), ``-REG-`` (the teacher's class token
-denoised with the image, weight 0.03).
+denoised with the image, weight 0.03). ``MMDiT-REPA-COCO-256`` is the reference's text-to-image run on MS-COCO.
 """
 from __future__ import annotations
 
@@ -87,6 +87,22 @@ def reg(model: str, encoder_depth: int, resolution: int = 256) -> TrainConfig:
         run_dir=base.run_dir.replace("-repa-", "-reg-"))
 
 
+def coco(proj_coeff: float, resolution: int = 256) -> TrainConfig:
+    """The reference's text-to-image run (sihyun-yu/REPA ``train_t2i.py`` defaults, README's command): MMDiT of
+    depth 24 (hidden 768, 24 heads) on MS-COCO 2014 with CLIP ViT-L/14 caption tokens (77 x 768), caption dropout 0.1
+    to the empty caption, DINOv2-B, encoder depth 8, lambda 0.5, batch 256, lr 1e-4, fp16, 400K steps."""
+    teachers = ("dinov2-vit-b",)
+    return TrainConfig(
+        model=model_config("MMDiT-24x768/2", input_size=resolution // 8, in_channels=4, class_dropout=0.1,
+                           context_dim=768, encoder_depth=8, encoder_dims=encoder_dims(teachers)),
+        objective=ObjectiveConfig(proj_coeff=proj_coeff),
+        data=DataConfig(resolution=resolution),
+        encoders=teachers,
+        run_dir=f"runs/mmdit-{'repa' if proj_coeff > 0 else 'vanilla'}-coco-{resolution}",
+        global_batch_size=256, max_steps=400_000, precision="fp16", ckpt_every=50_000, log_every=100,
+    )
+
+
 def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainConfig:
     """Small pixel-space SiT on Fashion-MNIST 28x28 (patch 2: 14x14 tokens), EfficientNet-Lite0 teacher."""
     teachers = ("efficientnet-lite0",)
@@ -124,6 +140,8 @@ PRESETS = {
     "SiT-XL/2-HASTE-256": lambda: haste("SiT-XL/2"),
     "SiT-B/2-REG-256": lambda: reg("SiT-B/2", 4),
     "SiT-XL/2-REG-256": lambda: reg("SiT-XL/2", 8),
+    "MMDiT-REPA-COCO-256": lambda: coco(0.5),
+    "MMDiT-vanilla-COCO-256": lambda: coco(0.0),
     "fmnist-REPA": lambda: fmnist(0.5),
     "fmnist-vanilla": lambda: fmnist(0.0),
 }

@@ -258,9 +258,11 @@ def has_class_token(model) -> bool:
 
 def run_sampling(model, noise: torch.Tensor, cond, settings: Sampling, *, generator=None, path=None,
                  null_class: int | None = None, dtype: torch.dtype | None = None,
-                 class_token_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Integrate resolved ``settings`` from ``noise`` (t = 1) to data (t = 0): guidance wraps the network once,
-    then the sampler runs. Returns the sample (noise's dtype) and REG's class token (None without one)."""
+                 class_token_noise: torch.Tensor | None = None,
+                 condition=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Integrate resolved ``settings`` from ``noise`` (t = 1) to data (t = 0): guidance wraps the network once
+    (against ``condition``'s null value, default the network's), then the sampler runs. Returns the sample (noise's
+    dtype) and REG's class token (None without one)."""
     if isinstance(model, LoadedModel):        # its training interpolant is the default path
         path = path or model.interpolant
         model = model.model
@@ -287,7 +289,7 @@ def run_sampling(model, noise: torch.Tensor, cond, settings: Sampling, *, genera
     denoiser = GuidedModel(model, cond, cfg_scale=settings.cfg_scale, interval=settings.guidance_interval,
                            null_class=null_class, dtype=dtype, time_dtype=sampler.time_dtype,
                            channels=x.shape[1] if sampler.data_channels_only else None,
-                           guided_channels=guided_channels, path=path, **tail)
+                           guided_channels=guided_channels, path=path, condition=condition, **tail)
     out = sampler.run(denoiser, x.double(), sampler.times(settings.steps), generator).to(noise.dtype)
     if x is noise:
         return out, None
@@ -300,7 +302,7 @@ def sample(model, noise: torch.Tensor, cond, config: SampleConfig | None = None,
            generator: torch.Generator | list[torch.Generator] | None = None, path: str | None = None,
            null_class: int | None = None, dtype: torch.dtype | None = None,
            guided_channels: int | str | None = None, class_token_noise: torch.Tensor | None = None,
-           cls_cfg_scale: float | None = None) -> torch.Tensor:
+           cls_cfg_scale: float | None = None, condition=None) -> torch.Tensor:
     """Integrate from pure noise (t = 1) to data (t = 0) and return the final sample.
 
     Args:
@@ -328,13 +330,15 @@ def sample(model, noise: torch.Tensor, cond, config: SampleConfig | None = None,
             The class token is integrated and guided with the image (see ``sample_with_class_token``).
         cls_cfg_scale: REG networks only: the class token's guidance scale where the image is guided (default
             ``cfg_scale``; 0: conditional only, Martinser/REG's meaning); refused for other networks.
+        condition: the condition guidance takes its null value from (default the network's); a text network
+            (MMDiT, ``cond`` the caption tokens (B, L, D)) guides with ``TextContext.bind(empty_context)``.
     """
     settings = resolve_sampling(model, config, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                                 guidance_interval=guidance_interval, guided_channels=guided_channels,
                                 cls_cfg_scale=cls_cfg_scale)
     check_inputs(model, noise, cond)
     return run_sampling(model, noise, cond, settings, generator=generator, path=path, null_class=null_class,
-                        dtype=dtype, class_token_noise=class_token_noise)[0]
+                        dtype=dtype, class_token_noise=class_token_noise, condition=condition)[0]
 
 
 def check_inputs(model, noise, cond) -> None:
@@ -349,6 +353,12 @@ def check_inputs(model, noise, cond) -> None:
         if tuple(noise.shape[1:]) != want:
             raise ConfigError(f"noise must be (B, {', '.join(map(str, want))}) for {cfg.name}, got {tuple(noise.shape)}")
     if cond is None:
+        return
+    if cfg is not None and getattr(cfg, "family", None) == "MMDiT":      # caption tokens (B, L, context_dim)
+        if not isinstance(cond, torch.Tensor) or not cond.is_floating_point() or cond.ndim != 3 \
+                or cond.shape[0] != noise.shape[0] or cond.shape[-1] != cfg.context_dim:
+            raise ConfigError(f"cond must be caption tokens ({noise.shape[0]}, L, {cfg.context_dim}) float for "
+                              f"{cfg.name}, got {tuple(getattr(cond, 'shape', ()))}")
         return
     if not isinstance(cond, torch.Tensor) or cond.is_floating_point() or cond.is_complex() or cond.dtype == torch.bool \
             or tuple(cond.shape) != (noise.shape[0],):

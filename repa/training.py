@@ -185,12 +185,13 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     scaler = torch.amp.GradScaler(dev.type) if cfg.precision == "fp16" else None
 
     per_rank = cfg.global_batch_size // process.world_size
-    condition_key = condition_of(cfg.model).batch_key
-    keys = ([condition_key] if condition_key else []) + teachers.batch_keys
+    condition = condition_of(cfg.model)
+    keys = ([condition.batch_key] if condition.batch_key else []) + teachers.batch_keys
     keys += ["latent_mean", "latent_std"] if cfg.model.space == "latent" else ["image"]
     keys = list(dict.fromkeys(keys))               # a live teacher and a pixel model both read the images
     loader = BatchLoader(dataset, per_rank, seed=cfg.seed, rank=process.rank, world_size=process.world_size,
-                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda", keys=keys)
+                         num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda", keys=keys,
+                         readers=condition.readers)
     log = None
     try:
         state = TrainingState(cfg, net, ema, opt, scaler, loader, sharded=fsdp)

@@ -154,6 +154,13 @@ def sample_preview(ema, cfg: TrainConfig, step: int, log: MetricsLog | None = No
     global _preview_warned
     from repa.config import SampleConfig
     from repa.evaluation.generate import sample_grid_png
+    from repa.conditions import TextContext, condition_of
+    if isinstance(condition_of(cfg.model), TextContext):   # previews need captions, which the loop does not keep
+        if not _preview_warned:
+            warnings.warn("sample previews are off for a text-to-image model: sample a checkpoint with `repa "
+                          "sample-grid CKPT --prompts FILE`")
+            _preview_warned = True
+        return
     vae = None
     if cfg.model.space == "latent":
         from repa.autoencoder import cached_vae

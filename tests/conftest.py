@@ -123,3 +123,33 @@ def tiny_vae_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("vae") / "tiny-vae"
     vae.save_pretrained(path)
     return path
+
+
+def write_tiny_clip(path, width: int = 16, context_length: int = 12, seed: int = 0):
+    """A tiny random CLIP text model and a CLIPTokenizer over a written-out character vocabulary (a..z, 0..9 and a
+    few merges), saved to ``path`` as ``transformers`` saves them: the real classes, loaded back through the same
+    code as ``openai/clip-vit-large-patch14``."""
+    import json
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    path.mkdir(parents=True, exist_ok=True)
+    symbols = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("o", "f</w>")]
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + symbols + [s + "</w>" for s in symbols] + \
+        ["th", "the</w>", "an", "of</w>"]
+    (path / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=context_length)
+    torch.manual_seed(seed)
+    model = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
+                                         num_hidden_layers=2, num_attention_heads=2,
+                                         max_position_embeddings=context_length, bos_token_id=0, eos_token_id=1,
+                                         pad_token_id=1))
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """``write_tiny_clip`` once per session."""
+    return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")

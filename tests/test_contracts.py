@@ -24,9 +24,10 @@ PACKAGE = Path(repa.__file__).parent
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_parameter_of_every_model_gets_a_gradient_through_its_objective(name):
     """timm's habit: a parameter that the loss never reaches is a bug (a layer left out of forward, a detach)."""
-    patch = MODELS[name]["patch_size"]
+    patch, text = MODELS[name]["patch_size"], name.startswith("MMDiT-")      # MMDiT: caption tokens, no labels
     cfg = model_config(name, depth=2, hidden_size=32, num_heads=2, input_size=2 * patch, in_channels=2,
-                       num_classes=3, encoder_depth=1, encoder_dims=(5, 7), projector_dim=16)
+                       num_classes=0 if text else 3, encoder_depth=1, encoder_dims=(5, 7), projector_dim=16,
+                       context_dim=6)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     with torch.no_grad():                     # break adaLN-Zero / the zero output layer so every path carries signal
@@ -37,7 +38,7 @@ def test_every_parameter_of_every_model_gets_a_gradient_through_its_objective(na
     gen = torch.Generator().manual_seed(1)
     x0 = torch.randn(4, 2, cfg.input_size, cfg.input_size, generator=gen)
     tokens = [torch.randn(4, cfg.num_tokens, e, generator=gen) for e in cfg.encoder_dims]
-    labels = torch.tensor([0, 1, 2, cfg.null_class])
+    labels = torch.randn(4, 3, 6, generator=gen) if text else torch.tensor([0, 1, 2, cfg.null_class])
     out = repa_loss(model.forward_features, x0, labels, tokens, ObjectiveConfig(kind=kind),
                     t=torch.tensor([0.1, 0.4, 0.7, 0.95]), noise=torch.randn(x0.shape, generator=gen))
     out.total.backward()
@@ -172,7 +173,7 @@ LAYERS = [
       "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance", "repa.ema"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
      ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
-      "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.data.layouts", "repa.evaluation.fid", "repa.evaluation.inception",
+      "repa.text_encoders", "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.data.layouts", "repa.evaluation.fid", "repa.evaluation.inception",
       "repa.evaluation.npz", "repa.evaluation.prdc", "repa.analysis.metrics", "repa.analysis.probe",
       "repa.analysis.plots", "repa.analysis.features"]),
     ("pipelines: checkpoints, sampling, training, evaluation, analysis",

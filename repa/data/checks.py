@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from repa.config import ConfigError
-from repa.data.protocol import Dataset
+from repa.data.protocol import Dataset, check_text_dataset
 from repa.data.store import PreparedDataset
 from repa.data.verify import verify_dataset
 
@@ -43,6 +43,9 @@ def check_dataset_for_model(cfg, dataset: Dataset) -> None:
             raise ConfigError(f"{where} does not match its manifest: {'; '.join(problems[:3])}"
                               f"{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}; run "
                               f"`repa prepare --verify {where}` and prepare it again")
+    if m.family == "MMDiT":                        # a text model reads captions, not labels
+        check_text_dataset(dataset, m.context_dim)
+        return
     if m.num_classes == 0:                         # an unconditional model reads no labels
         return
     if dataset.num_classes == 0:

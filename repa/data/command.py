@@ -45,13 +45,17 @@ class PrepareOptions:
     batch_size: Optional[int] = None
     device: Optional[str] = None      # device of the VAE and encoders (default: cuda:LOCAL_RANK when available, else cpu)
     overwrite: bool = False           # delete an existing dataset in OUT and start again
+    # text-to-image: a COCO captions file (annotations/captions_train2014.json); SOURCE is then its image folder
+    captions: Optional[str] = None
+    text_encoder: str = "openai/clip-vit-large-patch14"  # --captions: CLIP text encoder (hub id or folder)
+    context_dtype: Literal["float32", "float16"] = "float32"  # --captions: storage of the caption tokens
     quiet: bool = False               # no progress bars
 
 
 def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions()) -> int:
     """``repa prepare`` as a function; prints what it did and returns the exit code.
 
-    ``paths`` (SOURCE, OUT) prepares OUT (``prepare_dataset``; ``latents`` stores the latents of the default VAE, ``vae``
+    ``paths`` (SOURCE, OUT) prepares OUT (with ``captions``, a COCO captions file: the caption tokens too) (``prepare_dataset``; ``latents`` stores the latents of the default VAE, ``vae``
     those of another; ``resolution`` 0 keeps the native size), then adds a token cache for each encoder of ``tokens``
     (``encoder_weights``: one local path per encoder, or none; ``token_grid``: default the grid of a /2 SiT). OUT
     alone with ``tokens`` only adds the caches; ``verify`` checks a folder against its manifest (1: problems found).
@@ -73,8 +77,9 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
     if len(paths) == 1 and opts.max_items is not None:
         raise ConfigError("--max-items chooses the items of a new dataset, and a token cache covers every item of "
                           "its dataset: prepare the subset with `repa prepare SOURCE OUT2 --max-items N --tokens ...`")
-    if len(paths) == 1 and (latents or vae):
-        raise ConfigError("adding latents needs the source: rerun `repa prepare SOURCE OUT --vae ...`")
+    if len(paths) == 1 and (latents or vae or opts.captions):
+        raise ConfigError("adding latents or captions needs the source: rerun `repa prepare SOURCE OUT --vae ...` "
+                          "(--captions FILE)")
     if encoder_weights and len(encoder_weights) != len(tokens):
         raise ConfigError(f"--encoder-weights: give one path per --tokens encoder ({len(tokens)}), "
                           f"got {len(encoder_weights)}")
@@ -90,7 +95,15 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
                         channels=opts.channels, hflip=opts.hflip, small=opts.small, chunk_size=opts.chunk_size,
                         num_workers=opts.workers, vae=vae or (DEFAULT_VAE if latents else None),
                         latent_dtype=opts.latent_dtype, batch_size=batch_size or 64, device=device,
-                        overwrite=opts.overwrite, progress=progress, max_items=opts.max_items)
+                        overwrite=opts.overwrite, progress=progress, max_items=opts.max_items, captions=opts.captions)
+        if opts.captions:
+            from repa.data.captions import build_caption_cache
+            from repa.text_encoders import load_text_encoder
+            import torch
+            encoder = load_text_encoder(opts.text_encoder, device or ("cuda" if torch.cuda.is_available() else None))
+            with claim_folder(out, "dataset", enabled=rank == 0):
+                build_caption_cache(out, opts.captions, encoder, dtype=opts.context_dtype,
+                                    batch_size=batch_size or 64, progress=progress)
         if rank == 0:         # the first line; skipped/converted files were already reported as warnings
             print(summary(store.read_json(os.path.join(out, store.MANIFEST)), os.path.abspath(out)).split("\n")[0])
     if tokens:

@@ -7,6 +7,7 @@ Background threads prefetch upcoming batches; the position counts only batches h
 """
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,16 +33,20 @@ class BatchLoader:
         num_workers: threads prefetching batches (0: load in the caller's thread).
         keys: the batch fields to keep (default: all).
         pin_memory: pin tensors for fast non-blocking host-to-GPU copies.
+        readers: fields computed instead of read by ``get_batch`` (a condition's ``readers``, e.g. one caption
+            drawn per item): name -> ``read(dataset, indices, uniforms) -> dict of arrays``; ``uniforms`` are this
+            rank's rows of U(0, 1) draws for the global batch from (seed, epoch, batch, name), so the draw is
+            independent of the world size and repeats exactly on resume.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, keys=None, pin_memory: bool = False, prefetch: int = 4):
+                 num_workers: int = 0, keys=None, pin_memory: bool = False, prefetch: int = 4, readers=None):
         global_batch = batch_size * world_size
         if len(dataset) < global_batch:
             raise DataError(f"the dataset has {len(dataset)} items, fewer than one global batch of {global_batch}")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.keys = rank, world_size, keys
-        self.pin_memory = pin_memory
+        self.pin_memory, self.readers = pin_memory, dict(readers or {})
         self.batches_per_epoch = len(dataset) // global_batch
         self.epoch, self.batch = 0, 0
         self.num_workers, self.prefetch = num_workers, max(prefetch, num_workers)
@@ -79,11 +84,14 @@ class BatchLoader:
         # get_batch returns items in the order asked (a prepared dataset reads them in file order internally), so
         # no reorder copy here; get_batch reads only the fields wanted (token caches are large)
         idx = self._indices(epoch, batch)
-        raw = self.dataset.get_batch(idx, keys=self.keys)
+        asked = None if self.keys is None else [k for k in self.keys if k not in self.readers]
+        raw = {k: v for k, v in self.dataset.get_batch(idx, keys=asked).items() if asked is None or k in asked}
+        for name, read in self.readers.items():
+            draws = np.random.Generator(np.random.PCG64([self.seed, epoch, batch, zlib.crc32(name.encode())]))
+            start = self.rank * self.batch_size
+            raw.update(read(self.dataset, idx, draws.random(self.batch_size * self.world_size)[start:start + len(idx)]))
         out = {}
         for key, value in raw.items():
-            if self.keys is not None and key not in self.keys:
-                continue
             tensor = torch.from_numpy(np.ascontiguousarray(value))
             out[key] = tensor.pin_memory() if self.pin_memory else tensor
         return out

@@ -50,3 +50,33 @@ class ArrayDataset(Dataset):
         """Batch key of the extra array ``"tokens:<encoder_name>@<resolution>/<token_grid>"``, or None."""
         key = f"tokens:{encoder_name}@{resolution}/{token_grid}"
         return key if key in self.extra else None
+
+
+class TextArrayDataset(ArrayDataset):
+    """Captioned images in memory (a ``repa.data.protocol.TextDataset``): images uint8 (N, C, H, W), every
+    caption's text tokens ``contexts`` float (M, L, D) item after item, ``caption_counts`` (N,) (sum M), the empty
+    caption's tokens ``empty_context`` (L, D), optional caption strings (one list per item), extra arrays (latents)."""
+
+    def __init__(self, images, contexts, caption_counts, empty_context, *, captions=None, **extra):
+        images = np.asarray(images)
+        super().__init__(images, np.zeros(len(images), np.int64), num_classes=0, **extra)
+        self.caption_counts = np.asarray(caption_counts, dtype=np.int64)
+        self.contexts = np.asarray(contexts, dtype=np.float32)
+        self.empty_context = np.asarray(empty_context, dtype=np.float32)
+        if self.caption_counts.shape != (len(images),) or (len(images) and self.caption_counts.min() < 1):
+            raise DataError(f"caption_counts must give >= 1 caption for each of the {len(images)} images")
+        if len(self.contexts) != self.caption_counts.sum() or self.contexts.shape[1:] != self.empty_context.shape:
+            raise DataError(f"{len(self.contexts)} contexts {self.contexts.shape[1:]} for {self.caption_counts.sum()} "
+                            f"captions with an empty context of {self.empty_context.shape}")
+        self._first = np.concatenate([[0], np.cumsum(self.caption_counts)[:-1]]).astype(np.int64)
+        self._captions = captions
+
+    def get_contexts(self, indices, caption_indices) -> np.ndarray:
+        """float32 (B, L, D): caption ``caption_indices[b]`` of item ``indices[b]``."""
+        idx, k = np.asarray(indices, np.int64), np.asarray(caption_indices, np.int64)
+        if np.any(k < 0) or np.any(k >= self.caption_counts[idx]):
+            raise IndexError("a caption index is outside 0..caption_counts - 1 of its item")
+        return self.contexts[self._first[idx] + k]
+
+    def captions(self, index: int) -> list[str] | None:
+        return None if self._captions is None else list(self._captions[index])

@@ -344,7 +344,8 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
                     chunk_size: int | None = None, num_workers: int | None = None, vae: str | None = None,
                     latent_dtype: str = "float32", batch_size: int = 64, device=None, overwrite: bool = False,
                     rank: int | None = None, world_size: int | None = None, progress: bool = True,
-                    max_items: int | None = None, _fail_after_chunks: int | None = None) -> str:
+                    max_items: int | None = None, captions: str | None = None,
+                    _fail_after_chunks: int | None = None) -> str:
     """Prepare (or finish preparing) a dataset directory.
 
     Args:
@@ -365,6 +366,7 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
         progress: show a progress bar (rank 0).
         max_items: prepare only this many items of the source (``repa.data.sources.balanced_subset``: spread
             evenly over the classes, each class's first items in the source's order); None: all.
+        captions: a COCO captions file: ``source`` is then its image folder (``repa.data.captions.list_coco``).
         _fail_after_chunks: test hook: raise after this many chunks were written in this call.
     Returns:
         ``out`` (absolute). Only rank 0 returns after the manifest exists; other ranks return after their chunks.
@@ -375,7 +377,8 @@ def prepare_dataset(source: str, out: str, *, split: str | None = None, resoluti
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     out = os.path.abspath(os.fspath(out))
-    listing = select_items(list_source(source, split), max_items)
+    from repa.data.captions import list_coco
+    listing = select_items(list_coco(source, captions, split) if captions else list_source(source, split), max_items)
     if resolution == -1:
         resolution = None if listing.native_size else 256
     channels = channels or (1 if listing.native_size else 3)

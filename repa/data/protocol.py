@@ -4,7 +4,8 @@
 in memory) and the readers of the reference's own folders (``repa.data.layouts``) implement it. They subclass
 ``Dataset`` so that a missing member is an error where the class is written, not an ``AttributeError`` deep inside a
 training run; a third-party dataset may subclass it too, or only provide the same members (the protocol is
-runtime-checkable).
+runtime-checkable). A captioned dataset
+(text-to-image) is also a ``TextDataset``.
 """
 from __future__ import annotations
 
@@ -60,3 +61,46 @@ class Dataset(Protocol):
     def token_cache_key(self, encoder_name: str, resolution: int, token_grid: int) -> str | None:
         """The ``get_batch`` key of cached tokens of this encoder setting, or None: the encoder must run live."""
         ...
+
+
+@runtime_checkable
+class TextDataset(Protocol):
+    """A captioned dataset (text-to-image): a ``Dataset`` without classes (``num_classes`` 0, ``class_names`` [],
+    ``labels`` int64 zeros (N,)) whose items have one or more captions, stored as text-encoder tokens.
+
+    The text condition (``repa.conditions.TextContext``) draws one caption per item per step and reads its tokens
+    with ``get_contexts``; latents and images come from ``get_batch`` (``"latent_mean"``, ``"latent_std"``,
+    ``"image"``) as for any dataset. Implemented by ``PreparedDataset`` (``repa prepare`` of MS-COCO captions),
+    ``repa.data.memory.TextArrayDataset`` and the readers of existing layouts (``repa.data.layouts``).
+
+    Attributes:
+        caption_counts: int64 (N,), how many captions (text contexts) item i has (>= 1).
+        empty_context: float32 (L, D), the empty caption's tokens: the null value of caption dropout and guidance.
+    """
+
+    caption_counts: np.ndarray
+    empty_context: np.ndarray
+
+    def get_contexts(self, indices, caption_indices) -> np.ndarray:
+        """float32 (B, L, D): the tokens of caption ``caption_indices[b]`` (0 .. caption_counts[i] - 1) of item
+        ``indices[b]``."""
+        ...
+
+    def captions(self, index: int) -> list[str] | None:
+        """The caption strings of item ``index`` when stored (None when the layout holds only tokens)."""
+        ...
+
+
+def check_text_dataset(dataset, context_dim: int | None = None) -> None:
+    """DataError unless ``dataset`` is a captioned dataset whose tokens are ``context_dim`` wide (when given)."""
+    where = getattr(dataset, "path", None) or "the dataset"
+    if not isinstance(dataset, TextDataset):
+        raise DataError(f"{where} has no captions (caption_counts, get_contexts, empty_context): a text-to-image "
+                        "model trains on a captioned dataset; prepare one with `repa prepare COCO OUT --captions "
+                        "annotations/captions_train2014.json`")
+    counts, empty = np.asarray(dataset.caption_counts), np.asarray(dataset.empty_context)
+    if counts.shape != (len(dataset),) or (len(counts) and counts.min() < 1):
+        raise DataError(f"{where}: caption_counts must give >= 1 caption for each of its {len(dataset)} items")
+    if empty.ndim != 2 or (context_dim is not None and empty.shape[1] != context_dim):
+        raise DataError(f"{where}: its text tokens are {tuple(empty.shape)} (L, D) but the model reads "
+                        f"{context_dim}-wide tokens: set --model.context-dim {empty.shape[-1]}")

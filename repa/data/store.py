@@ -10,6 +10,7 @@ A dataset directory::
     label/000000.npy ...          int64 (n_k,)
     latent_mean/, latent_std/     optional, float32 or float16 (n_k, 4, H/8, W/8): the VAE posterior
     tokens/<key>.json, tokens/<key>/000000.npy    optional encoder-token caches, float16 (n_k, T, E)
+    captions/meta.json, captions/...              optional caption tokens (repa.data.captions): a CaptionedDataset
 
 Shards are plain ``.npy`` files opened with ``np.load(mmap_mode="r")``, so random access costs one memory copy per
 item. The manifest holds the shard sizes and a sha256 per shard file; ``verify_dataset`` re-checks everything.
@@ -38,6 +39,7 @@ SKIPPED = "skipped.txt"
 WARNINGS = "warnings.txt"
 PROGRESS = ".progress"
 TOKENS = "tokens"
+CAPTIONS = "captions"                 # caption tokens of a captioned dataset (repa.data.captions)
 LATENT_FIELDS = ("latent_mean", "latent_std")
 
 
@@ -286,6 +288,42 @@ class PreparedDataset(Dataset):
         return None
 
 
+class CaptionedDataset(PreparedDataset):
+    """A prepared dataset with caption tokens (``repa prepare ... --captions``): a ``repa.data.protocol.TextDataset``
+    (layout in ``repa.data.captions``)."""
+
+    def __init__(self, path: str, manifest: dict):
+        super().__init__(path, manifest)
+        self.caption_meta = meta = read_json(os.path.join(path, CAPTIONS, "meta.json"))
+        counts = manifest["shards"]["counts"]
+        if meta.get("images_sha256") != images_digest(manifest) or meta.get("counts") != counts:
+            raise DataError(f"{path}/{CAPTIONS}: the caption tokens were computed for other images; rerun `repa "
+                            "prepare SOURCE OUT --captions FILE` to rebuild them")
+        parts = [np.load(os.path.join(path, shard_path(f"{CAPTIONS}/count", k))) for k in range(len(counts))]
+        self.caption_counts = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        per_shard = meta["shards"]["captions"]
+        self._contexts = _ShardedArray(path, f"{CAPTIONS}/context", per_shard, meta["dtype"],
+                                       (meta["context_length"], meta["width"]))
+        self._caption_starts = np.concatenate([[0], np.cumsum(per_shard)]).astype(np.int64)
+        self._first_caption = np.concatenate([[0], np.cumsum(self.caption_counts)[:-1]]).astype(np.int64)
+        self.empty_context = np.load(os.path.join(path, CAPTIONS, "empty_context.npy")).astype(np.float32)
+        self._strings = None
+
+    def get_contexts(self, indices, caption_indices) -> np.ndarray:
+        """float32 (B, L, D): caption ``caption_indices[b]`` of item ``indices[b]``."""
+        idx, k = np.asarray(indices, np.int64).reshape(-1), np.asarray(caption_indices, np.int64).reshape(-1)
+        if np.any(k < 0) or np.any(k >= self.caption_counts[idx]):
+            raise IndexError("a caption index is outside 0..caption_counts - 1 of its item")
+        flat = self._first_caption[idx] + k
+        shard_ids = np.searchsorted(self._caption_starts, flat, side="right") - 1
+        return self._contexts.gather(shard_ids, flat - self._caption_starts[shard_ids]).astype(np.float32)
+
+    def captions(self, index: int) -> list[str] | None:
+        if self._strings is None:
+            self._strings = read_json(os.path.join(self.path, CAPTIONS, "strings.json"))["captions"]
+        return list(self._strings[index])
+
+
 def open_manifest(path: str | os.PathLike) -> dict:
     """Read and check the manifest of a dataset directory (see ``open_dataset`` for the errors)."""
     path = os.path.abspath(os.fspath(path))
@@ -338,4 +376,6 @@ def open_dataset(path: str | os.PathLike) -> PreparedDataset:
             preparation), or a format version this code does not read.
     """
     path = os.path.abspath(os.fspath(path))
-    return PreparedDataset(path, open_manifest(path))
+    manifest = open_manifest(path)
+    captioned = os.path.isfile(os.path.join(path, CAPTIONS, "meta.json"))
+    return (CaptionedDataset if captioned else PreparedDataset)(path, manifest)

@@ -64,7 +64,7 @@ def verify_dataset(path: str | os.PathLike, *, check_hashes: bool = True) -> lis
                          check_hashes, problems)
     if not problems:
         labels = store.open_dataset(root).labels
-        if len(labels) and (labels.min() < 0 or labels.max() >= m["num_classes"]):
+        if len(labels) and (labels.min() < 0 or labels.max() >= max(m["num_classes"], 1)):   # 0: captioned
             problems.append(f"labels outside 0..{m['num_classes'] - 1}: {labels.min()}..{labels.max()}")
     for name, digest in m["files"].items():
         file_path = os.path.join(root, name)
@@ -77,6 +77,19 @@ def verify_dataset(path: str | os.PathLike, *, check_hashes: bool = True) -> lis
             n_refs = sum(1 for _ in f)
         if n_refs != m["num_items"]:
             problems.append(f"{store.FILES}: {n_refs} lines for {m['num_items']} items")
+    meta_path = os.path.join(root, store.CAPTIONS, "meta.json")
+    if os.path.isfile(meta_path):
+        meta = store.read_json(meta_path)
+        for k, count in enumerate(counts):
+            _check_shard(root, f"{store.CAPTIONS}/count", k, count, "int64", (), meta["shards"]["count_sha256"][k],
+                         check_hashes, problems)
+            _check_shard(root, f"{store.CAPTIONS}/context", k, meta["shards"]["captions"][k], meta["dtype"],
+                         (meta["context_length"], meta["width"]), meta["shards"]["context_sha256"][k], check_hashes,
+                         problems)
+        for name, digest in (("empty_context.npy", meta["empty_sha256"]), ("strings.json", meta["strings_sha256"])):
+            file_path = os.path.join(root, store.CAPTIONS, name)
+            if not os.path.isfile(file_path) or (check_hashes and sha256_file(file_path) != digest):
+                problems.append(f"{store.CAPTIONS}/{name}: missing or its sha256 differs from captions/meta.json")
     tokens_dir = os.path.join(root, TOKENS)
     for fname in sorted(os.listdir(tokens_dir)) if os.path.isdir(tokens_dir) else []:
         if not fname.endswith(".json"):

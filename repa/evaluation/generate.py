@@ -30,7 +30,7 @@ from repa.guidance import condition_for
 from repa.samplers import Sampling, resolve_sampling, run_sampling
 from repa.utils import atomic_write, to_uint8
 
-NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM = 0, 1, 2, 3
+NOISE_STREAM, LABEL_STREAM, SDE_STREAM, CLASS_TOKEN_STREAM, CAPTION_STREAM = 0, 1, 2, 3, 4
 LABEL_MODES = ("random", "balanced")
 GRID_SAMPLES = 64
 SETTINGS_FILE, SAMPLES_FILE, GRID_FILE, SHARD_DIR = "settings.json", "samples.npz", "grid.png", "shards"
@@ -65,6 +65,15 @@ def sample_labels(indices, seed: int, num_classes: int, mode: str = "random") ->
                      for i in idx], dtype=np.int64)
 
 
+def text_contexts(source, indices, seed: int) -> np.ndarray:
+    """Caption tokens (B, L, D) of samples ``indices`` of a text network (``repa.evaluation.text.TextSource``):
+    sample i takes one of its ``source.counts`` captions uniformly, from (seed, i) alone."""
+    idx = np.asarray(indices, dtype=np.int64)
+    chosen = [np.random.default_rng(sample_seed(seed, int(i), CAPTION_STREAM)).integers(int(c))
+              for i, c in zip(idx, source.counts(idx))]
+    return source.contexts(idx, np.asarray(chosen, dtype=np.int64))
+
+
 MAX_GRID = 10_000                # the images of one sample-grid PNG
 MAX_SAMPLES = 10_000_000         # FID-50K needs 50000; beyond this a request is a typo (and would not fit a disk)
 
@@ -97,8 +106,9 @@ def request_labels(cfg: ModelConfig, indices: np.ndarray, seed: int, labels) -> 
 
 @torch.no_grad()
 def generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray | None, settings: Sampling, *,
-                   seed: int, decode=None) -> np.ndarray:
-    """uint8 (B, C, H, W) images of samples ``indices`` with class ``labels`` (None: unconditional).
+                   seed: int, decode=None, condition=None) -> np.ndarray:
+    """uint8 (B, C, H, W) images of samples ``indices`` with class ``labels`` (None: unconditional; a text network:
+    the caption tokens (B, L, D), with ``condition`` its ``TextContext`` bound to the empty caption).
 
     The one generator behind ``repa sample``, ``generate_images`` (the default job, previews, ``sample-grid``):
     sample i's start noise, class-token noise and step noise come from (seed, i) alone. ``decode`` maps a latent
@@ -107,12 +117,13 @@ def generate_batch(loaded: LoadedModel, indices: np.ndarray, labels: np.ndarray 
     cfg = loaded.config
     device = next(loaded.model.parameters()).device
     noise = sample_noise(indices, seed, (cfg.in_channels, cfg.input_size, cfg.input_size)).to(device)
-    y = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
+    y = None if labels is None else torch.as_tensor(labels, device=device)
+    y = y if y is None or y.is_floating_point() else y.long()
     ctn = (sample_noise(indices, seed, (cfg.class_token_dim,), CLASS_TOKEN_STREAM).to(device)
            if cfg.class_token else None)       # REG: the class token's start noise, per sample like the image's
     generators = ([torch.Generator(device).manual_seed(sample_seed(seed, int(i), SDE_STREAM)) for i in indices]
                   if settings.sampler.stochastic else None)   # per sample: step noise independent of the batch
-    x, _ = run_sampling(loaded, noise, y, settings, generator=generators, class_token_noise=ctn)
+    x, _ = run_sampling(loaded, noise, y, settings, generator=generators, class_token_noise=ctn, condition=condition)
     if not torch.isfinite(x).all():
         first = int(indices[0])
         raise NonFiniteSamples(f"samples {first}..{int(indices[-1])} are not finite (NaN or inf) with {settings}; "
@@ -135,7 +146,7 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
                     guidance_interval: tuple[float, float] | None = None,
                     labels="random", batch_size: int = 64, vae=None, decode=None, start: int = 0,
                     progress: bool = False, guided_channels: int | str | None = None,
-                    cls_cfg_scale: float | None = None) -> np.ndarray:
+                    cls_cfg_scale: float | None = None, text=None) -> np.ndarray:
     """Generate images in-process (the default job, training previews, ``repa sample-grid``); the same images as
     ``repa sample`` for the same seed.
 
@@ -152,6 +163,7 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
         batch_size: samples per forward batch (does not change the result).
         vae: a loaded ``AutoencoderKL`` (``repa.autoencoder.load_vae``) or a hub id / folder; latent models only.
         decode: instead of ``vae``, any function latents -> uint8 images (the default job's own VAE).
+        text: a text-to-image network's captions (``repa.evaluation.text.text_source``); ``labels`` is then unused.
     Returns:
         uint8 numpy (num, C, H, W): C = 3 for latent models, the model's channels for pixel models.
     """
@@ -164,12 +176,12 @@ def generate_images(model, num: int, config: SampleConfig | None = None, *, seed
     settings = resolve_sampling(loaded, config, **overrides)
     decode = decode or decoder(loaded, vae)
     indices = np.arange(start, start + num)
-    all_labels = request_labels(loaded.config, indices, seed, labels)
+    all_labels = text_contexts(text, indices, seed) if text else request_labels(loaded.config, indices, seed, labels)
     out = []
     for b in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
         part = slice(b, b + batch_size)
         out.append(generate_batch(loaded, indices[part], None if all_labels is None else all_labels[part], settings,
-                                  seed=seed, decode=decode))
+                                  seed=seed, decode=decode, condition=text and text.condition))
     return np.concatenate(out)
 
 
@@ -185,9 +197,10 @@ def sample_grid_png(model, path, config: SampleConfig | None = None, *, num: int
 
 def write_sample_grid(checkpoint, out, config: SampleConfig | None = None, *, num: int = 16, seed: int = 0,
                       vae=None, which: str = "ema", origin: str = "auto", encoder_depth: int | None = None,
-                      device: str | None = None) -> None:
+                      device: str | None = None, text=None) -> None:
     """``repa sample-grid``: ``sample_grid_png`` of the model ``load_model`` reads from ``checkpoint`` (arguments as
-    there; ``device`` default CUDA when available), after checking the settings and the output file."""
+    there; ``device`` default CUDA when available), after checking the settings and the output file; ``text``
+    (``repa.evaluation.text.TextOptions``): a text-to-image network's prompts or captions."""
     from repa.preflight import check_output_file
     from repa.runlock import clean_stale_temp_files
     if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_GRID:
@@ -199,7 +212,9 @@ def write_sample_grid(checkpoint, out, config: SampleConfig | None = None, *, nu
     model = load_model(checkpoint, which=which, origin=origin, encoder_depth=encoder_depth,
                        device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ema_unmoved_warning(model, which)
-    sample_grid_png(model, out, config, num=num, seed=seed, vae=vae)
+    from repa.evaluation.text import text_source
+    source = text_source(model.config, text, num=num, device=next(model.model.parameters()).device)
+    sample_grid_png(model, out, config, num=num, seed=seed, vae=vae, text=source)
 
 
 def decoder(loaded: LoadedModel, vae):
@@ -250,12 +265,14 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
                   guidance_interval: tuple[float, float] | None = None,
                   labels: str = "random", batch_size: int = 64, vae: str | None = None, which: str = "ema",
                   device: str | None = None, progress: bool = True, guided_channels: int | str | None = None,
-                  origin: str = "auto", cls_cfg_scale: float | None = None) -> Path:
+                  origin: str = "auto", cls_cfg_scale: float | None = None, text=None) -> Path:
     """``repa sample``: N samples of a checkpoint into ``out_dir`` (shards, then ``samples.npz``, grid, settings).
 
     Launch with ``torchrun --nproc_per_node G`` to shard the work; a rerun resumes. Arguments as in
     ``generate_images``; ``which`` picks ``ema`` (default) or ``model`` weights; ``vae`` defaults to sd-vae-ft-ema;
     ``origin`` is ``repa.load_model``'s (which network a checkpoint without this project's config holds).
+    ``text`` (``repa.evaluation.text.TextOptions``): a text-to-image network's prompts (sample i: prompt i mod P) or
+    captioned dataset (sample i: one caption of item i); ``labels`` then holds -1.
     Returns the path of ``samples.npz``. One process (one ``torchrun`` job) writes a folder at a time.
     """
     overrides = dict(sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
@@ -274,11 +291,11 @@ def sample_to_npz(checkpoint: str, out_dir: str, config: SampleConfig | None = N
     with claim_folder(out, "sample folder", enabled=is_main):    # one writer per sample folder
         return _sample_claimed(checkpoint, out, config, overrides, num=num, seed=seed, labels=labels,
                                batch_size=batch_size, vae=vae, which=which, device=device, progress=progress,
-                               origin=origin)
+                               origin=origin, text=text)
 
 
 def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labels, batch_size, vae, which, device,
-                    progress, origin) -> Path:
+                    progress, origin, text=None) -> Path:
     """The work of ``sample_to_npz`` once the arguments are checked and ``out`` is locked."""
     from tqdm.auto import tqdm
     from repa import distributed
@@ -293,11 +310,14 @@ def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labe
     if process.is_main:
         ema_unmoved_warning(loaded, which)
     sampling = resolve_sampling(loaded, config, **overrides)
-    condition_for(loaded.model).check_guidable(sampling.cfg_scale)     # before any file is written
+    from repa.evaluation.text import text_source
+    source = text_source(loaded.config, text, num=num, device=process.device)
+    (source.condition if source else condition_for(loaded.model)).check_guidable(sampling.cfg_scale)  # before writing
     settings = {"checkpoint": str(Path(checkpoint).resolve()) if os.path.exists(checkpoint) else str(checkpoint),
                 "which": which, "num": num, "seed": seed, **sampling.as_settings(), "labels": labels, "vae": vae}
     if sampling.guided_channels is not None or origin != "auto":   # absent when default: older files still match
         settings.update(guided_channels=sampling.guided_channels, origin=origin)
+    settings.update(source.settings if source else {})
     done_any = target.is_file() or any((out / SHARD_DIR).glob("*.npz"))
     if settings_path.is_file() and done_any:          # settings without any finished batch claim nothing
         previous = json.loads(settings_path.read_text()).get("settings", {})
@@ -325,9 +345,11 @@ def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labe
         print(f"resuming: {len(mine) - len(todo)} of {len(mine)} batches of this rank are done")
     for start, end in tqdm(todo, disable=not (progress and process.is_main), desc="sampling", unit="batch"):
         indices = np.arange(start, end)
-        batch_labels = sample_labels(indices, seed, loaded.config.num_classes, labels)
-        images = generate_batch(loaded, indices, batch_labels, sampling, seed=seed, decode=decode)
-        stored = np.full(len(indices), -1, np.int64) if batch_labels is None else batch_labels
+        batch_labels = text_contexts(source, indices, seed) if source else sample_labels(indices, seed,
+                                                                                         loaded.config.num_classes, labels)
+        images = generate_batch(loaded, indices, batch_labels, sampling, seed=seed, decode=decode,
+                                condition=source and source.condition)
+        stored = np.full(len(indices), -1, np.int64) if batch_labels is None or source else batch_labels
         atomic_write(_shard_file(out, start, end),
                      lambda f: np.savez(f, images=images, labels=stored, indices=indices))
     distributed.barrier()

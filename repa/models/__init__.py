@@ -11,10 +11,11 @@ from repa.config import ConfigError, ModelConfig
 from repa.config_validate import validate_model
 from repa.model_names import FAMILY_FIELDS, PAPER_NAMES, SIZES, heads_of, model_name, parse_name, size_of
 from repa.models.dit import DiT
+from repa.models.mmdit import MMDiT
 from repa.models.released import ReleasedSiT
 from repa.models.sit import FeaturesView, ModelOutput, SiT
 
-FAMILIES = {"SiT": SiT, "DiT": DiT}
+FAMILIES = {"SiT": SiT, "DiT": DiT, "MMDiT": MMDiT}
 # Networks whose own time convention is not repa's, converted at every call (repa.models.released).
 CONVERTED = {"noise_at_0": ReleasedSiT}
 
@@ -22,6 +23,11 @@ CONVERTED = {"noise_at_0": ReleasedSiT}
 # predicts epsilon and the variance interpolation, 2C channels, trained with the improved-DDPM objective).
 MODELS: dict[str, dict] = {name: {k: v for k, v in parse_name(name).items() if k != "family"}
                            | FAMILY_FIELDS[parse_name(name)["family"]] for name in PAPER_NAMES}
+# MMDiT as the REPA reference builds it (sihyun-yu/REPA models/mmdit.py): hidden size 32 x depth, heads = depth,
+# patch 2, text-conditioned (no label table) with caption dropout 0.1; named depth x width.
+MMDIT_DEPTHS = (12, 18, 24, 30)
+MODELS.update({f"MMDiT-{d}x{32 * d}/2": {"depth": d, "hidden_size": 32 * d, "num_heads": d, "patch_size": 2,
+                                        "num_classes": 0, **FAMILY_FIELDS["MMDiT"]} for d in MMDIT_DEPTHS})
 
 
 def register_family(name: str, cls) -> None:
@@ -58,5 +64,5 @@ def build_model(cfg: ModelConfig):
     return FAMILIES[cfg.family](cfg)
 
 
-__all__ = ["MODELS", "SIZES", "SiT", "DiT", "ReleasedSiT", "FeaturesView", "ModelOutput", "model_config",
+__all__ = ["MODELS", "SIZES", "SiT", "DiT", "MMDiT", "ReleasedSiT", "FeaturesView", "ModelOutput", "model_config",
            "build_model", "register_family", "size_of", "heads_of", "model_name", "parse_name"]

@@ -105,6 +105,8 @@ def resolve_origin(cfg: ModelConfig, origin: str = "auto", *, path: str | os.Pat
     """
     if origin not in ORIGINS:
         raise ConfigError(f"origin must be one of {ORIGINS}, got {origin!r}")
+    if cfg.family == "MMDiT" and origin in ("auto", "repa"):   # the reference's text-to-image network
+        return cfg
     if origin == "auto":
         origin = detect_origin(cfg, path=path, args=args)
     fields = dict(_ORIGIN_FIELDS[origin])
