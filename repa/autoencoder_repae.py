@@ -33,7 +33,7 @@ def diffusers_config(arch: str) -> dict:
     return dict(in_channels=3, out_channels=3, latent_channels=channels, layers_per_block=2, norm_num_groups=32,
                 block_out_channels=[_WIDTH * m for m in mult], sample_size=_RESOLUTION, act_fn="silu",
                 down_block_types=["AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn],
-                up_block_types=["AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in attn],
+                up_block_types=["AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn)],
                 scaling_factor=0.18215)
 
 
