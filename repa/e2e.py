@@ -69,6 +69,14 @@ class EndToEndState:
                               f"{res // factor} (or --data.resolution a multiple of {factor})")
         self.latent_shape = (channels, res // factor, res // factor)
         self.disc = PatchDiscriminator(3, e.disc_channels, e.disc_layers).to(device).train()
+        if e.disc_weights:                    # REPA-E's released SD-VAE discriminator has this very layout
+            from repa.integrity import load_state_dict_file
+            try:
+                self.disc.load_state_dict(load_state_dict_file(e.disc_weights, "discriminator"))
+            except RuntimeError as exc:
+                raise ConfigError(f"e2e.disc_weights: {e.disc_weights} does not fit a PatchGAN with "
+                                  f"disc_layers={e.disc_layers}, disc_channels={e.disc_channels}: "
+                                  f"{str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0]}") from None
         self.perceptual = load_perceptual(e, device)
         self.norm = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=e.bn_momentum, affine=False).to(device)
         mean, var = _latent_stats(self.vae)

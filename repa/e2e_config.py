@@ -32,6 +32,7 @@ class EndToEndConfig:
     disc_start: int = 0               # step from which the discriminator trains and the adversarial term counts
     disc_layers: int = 3              # PatchGAN depth (n_layers)
     disc_channels: int = 64           # PatchGAN width of its first convolution (ndf)
+    disc_weights: str = ""            # a trained discriminator's state dict (--disc-pretrained-ckpt); "": fresh
 
 
 def validate_e2e(e: EndToEndConfig) -> None:

@@ -178,3 +178,45 @@ def test_trains_resumes_bitwise_exports_its_vae_and_a_latent_model_trains_on_it(
     result = train(ldm, dataset=latents, encoders=[rgb_teacher], progress=False)
     assert result.step == 3 and np.isfinite(result.metrics["loss"])
     assert "objective_state" not in load_checkpoint(result.checkpoint)
+
+
+def test_presets_are_repa_runs_with_the_vae_tuned_end_to_end(capsys):
+    import json
+    from repa.cli import main
+    from repa.presets import get_preset
+    for size in ("B", "XL"):
+        e2e, base = get_preset(f"SiT-{size}/2-REPA-E-256"), get_preset(f"SiT-{size}/2-REPA-256")
+        assert e2e.objective.kind == "repa-e" and e2e.e2e == EndToEndConfig()
+        assert dataclasses.replace(e2e, objective=base.objective, run_dir=base.run_dir) == base
+    argv = ["train", "--preset", "SiT-XL/2-REPA-E-256", "--e2e.perceptual-weights", "vgg16.pth", "lin.pth",
+            "--e2e.vae-lr", "2e-5", "--dry-run"]
+    assert main(argv) == 0
+    e = json.loads(capsys.readouterr().out)["e2e"]
+    assert e["perceptual_weights"] == ["vgg16.pth", "lin.pth"] and e["vae_lr"] == 2e-5
+    assert main(argv[:3] + ["--dry-run"]) == 2                  # LPIPS without its weights: a one-line error
+    assert "e2e.perceptual_weights" in capsys.readouterr().err
+
+
+def test_lpips_loads_torchvision_and_lpips_layouts_and_measures_distance(tmp_path):
+    from repa.vae_losses import LPIPS, load_perceptual
+    torch.manual_seed(0)
+    ref = LPIPS()
+    vgg = {k: v for k, v in ref.state_dict().items() if k.startswith("features.")}
+    torch.save({**vgg, "classifier.0.weight": torch.zeros(2, 2)}, tmp_path / "vgg16.pth")   # classifier ignored
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))},
+               tmp_path / "lin.pth")
+    e = EndToEndConfig(perceptual_weights=(str(tmp_path / "vgg16.pth"), str(tmp_path / "lin.pth")))
+    net = load_perceptual(e, "cpu")
+    assert torch.equal(net.features[0].weight, ref.features[0].weight) and not net.training
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    assert torch.allclose(net(x, x), torch.zeros(2))
+    d = net(x, y)
+    assert d.shape == (2,) and (d > 0).all()
+    d.sum().backward()
+    assert y.grad.abs().sum() > 0
+    assert load_perceptual(dataclasses.replace(e, perceptual="none"), "cpu") is None
+    torch.save({"lin0.model.1.weight": torch.rand(1, 64, 1, 1)}, tmp_path / "short.pth")
+    with pytest.raises(ConfigError, match="lack"):
+        load_perceptual(dataclasses.replace(e, perceptual_weights=(e.perceptual_weights[0],
+                                                                    str(tmp_path / "short.pth"))), "cpu")
