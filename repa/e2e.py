@@ -78,7 +78,8 @@ class EndToEndState:
                                   f"disc_layers={e.disc_layers}, disc_channels={e.disc_channels}: "
                                   f"{str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0]}") from None
         self.perceptual = load_perceptual(e, device)
-        self.norm = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=e.bn_momentum, affine=False).to(device)
+        norm = nn.SyncBatchNorm if distributed.world_size() > 1 else nn.BatchNorm2d   # REPA-E: SyncBatchNorm
+        self.norm = norm(channels, eps=BN_EPS, momentum=e.bn_momentum, affine=False).to(device)
         mean, var = _latent_stats(self.vae)
         self.norm.running_mean.copy_(mean)
         self.norm.running_var.copy_(var)

@@ -11,8 +11,6 @@ from typing import Literal
 
 from repa.fields import _require
 
-PERCEPTUAL_NETWORKS = ("lpips-vgg", "none")
-
 
 @dataclass(frozen=True)
 class EndToEndConfig:

@@ -102,12 +102,15 @@ class LPIPS(nn.Module):
         return self
 
 
+# name -> builder of a frozen perceptual distance ``(a, b) -> (B,)`` from the config (``e2e.perceptual``)
+PERCEPTUAL = {"lpips-vgg": lambda e: LPIPS().load_weights(*e.perceptual_weights)}
+
+
 def load_perceptual(e: EndToEndConfig, device) -> nn.Module | None:
     """The frozen perceptual network of ``e.perceptual`` (None for "none" or weight 0), in eval mode."""
     if e.perceptual == "none" or e.perceptual_weight == 0:
         return None
-    net = LPIPS().load_weights(*e.perceptual_weights)
-    return net.to(device).eval().requires_grad_(False)
+    return PERCEPTUAL[e.perceptual](e).to(device).eval().requires_grad_(False)
 
 
 # ---- the losses ------------------------------------------------------------------------------------------------
