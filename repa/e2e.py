@@ -39,7 +39,10 @@ def load_trainable_vae(source: str, device):
     """The starting VAE as a diffusers ``AutoencoderKL`` in train mode with gradients on (``repa.autoencoder``
     ``load_vae``: hub id or folder; REPA-E's released ``.pt`` files through ``repa.autoencoder_repae``)."""
     from repa.autoencoder import load_vae
-    return load_vae(source, device=device).train().requires_grad_(True)
+    try:
+        return load_vae(source, device=device).train().requires_grad_(True)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"e2e.vae: {str(exc).replace('(`--vae DIR`)', '(`--e2e.vae DIR`)')}") from None
 
 
 def _latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
