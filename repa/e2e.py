@@ -81,8 +81,7 @@ class EndToEndState:
                                   f"disc_layers={e.disc_layers}, disc_channels={e.disc_channels}: "
                                   f"{str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0]}") from None
         self.perceptual = load_perceptual(e, device)
-        norm = nn.SyncBatchNorm if distributed.world_size() > 1 else nn.BatchNorm2d   # REPA-E: SyncBatchNorm
-        self.norm = norm(channels, eps=BN_EPS, momentum=e.bn_momentum, affine=False).to(device)
+        self.norm = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=e.bn_momentum, affine=False).to(device)
         mean, var = _latent_stats(self.vae)
         self.norm.running_mean.copy_(mean)
         self.norm.running_var.copy_(var)
@@ -119,9 +118,7 @@ def _update(loss: torch.Tensor, params: list, opt, scaler, clip: float) -> torch
     touched), gradients averaged over ranks, clipped; returns the gradient norm."""
     grads = torch.autograd.grad(scaler.scale(loss) if scaler is not None else loss, params, allow_unused=True)
     for p, g in zip(params, grads):
-        p.grad = torch.zeros_like(p) if g is None else g
-        if distributed.world_size() > 1:
-            distributed.all_reduce_mean(p.grad)
+        p.grad = distributed.all_reduce_mean(torch.zeros_like(p) if g is None else g)     # the global batch's mean
     if scaler is not None:
         scaler.unscale_(opt)
     norm = torch.nn.utils.clip_grad_norm_(params, clip or float("inf"))
@@ -132,6 +129,20 @@ def _update(loss: torch.Tensor, params: list, opt, scaler, clip: float) -> torch
         opt.step()
     opt.zero_grad(set_to_none=True)
     return norm
+
+
+def _batch_norm_train(norm: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
+    """``norm`` in train mode over the global batch: batch statistics normalise ``z`` and update the running ones
+    (unbiased variance), computed over all ranks as REPA-E's SyncBatchNorm does (on any device)."""
+    if distributed.world_size() == 1:
+        return norm.train()(z)
+    count = z.numel() // z.shape[1] * distributed.world_size()
+    mean = distributed.all_reduce_mean(z.mean((0, 2, 3)))
+    var = distributed.all_reduce_mean(z.pow(2).mean((0, 2, 3))) - mean.pow(2)              # biased, (C,)
+    norm.running_mean.lerp_(mean, norm.momentum)
+    norm.running_var.lerp_(var * count / (count - 1), norm.momentum)
+    norm.num_batches_tracked += 1
+    return (z - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + norm.eps).sqrt()
 
 
 def tune_vae(state: EndToEndState, images_uint8: torch.Tensor, posterior_noise: torch.Tensor, align,
@@ -164,8 +175,7 @@ def tune_vae(state: EndToEndState, images_uint8: torch.Tensor, posterior_noise: 
     terms.update(d_terms, disc_grad_norm=_update(d_loss, list(state.disc.parameters()), state.opt_disc,
                                                  state.scalers[1], cfg.optim.grad_clip))
     with torch.no_grad():
-        state.norm.train()                                              # batch statistics; running ones updated
-        x0 = state.norm(z.detach().float())
+        x0 = _batch_norm_train(state.norm, z.detach().float())
         for key, live in (("mean", state.norm.running_mean), ("var", state.norm.running_var)):
             state.norm_ema[key].lerp_(live, 1.0 - cfg.ema_decay)        # REPA-E's EMA also averages the BN buffers
     return x0, {k: torch.as_tensor(v, device=dev).float() for k, v in terms.items()}

@@ -15,8 +15,7 @@ from repa.training import train
 from tests.conftest import PatchTeacher, tiny_model_config, tiny_train_config
 
 
-@pytest.fixture
-def rgb_dataset():
+def rgb_images():
     """32 RGB 16x16 images in 3 classes (class = which quadrant is bright)."""
     from repa.data.memory import ArrayDataset
     rng = np.random.default_rng(0)
@@ -26,6 +25,11 @@ def rgb_dataset():
         r, c = divmod(int(y), 2)
         images[i, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 180
     return ArrayDataset(images, labels, num_classes=3)
+
+
+@pytest.fixture
+def rgb_dataset():
+    return rgb_images()
 
 
 @pytest.fixture
@@ -220,3 +224,29 @@ def test_lpips_loads_torchvision_and_lpips_layouts_and_measures_distance(tmp_pat
     with pytest.raises(ConfigError, match="lack"):
         load_perceptual(dataclasses.replace(e, perceptual_weights=(e.perceptual_weights[0],
                                                                     str(tmp_path / "short.pth"))), "cpu")
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path, tiny_vae_dir):
+    """The VAE's gradients are averaged over ranks and the latent BatchNorm uses the global batch's statistics:
+    2 gloo processes (each with 2 micro-batches) train what one process trains."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    states = []
+    for nproc, accum in ((1, 1), (2, 2)):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(root / "tests" / "dist_worker_repae.py"), str(tmp_path / str(nproc)), str(tiny_vae_dir), str(accum)]
+        done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=300, cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        states.append(load_checkpoint(tmp_path / str(nproc) / "checkpoints" / "00000003.pt"))
+    one, two = states
+    for key in ("model", "ema"):
+        for name, value in one[key].items():
+            assert torch.allclose(value, two[key][name], atol=1e-5, rtol=0), f"{key}.{name}"
+    for part in ("vae", "latent_norm"):
+        for name, value in one["objective_state"][part].items():
+            assert torch.allclose(value.float(), two["objective_state"][part][name].float(), atol=1e-5), name
