@@ -35,25 +35,34 @@ from repa.vae_losses import PatchDiscriminator, discriminator_loss, generator_lo
 BN_EPS = 1e-4                                   # REPA-E's latent BatchNorm (models/sit.py)
 
 
+# Other VAE formats: name -> (accepts(source) -> bool, load(source, device) -> module). A module speaks diffusers'
+# ``AutoencoderKL`` interface: ``encode(x).latent_dist`` (mean, std, logvar), ``decode(z).sample``, ``config`` (a
+# mapping with ``in_channels``, ``scaling_factor``). The default job registers its own small VAE here.
+VAE_FORMATS: dict = {}
+
+
 def load_trainable_vae(source: str, device):
-    """The starting VAE as a diffusers ``AutoencoderKL`` in train mode with gradients on (``repa.autoencoder``
-    ``load_vae``: hub id or folder; REPA-E's released ``.pt`` files through ``repa.autoencoder_repae``)."""
+    """The starting VAE in train mode with gradients on: a registered format (``VAE_FORMATS``), else a diffusers
+    ``AutoencoderKL`` (``repa.autoencoder.load_vae``: hub id or folder, REPA-E's released ``.pt`` files)."""
     from repa.autoencoder import load_vae
+    for accepts, load in VAE_FORMATS.values():
+        if accepts(source):
+            return load(source, device).train().requires_grad_(True)
     try:
         return load_vae(source, device=device).train().requires_grad_(True)
     except FileNotFoundError as exc:
         raise ConfigError(f"e2e.vae: {str(exc).replace('(`--vae DIR`)', '(`--e2e.vae DIR`)')}") from None
 
 
-def _latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
+def _latent_stats(vae, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial BatchNorm statistics (mean, var) per latent channel: the VAE config's ``latents_mean`` /
     ``latents_std`` when it has them, else shift 0 and 1 / scaling_factor^2 (REPA-E loads them from its
     ``-latents-stats.pt``, computed on ImageNet)."""
-    c, cfg = vae.config.latent_channels, vae.config
-    if getattr(cfg, "latents_mean", None) and getattr(cfg, "latents_std", None):
-        return torch.tensor(cfg.latents_mean).float(), torch.tensor(cfg.latents_std).float() ** 2
-    shift = getattr(cfg, "shift_factor", None) or 0.0
-    return torch.full((c,), float(shift)), torch.full((c,), 1.0 / float(cfg.scaling_factor) ** 2)
+    cfg = vae.config
+    if cfg.get("latents_mean") and cfg.get("latents_std"):
+        return torch.tensor(cfg["latents_mean"]).float(), torch.tensor(cfg["latents_std"]).float() ** 2
+    shift = cfg.get("shift_factor") or 0.0
+    return torch.full((channels,), float(shift)), torch.full((channels,), 1.0 / float(cfg["scaling_factor"]) ** 2)
 
 
 class EndToEndState:
@@ -64,14 +73,15 @@ class EndToEndState:
         e, o = cfg.e2e, cfg.optim
         self.cfg = cfg
         self.vae = load_trainable_vae(e.vae, device)
-        channels, factor = self.vae.config.latent_channels, 2 ** (len(self.vae.config.block_out_channels) - 1)
-        m, res = cfg.model, cfg.data.resolution
-        if (m.in_channels, m.input_size) != (channels, res // factor) or res % factor:
-            raise ConfigError(f"e2e.vae gives {channels}x{res // factor}x{res // factor} latents of "
-                              f"{res}px images; set --model.in-channels {channels} --model.input-size "
-                              f"{res // factor} (or --data.resolution a multiple of {factor})")
-        self.latent_shape = (channels, res // factor, res // factor)
-        self.disc = PatchDiscriminator(3, e.disc_channels, e.disc_layers).to(device).train()
+        m, res, colours = cfg.model, cfg.data.resolution, self.vae.config["in_channels"]
+        with torch.no_grad():                                           # the latent shape of this resolution
+            probe = torch.zeros(1, colours, res, res, device=device)
+            channels, h, w = self.vae.encode(probe).latent_dist.mean.shape[1:]
+        if (m.in_channels, m.input_size, m.input_size) != (channels, h, w):
+            raise ConfigError(f"e2e.vae gives {channels}x{h}x{w} latents of {res}px images; set --model.in-channels "
+                              f"{channels} --model.input-size {h}")
+        self.latent_shape = (channels, h, w)
+        self.disc = PatchDiscriminator(colours, e.disc_channels, e.disc_layers).to(device).train()
         if e.disc_weights:                    # REPA-E's released SD-VAE discriminator has this very layout
             from repa.integrity import load_state_dict_file
             try:
@@ -82,7 +92,7 @@ class EndToEndState:
                                   f"{str(exc).splitlines()[1 if len(str(exc).splitlines()) > 1 else 0]}") from None
         self.perceptual = load_perceptual(e, device)
         self.norm = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=e.bn_momentum, affine=False).to(device)
-        mean, var = _latent_stats(self.vae)
+        mean, var = _latent_stats(self.vae, channels)
         self.norm.running_mean.copy_(mean)
         self.norm.running_var.copy_(var)
         self.norm_ema = {"mean": self.norm.running_mean.clone(), "var": self.norm.running_var.clone()}
@@ -189,6 +199,9 @@ def export_vae(objective_state: dict, out: str | os.PathLike) -> str:
     statistics folded in (REPA-E's ``save_vae_weights.py`` takes the EMA's statistics too)."""
     from diffusers import AutoencoderKL
     config = json.loads(objective_state["vae_config"])
+    if config.get("_class_name") != "AutoencoderKL":
+        raise ConfigError(f"the tuned VAE is a {config.get('_class_name', 'non-diffusers')} model; only a diffusers "
+                          "AutoencoderKL is exported as a folder")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
     config.update(scaling_factor=LATENT_SCALE, shift_factor=None, latents_mean=None, latents_std=None)
     vae = AutoencoderKL.from_config(config)

@@ -388,10 +388,8 @@ class EndToEnd(Interpolant):
     def check_dataset(self, cfg: TrainConfig, dataset) -> None:
         import dataclasses
         from repa.data.checks import check_dataset_for_model
-        if dataset.channels != 3:
-            raise ConfigError(f"objective.kind=repa-e encodes RGB images with the VAE; the dataset has "
-                              f"{dataset.channels} channel(s)")
-        pixels = dataclasses.replace(cfg.model, space="pixel", in_channels=3, input_size=dataset.resolution)
+        pixels = dataclasses.replace(cfg.model, space="pixel", in_channels=dataset.channels,
+                                     input_size=dataset.resolution)       # the VAE checks the channels
         check_dataset_for_model(dataclasses.replace(cfg, model=pixels), dataset)     # images, labels, shards
 
     def build_state(self, cfg: TrainConfig, device) -> object:
