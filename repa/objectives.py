@@ -376,6 +376,8 @@ class EndToEnd(Interpolant):
                  "REPA-E tunes a VAE for a latent SiT with the MLP projectors (no REG class token)")
         _require(o.target == "encoders" and o.attn_coeff == 0 and bool(cfg.encoders), "encoders",
                  "REPA-E aligns with teacher encoders (objective.target=encoders, no HASTE term)")
+        _require(cfg.parallel == "ddp", "parallel", "REPA-E runs with parallel=ddp: the VAE's pass goes backward "
+                 "through the SiT, where FSDP's gradient hooks expect the SiT's own backward")
         _require(cfg.sample_every == 0, "sample_every", "training previews decode with a fixed VAE; sample the "
                  "checkpoint with its exported VAE instead (`repa export`, docs/REPA-E.md)")
 

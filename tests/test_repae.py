@@ -57,7 +57,8 @@ def test_config_errors_name_the_field(tmp_path, tiny_vae_dir):
     validate(cfg)
     for change, field in [(dict(e2e=dataclasses.replace(cfg.e2e, perceptual="lpips-vgg")), "e2e.perceptual_weights"),
                           (dict(e2e=dataclasses.replace(cfg.e2e, vae_lr=0.0)), "e2e.vae_lr"),
-                          (dict(encoders=()), "encoders"), (dict(sample_every=5), "sample_every")]:
+                          (dict(encoders=()), "encoders"), (dict(sample_every=5), "sample_every"),
+                          (dict(parallel="fsdp"), "parallel")]:
         with pytest.raises(ConfigError, match=field):
             validate(dataclasses.replace(cfg, **change))
 
