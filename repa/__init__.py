@@ -7,7 +7,8 @@ Public API (imported lazily; importing ``repa`` itself loads nothing heavy):
 - ``repa.load_model(folder_or_hub_id)`` also reads a folder written by ``repa export`` / ``repa.export_model(ckpt,
   out)`` (``model.safetensors`` + ``config.json``) and a Hugging Face Hub id of one.
 - ``repa.sample(model, noise, labels, config=repa.SampleConfig(...), **overrides)``; ``model`` is a network or a
-  ``LoadedModel``. ``repa.generate_images(model, num, config, vae=...)`` gives uint8 images (latents decoded).
+  ``LoadedModel``. ``repa.generate_images(model, num, config, vae=...)`` gives uint8 images (latents decoded);
+  ``repa.to_pil(image)`` turns one into a PIL image ("L" or "RGB").
 - ``repa.build_model(cfg)``, ``repa.model_config(name, **overrides)``, ``repa.MODELS``.
 - ``repa.train(cfg)`` with ``repa.TrainConfig``.
 """
@@ -22,6 +23,7 @@ _EXPORTS = {
     "MODELS": "repa.models",
     "export_model": "repa.checkpoint",
     "generate_images": "repa.evaluation.generate",
+    "to_pil": "repa.visualize",
     "SampleConfig": "repa.config",
     "train": "repa.training",
     "TrainConfig": "repa.config",

@@ -7,6 +7,7 @@ divided by it again before decoding. Images enter the VAE in [-1, 1].
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -62,12 +63,14 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
         raise FileNotFoundError(f"VAE folder {source!r} does not exist; {how}")
     from repa.offline import hub_is_reachable, offline_hint
     try:
-        try:   # the local hub cache first: no network round trips when the weights are already here
-            vae = AutoencoderKL.from_pretrained(source, local_files_only=True, **kwargs)
-        except (OSError, ValueError):
-            if os.path.isdir(source) or not hub_is_reachable():   # no retries for a minute when offline
-                raise
-            vae = AutoencoderKL.from_pretrained(source, **kwargs)
+        with warnings.catch_warnings():   # diffusers passes huggingface_hub an argument it ignores (a warning)
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)
+            try:   # the local hub cache first: no network round trips when the weights are already here
+                vae = AutoencoderKL.from_pretrained(source, local_files_only=True, **kwargs)
+            except (OSError, ValueError):
+                if os.path.isdir(source) or not hub_is_reachable():   # no retries for a minute when offline
+                    raise
+                vae = AutoencoderKL.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:  # hub unreachable, missing weight files, bad config
         why = str(exc).splitlines()[0] if os.path.isdir(source) or hub_is_reachable() else offline_hint()
         raise FileNotFoundError(f"could not load the VAE {source!r}: {why}; {how}") from None

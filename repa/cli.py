@@ -2,9 +2,10 @@
 calls one library function; ``repa --help`` imports no command. Parsing has two tyro stages: ``Sources`` reads
 ``--preset``, ``--config FILE``, ``--fast``; then the command's class is read from that start (preset, file, fast path:
 ``repa.config_sources.compose``), so flags override all three and ``--help`` shows the result. ``--flag true|false``
-and a list's ``a,b`` are rewritten to tyro's ``--flag``/``--no-flag`` and ``a b`` first (``_rewrite``). A rejected
-command line is a UsageError (tyro's parse-error hook): like every ConfigError, one line and exit 2; any other
-exception is a bug and keeps its traceback. Adding a command: a class with ``run`` in ``repa.commands``, a line here.
+and a list's ``a,b`` are rewritten to tyro's ``--flag``/``--no-flag`` and ``a b`` first. A rejected command line is
+a UsageError (tyro's parse-error hook; these helpers: ``repa.cli_parsing``): like every ConfigError, one line, exit
+2; any other exception is a bug and keeps its traceback. Adding a command: a class with ``run`` in
+``repa.commands``, a line here.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import importlib
 import os
 import shlex
 import sys
-import typing
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -57,12 +57,13 @@ class Sources:
 
 def parse_command(command: str, argv: list[str]):
     """The typed options of ``repa COMMAND argv`` (UsageError / ConfigError on bad input)."""
+    from repa.cli_parsing import flags, rewrite, run_tyro
     from repa.config_sources import typed
     cls, prog = options_class(command), f"repa {command}"
-    argv = _rewrite(list(argv), _flags(cls))
-    sources, _ = _tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
+    argv = rewrite(list(argv), flags(cls))
+    sources, _ = run_tyro(Sources, argv, prog, return_unknown_args=True, add_help=False)
     start = _start(cls, sources)
-    opts = _tyro(cls, argv, prog, default=start)
+    opts = run_tyro(cls, argv, prog, default=start)
     if sources.config is not None and hasattr(opts, "config"):   # tyro typed the flags; now the file's values
         opts = typed(opts, sources.config)
     if hasattr(opts, "train") and sources.model.encoder_dims is None and opts.train.encoders != start.train.encoders:
@@ -86,72 +87,6 @@ def _start(cls: type, sources: Sources):
     start = cls(**{f.name: tyro.MISSING for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING})
     return compose(start, sources.config if hasattr(cls, "config") else None)
-
-
-def _flags(cls: type, prefix: str = "") -> dict[str, type]:
-    """Every ``--flag`` tyro makes for dataclass ``cls`` (positionals excepted), mapped to its type."""
-    from tyro.conf import Positional
-    out, hints, types = {}, typing.get_type_hints(cls, include_extras=True), typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = getattr(hints[f.name], "__metadata__", ())
-        name = next((m.name for m in meta if getattr(m, "name", None) is not None), f.name)
-        if dataclasses.is_dataclass(types[f.name]):
-            out.update(_flags(types[f.name], f"{prefix}{name}." if name else prefix))
-        elif Positional not in meta:
-            out[f"--{prefix}{name}".replace("_", "-")] = types[f.name]
-    return out
-
-
-_BOOLEAN = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def _rewrite(argv: list[str], flags: dict[str, type]) -> list[str]:
-    """``--flag true|false`` / ``--flag=false`` as tyro's ``--flag`` / ``--no-flag``; ``--list a,b`` as ``a b``."""
-    out, i = [], 0
-    while i < len(argv):
-        name, eq, value = argv[i].partition("=")
-        value, key, taken = value if eq else (argv[i + 1] if i + 1 < len(argv) else ""), name.replace("_", "-"), 1
-        tp = flags.get(key)
-        if tp is bool and value.lower() in _BOOLEAN:
-            section, dot, field = key[2:].rpartition(".")
-            out.append(key if _BOOLEAN[value.lower()] else f"--{section}{dot}no-{field}")
-            taken += not eq
-        elif "," in value and tuple in [typing.get_origin(t) for t in (tp, *typing.get_args(tp))]:
-            out += [name, *[v for v in value.split(",") if v]]
-            taken += not eq
-        else:
-            out.append(argv[i])
-        i += taken
-    return out
-
-
-def _tyro(cls: type, argv: list[str], prog: str, **kwargs):
-    """``tyro.cli`` with parse errors raised as UsageError (tyro's parse-error hook)."""
-    import tyro
-    from tyro import _errors      # tyro's hook for parse errors (tyro>=1,<2; documented there as experimental)
-    with _errors.on_parse_error(lambda event: _usage_error(event, cls)):
-        return tyro.cli(cls, args=argv, prog=prog, **kwargs)
-
-
-def _usage_error(event, cls: type):
-    from tyro import _errors as e
-
-    from repa.fields import UsageError
-    arg = getattr(event, "argument", None)
-    name = f"{arg.display_name()}: " if arg is not None else ""
-    if isinstance(event, e.UnrecognizedArgs):
-        close = [c for t in event.tokens if t.startswith("--")
-                 for c in difflib.get_close_matches(t.partition("=")[0].replace("_", "-"), _flags(cls), n=1)]
-        message = f"unrecognized option(s) {' '.join(event.tokens)}" + (f"; did you mean: {', '.join(close)}?"
-                                                                        if close else "")
-    elif isinstance(event, e.MissingArgs):
-        message = "missing " + ", ".join(a.arg.display_name() for a in event.missing_arguments)
-    elif isinstance(event, e.InvalidChoice):
-        message = f"{name}invalid choice {event.value!r} (choose from {', '.join(event.choices)})"
-    else:
-        message = name + getattr(event, "message", "give one value" if arg is not None else
-                                 f"invalid arguments ({type(event).__name__})")
-    raise UsageError(f"{message}; see {event.prog} --help")
 
 
 def _top_level_help() -> str:

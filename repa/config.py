@@ -14,9 +14,8 @@ from typing import Any, Literal, Optional, Union
 
 from repa.e2e_config import EndToEndConfig
 from repa.fields import INT_LIMIT, ConfigError, _require, check_fields  # noqa: F401 (re-exported)
+from repa.logging_config import WandbConfig
 from repa.paths import PATHS as INTERPOLANTS
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,7 +132,7 @@ class DataConfig:
     """Where the training data comes from."""
     path: str = ""                    # prepared dataset directory ("" only for in-memory data)
     resolution: int = 256             # image side length the encoders see
-    num_workers: int = 2              # data-loading processes per rank
+    num_workers: int = 2              # data-loading threads per rank (prefetching batches)
     use_token_cache: bool = True      # read the teachers' tokens from the dataset's cache when it has one
 
 
@@ -167,6 +166,7 @@ class TrainConfig:
     sample_vae: str = "stabilityai/sd-vae-ft-ema"  # hub id or folder of the VAE decoding latent previews
     max_skipped_steps: int = 0        # > 0: skip up to this many non-finite steps instead of stopping
     wandb: bool = False               # also log to Weights & Biases (pip install wandb)
+    wandb_run: WandbConfig = field(default_factory=WandbConfig)  # W&B project, entity, run name, tags, images
     tensorboard: bool = True          # also log to TensorBoard (run_dir/tensorboard)
 
 

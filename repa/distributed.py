@@ -1,7 +1,10 @@
 """Thin torch.distributed glue. One process is the same code path with world size 1.
 
-``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT); ``init`` reads them. ``unwrap`` is the one
-place that reaches into a DDP/compile wrapper.
+``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/PORT); ``init`` reads them. ``accelerate launch``
+(huggingface/accelerate, ``commands/launch.py``) starts its multi-GPU processes through the same
+``torch.distributed.run`` and so works as torchrun does; its own precision and compile settings
+(ACCELERATE_MIXED_PRECISION, ACCELERATE_DYNAMO_BACKEND) are not read here, so asking for them is refused rather than
+ignored. ``unwrap`` is the one place that reaches into a DDP/compile wrapper.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class DistInfo:
 
 def init(device: str | None = None) -> DistInfo:
     """Start the process group when launched by torchrun (NCCL on GPUs, gloo on CPU); pick this rank's device."""
+    check_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,6 +43,20 @@ def init(device: str | None = None) -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+ACCELERATE_SETTINGS = {"ACCELERATE_MIXED_PRECISION": ("no", "--precision bf16|fp16"),
+                       "ACCELERATE_DYNAMO_BACKEND": ("no", "--compile")}
+
+
+def check_launcher() -> None:
+    """ConfigError when ``accelerate launch`` asked for mixed precision or torch.compile, which repa sets by flags."""
+    from repa.config import ConfigError
+    for name, (off, flag) in ACCELERATE_SETTINGS.items():
+        value = os.environ.get(name, off)
+        if value.lower() not in (off, ""):
+            raise ConfigError(f"accelerate launch: {name}={value} is not read by repa (it launches like torchrun, "
+                              f"no more); drop accelerate's option and give repa's {flag}, or use torchrun")
 
 
 def rank() -> int:

@@ -144,10 +144,13 @@ def get_preset(name: str) -> TrainConfig:
 
 
 def describe() -> str:
-    """A plain-text table of the presets (``repa presets``): model, encoder depth, lambda, resolution, batch, encoders."""
-    lines = [f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  encoders"]
+    """A plain-text table of the presets (``repa presets``): model, encoder depth, lambda, resolution, batch, the
+    teacher the objective runs ("none": vanilla twins keep the encoder only for the projectors' widths)."""
+    from repa.objectives import OBJECTIVES      # teacher: the encoders the objective runs (vanilla: none, lambda 0)
+    lines = [f"{'preset':24s} {'model':10s} {'enc. depth':>10s} {'lambda':>6s} {'res':>4s} {'batch':>5s}  teacher"]
     for name, make in PRESETS.items():
         c = make()
+        used = ",".join(c.encoders) if OBJECTIVES[c.objective.kind].teacher_needs(c).any else "none"
         lines.append(f"{name:24s} {c.model.name:10s} {c.model.encoder_depth:10d} {c.objective.proj_coeff:6.2f} "
-                     f"{c.data.resolution:4d} {c.global_batch_size:5d}  {','.join(c.encoders)}")
+                     f"{c.data.resolution:4d} {c.global_batch_size:5d}  {used}")
     return "\n".join(lines)

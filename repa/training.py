@@ -68,7 +68,7 @@ def _check_run_dir(cfg: TrainConfig, allow_config_change: bool) -> None:
     them) differs beyond resume-safe fields; nothing is written here (``config.json`` once the run has resumed)."""
     old = _run_config(cfg)
     if old is not None:
-        changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS}
+        changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS and "wandb_run." not in k}
         model = {k: v for k, v in changed.items() if k.startswith("model.")}
         if model and allow_config_change:      # no checkpoint of the run could load into another network
             listing = "; ".join(f"{k}: {old_v!r} -> {new_v!r}" for k, (old_v, new_v) in model.items())
@@ -312,5 +312,5 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
         if stop_signal:
             raise Interrupted(stop_signal, step, last_ckpt)
         if cfg.sample_every and step % cfg.sample_every == 0 and process.is_main:
-            sample_preview(ema, cfg, step)
+            sample_preview(ema, cfg, step, log)
     return last_ckpt

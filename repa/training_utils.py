@@ -75,8 +75,9 @@ class MetricsLog:
                 warnings.warn("tensorboard is not installed; TensorBoard logging is off")
         if cfg.wandb:
             import wandb
-            self.wandb = wandb.init(project="repa", name=Path(cfg.run_dir).name, config=json.loads(
-                json.dumps(__import__("dataclasses").asdict(cfg))), resume="allow")
+
+            from repa.logging_config import wandb_init_kwargs
+            self.wandb = wandb.init(**wandb_init_kwargs(cfg))
 
     def accumulate(self, values: dict[str, torch.Tensor]) -> None:
         """Add one step's named scalars (the loss, its terms, the gradient norm), kept on the device."""
@@ -126,6 +127,12 @@ class MetricsLog:
         if self.wandb is not None:
             self.wandb.log(record, step=step)
 
+    def image(self, key: str, path: Path, step: int) -> None:
+        """Log a PNG file (a preview grid) to W&B when it is on and ``wandb_run.images``."""
+        if self.wandb is not None and self.cfg.wandb_run.images:
+            import wandb
+            self.wandb.log({key: wandb.Image(str(path), caption=f"step {step}")}, step=step)
+
     def close(self) -> None:
         """Close the progress bar and the writers (idempotent)."""
         if self.bar is not None:
@@ -140,10 +147,10 @@ class MetricsLog:
 _preview_warned = False
 
 
-def sample_preview(ema, cfg: TrainConfig, step: int) -> None:
+def sample_preview(ema, cfg: TrainConfig, step: int, log: MetricsLog | None = None) -> None:
     """Write a PNG grid of 16 EMA samples (``SampleConfig()`` with ``cfg.sample_steps`` steps, seed ``cfg.seed``)
     to ``run_dir/samples/STEP.png`` through the one in-process generator; latent models are decoded by
-    ``cfg.sample_vae``, loaded once per process."""
+    ``cfg.sample_vae``, loaded once per process; ``log``: also to W&B (``MetricsLog.image``)."""
     global _preview_warned
     from repa.config import SampleConfig
     from repa.evaluation.generate import sample_grid_png
@@ -158,6 +165,8 @@ def sample_preview(ema, cfg: TrainConfig, step: int) -> None:
                 _preview_warned = True
             return
     rng_state = torch.get_rng_state()
-    sample_grid_png(ema, Path(cfg.run_dir) / "samples" / f"{step:08d}.png", SampleConfig(steps=cfg.sample_steps),
-                    num=16, seed=cfg.seed, vae=vae)
+    path = Path(cfg.run_dir) / "samples" / f"{step:08d}.png"
+    sample_grid_png(ema, path, SampleConfig(steps=cfg.sample_steps), num=16, seed=cfg.seed, vae=vae)
     torch.set_rng_state(rng_state)
+    if log is not None:
+        log.image("samples", path, step)

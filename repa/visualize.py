@@ -25,12 +25,21 @@ def image_grid(images: np.ndarray | torch.Tensor, nrow: int | None = None, pad: 
     return grid
 
 
+def to_pil(image: np.ndarray | torch.Tensor, channels_last: bool = False):
+    """One uint8 image (C, H, W) as ``repa.generate_images`` gives it (or (H, W, C) with ``channels_last``), C = 1
+    or 3, as a PIL image: mode "L" for one channel (PIL has no (H, W, 1) mode), "RGB" for three."""
+    from PIL import Image
+    array = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image)
+    if array.ndim != 3 or array.dtype != np.uint8 or array.shape[-1 if channels_last else 0] not in (1, 3):
+        raise ValueError(f"to_pil takes one uint8 image (C, H, W) with C 1 or 3, got {array.dtype} {array.shape}")
+    array = array if channels_last else array.transpose(1, 2, 0)
+    return Image.fromarray(np.ascontiguousarray(array[..., 0] if array.shape[-1] == 1 else array))
+
+
 def save_png(grid: np.ndarray, path: str | Path) -> None:
     """Write an (H, W, C) uint8 array as PNG atomically (temporary file + rename)."""
-    from PIL import Image
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = grid[..., 0] if grid.shape[-1] == 1 else grid
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    to_pil(grid, channels_last=True).save(buffer, format="PNG")
     atomic_write(path, lambda f: f.write(buffer.getvalue()))

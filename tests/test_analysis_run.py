@@ -77,6 +77,22 @@ def test_training_curves_group_runs_with_several_steps(tmp_path):
     assert len(write_plots(report, str(tmp_path))) == 2     # no probe results: no probe plot
 
 
+def test_the_plots_tick_whole_blocks_and_steps(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    ticks, close = [], plt.close
+
+    def record_then_close(fig):                 # the x ticks of each figure as it was saved
+        ticks.append([t for ax in fig.axes for t in ax.get_xticks()])
+        close(fig)
+    monkeypatch.setattr(plt, "close", record_then_close)
+    layers = [{"layer": i, "cknna": 0.1 * i, "probe_accuracy": 0.2} for i in (1, 2, 3)]
+    entries = [{"run": "a", "step": s, "alignment_depth": 2, "layers": layers} for s in (10, 13)]
+    report = {"checkpoints": entries, "training_curves": training_curves(entries), "encoder": {"name": "x"},
+              "settings": {"t": 0.5}}
+    assert len(write_plots(report, str(tmp_path))) == 3 and len(ticks) == 3
+    assert all(float(t).is_integer() for figure in ticks for t in figure), ticks
+
+
 def test_fixed_subset_is_seeded_and_checked():
     a = fixed_subset(100, 10, seed=3)
     assert np.array_equal(a, fixed_subset(100, 10, seed=3)) and np.all(np.diff(a) > 0)

@@ -167,7 +167,8 @@ def test_repa_has_no_import_circles():
 # (function-body imports count). Each module belongs to the layer of the longest name below that it starts with.
 LAYERS = [
     ("foundation: config, paths, file and device guards",
-     ["repa", "repa.config", "repa.e2e_config", "repa.fields", "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
+     ["repa", "repa.config", "repa.e2e_config", "repa.fields", "repa.logging_config", "repa.paths", "repa.utils",
+      "repa.integrity", "repa.offline", "repa.interrupt",
       "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
      ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
@@ -178,7 +179,7 @@ LAYERS = [
      ["repa.checkpoint", "repa.samplers", "repa.presets", "repa.visualize", "repa.training", "repa.training_utils",
       "repa.evaluation", "repa.analysis"]),
     ("the demo", ["repa.demo"]),
-    ("the command line", ["repa.cli", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
+    ("the command line", ["repa.cli", "repa.cli_parsing", "repa.__main__", "repa.commands", "repa.typed_cli", "repa.train_cli",
                           "repa.data.prepare_cli"]),
 ]
 

@@ -57,3 +57,22 @@ def test_fsdp_two_processes_equal_one_process_and_resume(tmp_path):
     for key in ("model", "ema"):
         for name, value in one[key].items():
             assert torch.allclose(value, two[key][name], atol=1e-5, rtol=0), f"{key}.{name}"
+
+
+def test_accelerate_launch_is_torchrun_and_its_own_settings_are_refused(monkeypatch):
+    """accelerate launch sets torchrun's variables (and these of its own): "no" precision / dynamo run as torchrun;
+    asking accelerate for bf16 or a dynamo backend is refused in one line naming repa's flag and torchrun."""
+    import pytest
+
+    from repa import distributed
+    from repa.config import ConfigError
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")
+    assert distributed.init("cpu").world_size == 1
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(ConfigError, match=r"ACCELERATE_MIXED_PRECISION=bf16 .*--precision bf16\|fp16.*torchrun"):
+        distributed.init("cpu")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    with pytest.raises(ConfigError, match="--compile"):
+        distributed.init("cpu")

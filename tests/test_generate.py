@@ -89,7 +89,7 @@ def test_repa_sample_writes_adm_npz_grid_settings(tmp_path):
     np.testing.assert_array_equal(arr[:, :1], direct)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["settings"]["num"] == 5 and settings["model"]["in_channels"] == 1
-    assert (out / "grid.png").is_file() and not list((out / "shards").glob("*.npz"))
+    assert (out / "grid.png").is_file() and not (out / "shards").exists()        # no empty shards/ left
     with pytest.raises(ValueError, match="other settings"):
         sample_to_npz(ckpt, str(out), num=5, seed=2, sampler="euler", steps=3, cfg_scale=1.0, progress=False)
 

@@ -8,6 +8,12 @@ a model on a GPU only holds one batch.
 
 The model contract: ``model.forward_features(x_t, t, y, project=True, layers=(1, ..., depth))`` returns
 ``ModelOutput(prediction, projected, hidden)``, ``hidden`` a dict {1-based block: (B, N, D)}.
+
+The noise follows the network's training: a velocity network (SiT) sees x_t on its interpolant at time t; an
+epsilon network (DiT, improved DDPM) sees DDPM's forward process at step round(t * 999) of the 1000-step linear
+schedule, its network time that step / 1000 (t = 0 data, 1 noise either way). A REG network (``config.class_token``)
+also denoises its teacher's class token: it gets the clean class token (``class_tokens``, from the teacher it was
+trained with) noised at the same t with noise of its own, as in training.
 """
 from __future__ import annotations
 
@@ -86,6 +92,25 @@ def sample_noise(shape: Sequence[int], start: int, seed: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def noising(model: torch.nn.Module, path: str, t: float) -> Callable:
+    """``(x0, noise) -> (x_t, network time (B,))`` at diffusion time ``t`` the way ``model`` was trained (module
+    docstring): the interpolant ``path`` for velocity networks, DDPM's forward process for epsilon networks."""
+    if getattr(getattr(model, "config", None), "prediction", "velocity") == "epsilon":
+        from repa.diffusion.objective import base_diffusion
+        process = base_diffusion()
+
+        def ddpm(x0, noise):
+            steps = torch.full((x0.shape[0],), round(t * (process.num_timesteps - 1)), device=x0.device)
+            return process.q_sample(x0, steps, noise), process.model_time(steps).to(x0.dtype)
+        return ddpm
+    interpolant = get_path(path)
+
+    def interpolated(x0, noise):
+        t_batch = torch.full((x0.shape[0],), t, device=x0.device, dtype=x0.dtype)
+        return interpolant.interpolate(x0, noise, t_batch), t_batch
+    return interpolated
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -96,7 +121,8 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: float, path: str = "linear",
                      layers: Sequence[int] | None = None, encoders: Sequence[Encoder] = (), seed: int = 0,
-                     keep_tokens: bool = False, project: bool = True) -> FeatureSet:
+                     keep_tokens: bool = False, project: bool = True,
+                     class_tokens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FeatureSet:
     """Run ``model`` on noised clean samples and collect per-block, projector and encoder features.
 
     Args:
@@ -110,6 +136,7 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: floa
         seed: noise seed; the noise of the i-th sample depends only on (seed, i).
         keep_tokens: also keep the full token tensors (memory: N * T * D floats per block).
         project: also collect the REPA projector outputs (models without projectors return none).
+        class_tokens: REG networks only: uint8 images -> the clean class tokens (B, E) of the training teacher.
     Returns:
         A FeatureSet with float32 CPU tensors.
     Raises:
@@ -117,7 +144,11 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: floa
     """
     t = check_time(t)
     layers = resolve_layers(model, layers)
-    interpolant = get_path(path)
+    noised = noising(model, path, t)
+    reg = bool(getattr(getattr(model, "config", None), "class_token", False))
+    if reg and class_tokens is None:
+        raise ConfigError("a REG network (model.class_token) denoises its teacher's class token with the image: "
+                          "pass class_tokens (images -> (B, E)) of the teacher it was trained with")
     device = _model_device(model)
     was_training = model.training
     model.eval()
@@ -139,10 +170,13 @@ def extract_features(model: torch.nn.Module, batches: Iterable[dict], *, t: floa
             x0 = torch.as_tensor(batch["x0"]).to(device=device, dtype=torch.float32)      # (B, C, H, W)
             y = torch.as_tensor(batch["label"]).to(device=device, dtype=torch.long)       # (B,)
             noise = sample_noise(x0.shape, position, seed).to(device)
-            t_batch = torch.full((x0.shape[0],), t, device=device)
-            x_t = interpolant.interpolate(x0, noise, t_batch)
+            x_t, t_batch = noised(x0, noise)
             cond = None if unconditional else y       # an unconditional network takes no labels
-            out = model.forward_features(x_t, t_batch, cond, project=project, layers=layers)
+            extra = {}
+            if reg:                                   # the class token's own noise: seeded apart from the image's
+                cls0 = class_tokens(torch.as_tensor(batch["image"]).to(device)).float()          # (B, E)
+                extra["class_token"] = noised(cls0, sample_noise(cls0.shape, position, seed + 1).to(device))[0]
+            out = model.forward_features(x_t, t_batch, cond, project=project, layers=layers, **extra)
             for layer in layers:
                 h = out.hidden[layer].float()                                             # (B, N, D)
                 pooled[layer].append(h.mean(dim=1).cpu())
@@ -199,4 +233,4 @@ def encoder_features(encoder: Encoder, batches: Iterable[dict], keep_tokens: boo
     return torch.cat(pooled), (torch.cat(tokens) if keep_tokens else None)
 
 
-__all__ = ["FeatureSet", "extract_features", "encoder_features", "check_time", "resolve_layers", "sample_noise"]
+__all__ = ["FeatureSet", "extract_features", "noising", "encoder_features", "check_time", "resolve_layers", "sample_noise"]

@@ -17,6 +17,18 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, ax, path: Path) -> str:
+    """Grid, legend, integer ticks on the x axis (blocks and steps are whole numbers), then the PNG file."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def checkpoint_label(entry: dict) -> str:
     """Short legend text: the run's folder name and the step."""
     name = Path(entry["run"]).name or entry["run"]
@@ -37,12 +49,7 @@ def write_plots(report: dict, out: str, metric: str = "cknna") -> list[str]:
         ax.plot([r["layer"] for r in entry["layers"]], [r[metric] for r in entry["layers"]], marker="o",
                 label=checkpoint_label(entry))
     ax.set(xlabel="block", ylabel=f"{metric.upper()} with {encoder}", title=f"Alignment per block (t = {t})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(str(out / "alignment_per_layer.png"))
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save(plt, fig, ax, out / "alignment_per_layer.png"))
 
     curves = report.get("training_curves") or []
     if curves:
@@ -58,12 +65,7 @@ def write_plots(report: dict, out: str, metric: str = "cknna") -> list[str]:
                 ax.plot(curve["steps"], curve["best_layer_value"], marker="o", label=f"{name}: best block")
         ax.set(xlabel="training step", ylabel=f"{metric.upper()} with {encoder}",
                title=f"Alignment over training (t = {t})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(str(out / "alignment_over_steps.png"))
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(plt, fig, ax, out / "alignment_over_steps.png"))
 
     if any("probe_accuracy" in r for entry in entries for r in entry["layers"]):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -74,12 +76,7 @@ def write_plots(report: dict, out: str, metric: str = "cknna") -> list[str]:
             ax.axhline(report["encoder"]["probe"]["best_accuracy"], color="gray", linestyle=":",
                        label=f"{encoder} (encoder)")
         ax.set(xlabel="block", ylabel="linear probe accuracy (held out)", title=f"Linear probe per block (t = {t})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(str(out / "probe_per_layer.png"))
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save(plt, fig, ax, out / "probe_per_layer.png"))
     return written
 
 

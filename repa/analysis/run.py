@@ -111,7 +111,7 @@ def analyze_features(features: FeatureSet, encoder_pooled: torch.Tensor, opts: A
 
 
 def analyze_model(model: torch.nn.Module, make_batches: Callable[[], Iterable[dict]], encoder_pooled: torch.Tensor,
-                  opts: AnalyzeOptions, *, path: str = "linear") -> dict:
+                  opts: AnalyzeOptions, *, path: str = "linear", class_tokens=None) -> dict:
     """Extract features of ``model`` on the batches of ``make_batches()`` and run ``analyze_features``.
 
     Args:
@@ -121,9 +121,11 @@ def analyze_model(model: torch.nn.Module, make_batches: Callable[[], Iterable[di
         encoder_pooled: (N, E) pooled encoder features.
         opts: analysis settings (t, layers, seed, ...).
         path: the interpolant the model was trained with.
+        class_tokens: REG networks: images -> the training teacher's class tokens (``extract_features``).
     """
     opts.validate()
-    features = extract_features(model, make_batches(), t=opts.t, path=path, layers=opts.layers, seed=opts.seed)
+    features = extract_features(model, make_batches(), t=opts.t, path=path, layers=opts.layers, seed=opts.seed,
+                                class_tokens=class_tokens)
     parameter = next(model.parameters(), None)
     return analyze_features(features, encoder_pooled, opts, device=parameter.device if parameter is not None else None)
 
@@ -206,6 +208,20 @@ def _run_name(loaded: LoadedModel) -> str:
     return str(parent.parent if parent.name == "checkpoints" else parent)
 
 
+def _class_tokens(loaded: LoadedModel, resolution: int, device):
+    """For a REG network, images -> the class tokens (B, E) of the teacher it was trained with; else None."""
+    cfg, train = loaded.config, loaded.train_config
+    if not cfg.class_token:
+        return None
+    if train is None or not train.encoders:
+        raise ConfigError(f"{loaded.path}: a REG network needs the class token of the teacher it was trained with, "
+                          "and the checkpoint does not name one; analyse a checkpoint written by repa train")
+    from repa.encoders import load_encoder
+    teacher = load_encoder(train.encoders[0], resolution=resolution, token_grid=cfg.grid_size, device=device,
+                           weights=train.encoder_weights[0] if train.encoder_weights else None)
+    return lambda images: teacher.tokens_and_class_token(images)[1]
+
+
 def _pick_encoder(loaded: LoadedModel, checkpoint: str, name: str | None,
                   weights: str | None) -> tuple[str, str | None]:
     """The encoder to compare against: ``name`` if given, else the first encoder of the checkpoint's training."""
@@ -214,6 +230,9 @@ def _pick_encoder(loaded: LoadedModel, checkpoint: str, name: str | None,
     cfg = loaded.train_config
     if cfg is not None and cfg.encoders:
         return cfg.encoders[0], weights or (cfg.encoder_weights[0] if cfg.encoder_weights else None)
+    if cfg is not None:
+        raise ConfigError(f"{checkpoint} was trained without a teacher (SRA's self-alignment, or no encoder): pass "
+                          "--encoder NAME to compare its blocks with a frozen encoder (e.g. dinov2-vit-b)")
     raise ConfigError(f"{checkpoint} has no training config naming an encoder (reference checkpoints do not): pass "
                      "--encoder NAME (e.g. dinov2-vit-b)")
 
@@ -265,9 +284,6 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
     for path in checkpoints:
         loaded = load_model(path, which=which, device=device)
         model, cfg, train_config = loaded.model, loaded.config, loaded.train_config
-        if cfg.prediction != "velocity":
-            raise ConfigError(f"{path}: a {cfg.prediction} network (model.prediction); the analysis noises inputs on "
-                             "an interpolant path and supports velocity (interpolant) checkpoints only")
         if encoder_name is None:
             encoder_name, encoder_weights = _pick_encoder(loaded, path, encoder, encoder_weights)
 
@@ -291,7 +307,8 @@ def run_analysis(checkpoints: Sequence[str], data, out: str, opts: AnalyzeOption
         step = loaded.step
         log(f"{path}: {cfg.name}, step {step}, t={opts.t}, {len(indices)} samples")
         try:
-            result = analyze_model(model, make_batches, encoder_cache[cfg.grid_size], opts, path=loaded.interpolant)
+            result = analyze_model(model, make_batches, encoder_cache[cfg.grid_size], opts, path=loaded.interpolant,
+                                   class_tokens=_class_tokens(loaded, dataset.resolution, device))
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         entries.append({

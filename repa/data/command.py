@@ -19,7 +19,7 @@ from repa.runlock import claim_folder
 class PrepareOptions:
     """How ``repa prepare`` prepares, caches or verifies (the comment next to a field is its ``--help`` line)."""
     verify: Optional[str] = None      # check this dataset folder against its manifest and exit
-    no_hash: bool = False             # --verify: check shapes and counts, skip sha256
+    hash: bool = True                 # --verify: also check every file's sha256 (--no-hash: shapes and counts only)
     split: Optional[str] = None       # split sub-folder (train / val), or train / test for Fashion-MNIST
     resolution: int = -1              # ADM centre-crop side (-1: 256 for folders; Fashion-MNIST keeps 28, also with 0)
     channels: Optional[Literal[1, 3]] = None  # 3 (RGB, default for folders) or 1 (greyscale)
@@ -27,7 +27,7 @@ class PrepareOptions:
     small: Literal["upscale", "skip"] = "upscale"  # images smaller than the crop: upscale (ADM) or skip
     chunk_size: Optional[int] = None  # items per chunk/shard (default: about 64 MiB of images)
     workers: Optional[int] = None     # decoding processes (default: the CPUs of this rank)
-    latents: bool = False             # store SD-VAE latent moments (default VAE)
+    latents: bool = False             # store the latent moments of the SD-VAE (sd-vae-ft-mse; another: --vae)
     vae: Optional[str] = None         # hub id or folder of the AutoencoderKL (implies --latents; default sd-vae-ft-mse)
     latent_dtype: Literal["float32", "float16"] = "float32"  # storage dtype of the latent moments
     tokens: tuple[str, ...] = ()      # cache the tokens of these encoders (e.g. dinov2-vit-b)
@@ -53,7 +53,7 @@ def prepare_command(paths: Sequence[str], opts: PrepareOptions = PrepareOptions(
     check_device(device)
     if verify:
         from repa.data.verify import verify_dataset
-        problems = verify_dataset(verify, check_hashes=not opts.no_hash)
+        problems = verify_dataset(verify, check_hashes=opts.hash)
         for problem in problems:
             print(f"PROBLEM {problem}")
         print(f"{verify}: " + (f"{len(problems)} problem(s)" if problems else "OK"))

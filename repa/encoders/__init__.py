@@ -170,13 +170,13 @@ def load_encoders(names: str | Sequence[str], *, resolution: int, token_grid: in
 
 def _input_rule(spec: EncoderSpec) -> str:
     if spec.resize == "grid":
-        return f"{spec.patch_size}*grid ({spec.patch_size * 16} px at 16x16)"
-    return f"as given, multiple of {spec.patch_size}"
+        return f"{spec.patch_size}*grid"
+    return f"any, x{spec.patch_size}"
 
 
 def _weights_source(spec: EncoderSpec) -> str:
     if spec.hub_id:
-        return f"hub {spec.hub_id}" + (" (gated)" if "gated" in spec.weights_origin else "")
+        return spec.hub_id + (" (gated)" if "gated" in spec.weights_origin else "")
     if spec.default_file:
         return f"{spec.weights_origin} ({spec.default_file})"
     return spec.weights_origin
@@ -199,17 +199,30 @@ def describe(names: str | Sequence[str] | None = None, *, resolution: int | None
     if (resolution is None) != (token_grid is None):
         raise ConfigError("--resolution and --token-grid go together")
     specs = [get_spec(n) for n in _split(names)] if names else list(ENCODERS.values())
-    header = ("name", "E", "input side", "trained at", "tokens", "weights")
+    header = ("name", "E", "input", "trained", "tokens", "weights (hub id or source)")
     rows = [(s.name, str(s.embed_dim), _input_rule(s), f"{s.native_resolution} px", s.tokens, _weights_source(s))
             for s in specs]
     if resolution is not None and token_grid is not None:
         if token_grid < 1 or resolution < 1:
             raise ConfigError(f"resolution and token grid must be positive, got {resolution} and {token_grid}")
-        header += (f"at {resolution} px, grid {token_grid}",)
-        rows = [r + (_plan_text(s, resolution, token_grid),) for r, s in zip(rows, specs)]
+        header = header[:4] + header[5:] + (f"at {resolution} px, grid {token_grid}",)   # tokens: see the plain list
+        rows = [r[:4] + r[5:] + (_plan_text(s, resolution, token_grid),) for r, s in zip(rows, specs)]
+    return text_table(header, rows, shrink={4: 20, 5: 16} if resolution is None else {5: 16, 4: 20})
+
+
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], shrink: dict[int, int], width: int = 100) -> str:
+    """Columns separated by two spaces within ``width`` characters: the columns of ``shrink`` ({index: narrowest}),
+    in its order, are narrowed (their cells wrapped onto more lines) until the table fits."""
+    import textwrap
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()   # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+    for column, narrowest in shrink.items():
+        widths[column] = max(narrowest, min(widths[column], width - sum(widths) + widths[column] - 2 * len(widths) + 2))
+    out = []
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        cells = [textwrap.wrap(c, w, break_on_hyphens=True) or [""] for c, w in zip(row, widths)]
+        out += ["  ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(cells, widths)).rstrip()
+                for k in range(max(map(len, cells)))]
+    return "\n".join(out)
 
 
 __all__ = ["ENCODERS", "DEFAULT_OFFLINE_ENCODER", "Encoder", "EncoderSpec", "EncoderWeightsError", "check_encoder",

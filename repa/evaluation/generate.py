@@ -343,6 +343,8 @@ def _sample_claimed(checkpoint, out: Path, config, overrides, *, num, seed, labe
         _write_samples_npz(target, shards, num)
         for shard in shards:
             shard.unlink()
+        if not any((out / SHARD_DIR).iterdir()):      # the shards are in samples.npz: no empty folder left behind
+            (out / SHARD_DIR).rmdir()
         print(f"wrote {target} ({num} samples), {out / GRID_FILE}, {settings_path}")
     distributed.barrier()
     if owns_group:

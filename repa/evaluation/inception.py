@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -152,7 +153,10 @@ def load_inception(path: str | os.PathLike | None = None, device=None) -> Incept
     if not path.is_file():
         raise FileNotFoundError(f"Inception weight file {path} does not exist; {INSTALL_HINT}")
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():    # torch >= 2.9 deprecates TorchScript loading; the file is TorchScript
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is", category=FutureWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu")
         layers = scripted.net.layers
         names = [n for n, _ in layers.named_children()]
     except Exception as exc:  # noqa: BLE001 - any failure here means "not the expected file"
