@@ -27,7 +27,8 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
 
     Args:
         source: a hub id ("stabilityai/sd-vae-ft-mse") or a local folder holding ``config.json`` and the weights
-            (a whole Stable Diffusion folder with a ``vae/`` sub-folder also works).
+            (a whole Stable Diffusion folder with a ``vae/`` sub-folder also works), or REPA-E's released
+            autoencoder (``NAME.pt`` or its folder: ``repa.autoencoder_repae``).
         device: where to put it (default CPU).
         dtype: parameter dtype.
     Returns:
@@ -39,6 +40,9 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
     from diffusers import AutoencoderKL
 
     source = os.fspath(source)
+    from repa.autoencoder_repae import is_repae_source, load_repae_vae
+    if is_repae_source(source):                  # REPA-E's released autoencoders: NAME.pt (+ -latents-stats.pt)
+        return load_repae_vae(source, scale=LATENT_SCALE).to(device, dtype)
     expanded = os.path.expanduser(source)
     hub_id = DEFAULT_VAE if _looks_like_path(source) else source
     how = (f"download it once where the internet is reachable (`huggingface-cli download {hub_id} "

@@ -171,6 +171,7 @@ class TrainingState:
     sharded: bool = False
     step: int = 0
     images_seen: int = 0
+    objective_state: object = None  # the objective's own trained parts (REPA-E's VAE): state_dict / load_state_dict
 
     def state_dict(self) -> dict:
         """The checkpoint dict (tensors and plain values only; a collective under FSDP)."""
@@ -187,7 +188,7 @@ class TrainingState:
             "rng": distributed.all_gather_object(torch.get_rng_state()),
             "cuda_rng": distributed.all_gather_object(torch.cuda.get_rng_state() if cuda else None),
             "versions": library_versions("repa", "torch", "numpy"),
-        }
+            **({"objective_state": self.objective_state.state_dict()} if self.objective_state is not None else {})}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from a checkpoint dict written by ``state_dict`` (a collective under FSDP)."""
@@ -202,6 +203,8 @@ class TrainingState:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.loader.load_state_dict(state["data"])
+        if self.objective_state is not None:
+            self.objective_state.load_state_dict(state["objective_state"])
         self.step, self.images_seen = int(state["steps"]), int(state["images_seen"])
         rank, world_size = distributed.rank(), distributed.world_size()
         rng, cuda_rng = state.get("rng") or [], state.get("cuda_rng") or []
@@ -467,7 +470,8 @@ def _load_folder(folder: Path, *, which: str, device, origin: str, encoder_depth
 
 def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which: str = "ema",
                  origin: str = "auto", encoder_depth: int | None = None, overwrite: bool = False) -> Path:
-    """Write ``out/model.safetensors`` + ``out/config.json`` (``repa export``) from anything ``load_model`` reads.
+    """Write ``out/model.safetensors`` + ``out/config.json`` (``repa export``) from anything ``load_model`` reads;
+    for a REPA-E checkpoint also ``out/vae/``, its tuned VAE as a diffusers folder (``repa.e2e.export_vae``).
 
     ``config.json`` holds the model config (to rebuild the network), the training config (provenance: objective,
     interpolant, encoders; None for reference checkpoints), the step and which weights were exported (``ema`` by
@@ -482,4 +486,8 @@ def export_model(checkpoint: str | os.PathLike, out: str | os.PathLike, *, which
             "model": to_dict(loaded.config),
             "train_config": to_dict(loaded.train_config) if loaded.train_config is not None else None,
             "versions": library_versions("repa", "torch", "safetensors")}
-    return hub.write_model_folder(out, loaded.model.state_dict(), meta, overwrite=overwrite)
+    folder = hub.write_model_folder(out, loaded.model.state_dict(), meta, overwrite=overwrite)
+    if loaded.train_config is not None and loaded.train_config.objective.kind == "repa-e":   # its tuned VAE too
+        from repa.e2e import export_vae
+        export_vae(load_checkpoint(checkpoint)["objective_state"], folder / "vae")
+    return folder

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from repa.e2e_config import EndToEndConfig
 from repa.fields import INT_LIMIT, ConfigError, _require, check_fields  # noqa: F401 (re-exported)
 from repa.logging_config import WandbConfig
 from repa.model_names import name_of
@@ -145,6 +146,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    e2e: EndToEndConfig = field(default_factory=EndToEndConfig)  # REPA-E (objective.kind=repa-e): repa/e2e_config.py
     encoders: tuple[str, ...] = ("dinov2-vit-b",)  # frozen teachers (see `repa encoders`); empty: none
     encoder_weights: tuple[str, ...] = ()   # optional local paths, one per encoder
     run_dir: str = "runs/default"     # where checkpoints, config.json, metrics and previews go (reruns resume)

@@ -190,6 +190,8 @@ class StepContext:
     device: torch.device
     teachers: Teachers
     ema_features: Callable        # the EMA network's ``forward_features`` (SRA's targets)
+    features: Callable | None = None   # the live network's ``forward_features``, unwrapped (REPA-E's VAE pass)
+    state: object = None          # the objective's own trained parts (``Objective.build_state``), or None
 
     def generator(self, stream: str) -> torch.Generator:
         return step_generator(self.cfg.seed, self.step, stream, self.device)
@@ -259,6 +261,20 @@ class Objective:
 
     def teacher_needs(self, cfg: TrainConfig) -> TeacherNeeds:
         return TeacherNeeds()
+
+    def batch_keys(self, cfg: TrainConfig) -> list[str]:
+        """The dataset arrays its inputs read besides the condition and the teachers'."""
+        return ["latent_mean", "latent_std"] if cfg.model.space == "latent" else ["image"]
+
+    def check_dataset(self, cfg: TrainConfig, dataset) -> None:
+        """Raise ConfigError where ``dataset`` does not fit (before anything is built or written)."""
+        from repa.data.checks import check_dataset_for_model
+        check_dataset_for_model(cfg, dataset)
+
+    def build_state(self, cfg: TrainConfig, device) -> object:
+        """Parts the objective trains besides the network (modules, optimisers), with ``state_dict`` /
+        ``load_state_dict`` for the checkpoint; given to ``inputs`` as ``ctx.state``. None: nothing."""
+        return None
 
     def inputs(self, ctx: StepContext) -> dict:
         raise NotImplementedError
@@ -347,7 +363,71 @@ class IDDPM(Objective):
                                **inputs)
 
 
-OBJECTIVES: dict[str, Objective] = {"interpolant": Interpolant(), "iddpm": IDDPM()}
+class EndToEnd(Interpolant):
+    """REPA-E (Leng et al., ICCV 2025; End2End-Diffusion/REPA-E ``train_repae.py``): the VAE is tuned with the
+    transformer. Each step first updates the VAE (its regulariser + ``e2e.vae_align_proj_coeff`` x the alignment
+    loss through the transformer) and the discriminator (``repa.e2e.tune_vae``), then gives the transformer the
+    BatchNorm-normalised latents with the gradient stopped: the interpolant loss with REPA's alignment term."""
+    name, prediction = "repa-e", "velocity"
+
+    def check(self, cfg: TrainConfig) -> None:
+        from repa.e2e_config import validate_e2e
+        super().check(cfg)
+        validate_e2e(cfg.e2e)
+        m, o = cfg.model, cfg.objective
+        _require(m.space == "latent" and not m.class_token and m.projector == "mlp", "model.space",
+                 "REPA-E tunes a VAE for a latent SiT with the MLP projectors (no REG class token)")
+        _require(o.target == "encoders" and o.attn_coeff == 0 and bool(cfg.encoders), "encoders",
+                 "REPA-E aligns with teacher encoders (objective.target=encoders, no HASTE term)")
+        _require(cfg.parallel == "ddp", "parallel", "REPA-E runs with parallel=ddp: the VAE's pass goes backward "
+                 "through the SiT, where FSDP's gradient hooks expect the SiT's own backward")
+        _require(cfg.sample_every == 0, "sample_every", "training previews decode with a fixed VAE; sample the "
+                 "checkpoint with its exported VAE instead (`repa export`, docs/REPA-E.md)")
+
+    def teacher_needs(self, cfg: TrainConfig) -> TeacherNeeds:
+        return TeacherNeeds(tokens=True)
+
+    def batch_keys(self, cfg: TrainConfig) -> list[str]:
+        return ["image"]
+
+    def check_dataset(self, cfg: TrainConfig, dataset) -> None:
+        import dataclasses
+        from repa.data.checks import check_dataset_for_model
+        pixels = dataclasses.replace(cfg.model, space="pixel", in_channels=dataset.channels,
+                                     input_size=dataset.resolution)       # the VAE checks the channels
+        check_dataset_for_model(dataclasses.replace(cfg, model=pixels), dataset)     # images, labels, shards
+
+    def build_state(self, cfg: TrainConfig, device) -> object:
+        from repa.e2e import EndToEndState
+        return EndToEndState(cfg, device)
+
+    def inputs(self, ctx: StepContext) -> dict:
+        from repa.e2e import tune_vae
+        cfg, o = ctx.cfg, ctx.cfg.objective
+        diffusion = ctx.generator("diffusion")
+        shape = ctx.state.latent_shape                                   # (C, h, w)
+        t = sample_time(cfg.global_batch_size, o, generator=diffusion, device=ctx.device)[ctx.rows]
+        noise, eps = ctx.normal(diffusion, *shape), ctx.normal(ctx.generator("posterior"), *shape)
+        tokens = ctx.teachers.outputs(ctx.batch, ctx.device)[0]
+        targets, labels = alignment_targets(tokens, o), condition_of(cfg.model).values(ctx.batch, ctx.device)
+        path = get_path(o.path)
+
+        def align(x: torch.Tensor) -> torch.Tensor:    # REPA-E's VAE pass: no label dropout (the SiT in eval)
+            out = ctx.features(path.interpolate(x, noise, t), t, labels, project=True)
+            return alignment_loss(out.projected, targets).mean()
+        x0, terms = tune_vae(ctx.state, ctx.batch["image"].to(ctx.device), eps, align, ctx.step)
+        return dict(x0=x0, cond=condition_inputs(ctx), encoder_tokens=tokens, t=t, noise=noise,
+                    proj_coeff=schedule(o, ctx.step, o.proj_coeff), vae_terms=terms)
+
+    def loss(self, features, inputs: dict, cfg: ObjectiveConfig) -> LossOutput:
+        inputs = dict(inputs)
+        terms = inputs.pop("vae_terms", {})
+        out = super().loss(features, inputs, cfg)
+        out.terms.update(terms)
+        return out
+
+
+OBJECTIVES: dict[str, Objective] = {"interpolant": Interpolant(), "iddpm": IDDPM(), "repa-e": EndToEnd()}
 
 
 def get_objective(kind: str) -> Objective:
@@ -374,7 +454,7 @@ def repa_loss(features, x0: torch.Tensor, labels: torch.Tensor, encoder_tokens: 
     return get_objective(cfg.kind).loss(features, inputs, cfg)
 
 
-__all__ = ["OBJECTIVES", "IDDPM", "Interpolant", "Objective", "StepContext", "alignment_targets",
+__all__ = ["OBJECTIVES", "EndToEnd", "IDDPM", "Interpolant", "Objective", "StepContext", "alignment_targets",
            "class_token_terms", "clean_inputs", "condition_inputs", "get_objective",
            "interpolant_loss", "repa_loss", "sample_time", "schedule", "self_alignment_targets", "sra_weight",
            "step_generator", "validate"]

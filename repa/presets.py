@@ -7,7 +7,7 @@ with the offline EfficientNet-Lite0 teacher.
 The successors of REPA (docs/VARIANTS.md) change only what their reference code changes from that run:
 ``-iREPA-`` (conv projector, spatially normalised targets), ``-SRA-`` (no teacher: the model's EMA),
 ``-HASTE-`` (attention-map alignment, both terms stopped at 250K steps), ``-REG-`` (the teacher's class token
-denoised with the image, weight 0.03). ``MMDiT-REPA-COCO-256`` is the reference's text-to-image run on MS-COCO.
+denoised with the image, weight 0.03), ``-REPA-E-`` (the VAE tuned end to end: docs/REPA-E.md). ``MMDiT-REPA-COCO-256`` is the reference's text-to-image run on MS-COCO.
 """
 from __future__ import annotations
 
@@ -103,6 +103,15 @@ def coco(proj_coeff: float, resolution: int = 256) -> TrainConfig:
     )
 
 
+def repa_e(model: str, encoder_depth: int, resolution: int = 256) -> TrainConfig:
+    """REPA-E (End2End-Diffusion/REPA-E, README's ``train_repae.py`` run): REPA's run (lambda 0.5, DINOv2-B,
+    batch 256, fp16, 400K steps) with the SD-VAE tuned end to end (``repa.e2e_config`` defaults: VAE alignment
+    weight 1.5, L1 + LPIPS + KL 1e-6 + patch GAN 0.1, VAE and discriminator learning rates 1e-4, BN momentum 0.1)."""
+    base = _imagenet(model, encoder_depth, resolution, 0.5)
+    return dataclasses.replace(base, objective=dataclasses.replace(base.objective, kind="repa-e"),
+                               run_dir=base.run_dir.replace("-repa-", "-repa-e-"))
+
+
 def fmnist(proj_coeff: float = 0.5, depth: int = 6, width: int = 256) -> TrainConfig:
     """Small pixel-space SiT on Fashion-MNIST 28x28 (patch 2: 14x14 tokens), EfficientNet-Lite0 teacher."""
     teachers = ("efficientnet-lite0",)
@@ -142,6 +151,8 @@ PRESETS = {
     "SiT-XL/2-REG-256": lambda: reg("SiT-XL/2", 8),
     "MMDiT-REPA-COCO-256": lambda: coco(0.5),
     "MMDiT-vanilla-COCO-256": lambda: coco(0.0),
+    "SiT-B/2-REPA-E-256": lambda: repa_e("SiT-B/2", 4),
+    "SiT-XL/2-REPA-E-256": lambda: repa_e("SiT-XL/2", 8),
     "fmnist-REPA": lambda: fmnist(0.5),
     "fmnist-vanilla": lambda: fmnist(0.0),
 }

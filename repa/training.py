@@ -25,7 +25,6 @@ from repa.data.loader import BatchLoader
 from repa.interrupt import GracefulStop, Interrupted
 from repa.models import FeaturesView, build_model
 from repa.objectives import StepContext, get_objective, validate
-from repa.data.checks import check_dataset_for_model
 from repa.preflight import check_output_dir, compile_notice
 from repa.runlock import claim_folder, clean_stale_temp_files
 from repa.teachers import Teachers
@@ -160,7 +159,7 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     dataset = _open_dataset(cfg, dataset)
-    check_dataset_for_model(cfg, dataset)          # against the manifest, before anything is built or written
+    objective.check_dataset(cfg, dataset)          # against the manifest, before anything is built or written
     teachers = Teachers.load(cfg, objective.teacher_needs(cfg), dataset, encoders, dev)
     if process.is_main:
         check_output_dir(cfg.run_dir, "run_dir")
@@ -187,14 +186,14 @@ def _train(cfg: TrainConfig, *, dataset=None, encoders=None, allow_config_change
     per_rank = cfg.global_batch_size // process.world_size
     condition = condition_of(cfg.model)
     keys = ([condition.batch_key] if condition.batch_key else []) + teachers.batch_keys
-    keys += ["latent_mean", "latent_std"] if cfg.model.space == "latent" else ["image"]
+    keys += objective.batch_keys(cfg)             # latents or images (REPA-E: images, its VAE encodes them)
     keys = list(dict.fromkeys(keys))               # a live teacher and a pixel model both read the images
     loader = BatchLoader(dataset, per_rank, seed=cfg.seed, rank=process.rank, world_size=process.world_size,
                          num_workers=cfg.data.num_workers, pin_memory=dev.type == "cuda", keys=keys,
                          readers=condition.readers)
     log = None
     try:
-        state = TrainingState(cfg, net, ema, opt, scaler, loader, sharded=fsdp)
+        state = TrainingState(cfg, net, ema, opt, scaler, loader, fsdp, objective_state=objective.build_state(cfg, dev))
         last_ckpt = state.resume(cfg.run_dir)
         if process.is_main:                        # written once the run can start (or resume): never before
             atomic_write_text(Path(cfg.run_dir) / "config.json", to_json(cfg))
@@ -243,11 +242,11 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
     skipped = good = 0
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = distributed.local_tensors(ema.parameters()), distributed.local_tensors(net.parameters())
-    ema_features = FeaturesView(ema)
+    ema_features, live_features, parts = FeaturesView(ema), FeaturesView(net), state.objective_state
     while state.step < end:
         step = state.step
         # -- data, and the objective's inputs for this step (its draws: global batch, then this rank's rows) ----
-        ctx = StepContext(cfg, step, next(loader), mine, dev, teachers, ema_features)
+        ctx = StepContext(cfg, step, next(loader), mine, dev, teachers, ema_features, live_features, parts)
         inputs = objective.inputs(ctx)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg.optim, step)

@@ -168,11 +168,12 @@ def test_repa_has_no_import_circles():
 # (function-body imports count). Each module belongs to the layer of the longest name below that it starts with.
 LAYERS = [
     ("foundation: config, paths, file and device guards",
-     ["repa", "repa.config", "repa.config_validate", "repa.model_names", "repa.fields", "repa.logging_config",
+     ["repa", "repa.config", "repa.e2e_config", "repa.config_validate", "repa.model_names", "repa.fields", "repa.logging_config",
       "repa.paths", "repa.utils", "repa.integrity", "repa.offline", "repa.interrupt",
       "repa.runlock", "repa.preflight", "repa.conditions", "repa.guidance", "repa.ema"]),
     ("building blocks: networks, diffusion math, encoders, the VAE, data, metrics",
      ["repa.models", "repa.diffusion", "repa.losses", "repa.objectives", "repa.teachers", "repa.encoders", "repa.autoencoder",
+      "repa.autoencoder_repae", "repa.vae_losses", "repa.e2e",
       "repa.text_encoders", "repa.hub", "repa.distributed", "repa.flops", "repa.data", "repa.data.layouts", "repa.evaluation.fid", "repa.evaluation.inception",
       "repa.evaluation.npz", "repa.evaluation.prdc", "repa.analysis.metrics", "repa.analysis.probe",
       "repa.analysis.plots", "repa.analysis.features"]),

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from repa.demo import DemoConfig, run_demo
 from repa.demo.autoencoder import AutoencoderConfig
@@ -83,7 +84,8 @@ def test_arms_differ_only_in_their_objective_fields():
                 "irepa": {"model.projector", "objective.target_norm"},
                 "sra": {"encoders", "model.encoder_dims", "model.projector", "objective.target", "objective.self_depth",
                         "objective.self_loss"},
-                "reg": {"model.class_token"}}
+                "reg": {"model.class_token"},
+                "repa-e": {"objective.kind", "e2e.perceptual", "e2e.disc_layers", "e2e.disc_channels"}}
     assert set(configs) == set(expected)
     for arm, cfg in configs.items():
         changed = set(diff(configs["repa"], cfg)) - {"run_dir"}
@@ -237,6 +239,33 @@ def test_tiny_demo_end_to_end(tmp_path):
     # other settings in the same folder are refused, naming the folder
     with pytest.raises(ConfigError, match="other settings"):
         run_demo(dataclasses.replace(demo, out=str(moved), steps=8), progress=False)
+
+
+@pytest.mark.slow
+def test_tiny_demo_repa_e_arm(tmp_path):
+    """REPA-E's arm in the tiny job: it tunes the job's VAE (its checkpoint holds it, changed), its samples are
+    decoded by that VAE and scored, the report compares it with vanilla."""
+    from repa.checkpoint import load_checkpoint
+    from repa.demo.autoencoder import load_vae_folder
+    source = tmp_path / "fmnist"
+    source.mkdir()
+    _small_fashion_mnist(source, 512, 96)
+    demo = DemoConfig(out=str(tmp_path / "demo"), data_root=str(tmp_path / "data"), source=str(source),
+                      seeds=(1,), arms=("repa-e", "vanilla"), depth=4, width=32, heads=2, projector_dim=32, steps=4,
+                      batch_size=16, autoencoder=AutoencoderConfig(steps=4, batch_size=16, width=8, decoder_steps=2),
+                      curve_points=2, curve_samples=24, final_samples=24, ref_images=24, sample_steps=2,
+                      align_images=24, workers=1, train_images=400)
+    text = run_demo(demo, progress=False).read_text()
+    out = tmp_path / "demo"
+    run = json.loads((out / "evaluations.json").read_text())["runs"]["repa-e/1"]
+    assert math.isfinite(run["fid"]) and all(math.isfinite(v["fd"]) and v["cknna"] is None
+                                             for v in run["curve"].values())
+    assert "repa-e vs vanilla" in text and (out / "samples_repa-e.png").stat().st_size > 1000
+    tuned = load_checkpoint(out / "seed1" / "repa-e" / "checkpoints" / f"{demo.steps:08d}.pt")["objective_state"]
+    start = load_vae_folder(next((tmp_path / "data").glob("*/fmnist-vae-*"))).state_dict()
+    assert any(not torch.equal(v, tuned["vae"][f"vae.{k}"]) for k, v in start.items())
+    first = json.loads((out / "seed1" / "repa-e" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "vae_align_loss" in first and "disc_loss" in first
 
 
 def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):

@@ -21,12 +21,14 @@ small latent errors into speckle; the adversarial fine-tune renders them as plau
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -242,3 +244,62 @@ def reconstruction_error(vae: TinyVAE, images_uint8: np.ndarray) -> float:
     mean, _ = vae.encode_moments(images_uint8)
     rec = vae.decode(mean * LATENT_SCALE).float() / 127.5 - 1.0
     return F.mse_loss(rec, torch.as_tensor(images_uint8).float() / 127.5 - 1.0).item()
+
+
+# ---- REPA-E's arm: the job's VAE tuned end to end ----------------------------------------------------------------
+
+class EndToEndView(nn.Module):
+    """The job's VAE in the interface REPA-E's objective trains (``repa.e2e``: diffusers' ``encode(x).latent_dist``
+    and ``decode(z).sample``), in raw latent units (the network's latents times ``multiplier``), so that the
+    objective's BatchNorm starts at the job's fixed scale."""
+
+    def __init__(self, vae: TinyVAE):
+        super().__init__()
+        self.vae = vae
+        self.config = {"_class_name": "TinyVAE", **asdict(vae.config), "scaling_factor": LATENT_SCALE}
+
+    def encode(self, x: torch.Tensor) -> SimpleNamespace:
+        mean, logvar = self.vae.moments(x)
+        logvar = logvar + 2 * torch.log(self.vae.multiplier)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean * self.vae.multiplier, logvar=logvar,
+                                                           std=torch.exp(0.5 * logvar)))
+
+    def decode(self, z: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(sample=self.vae.decoder(z / self.vae.multiplier))
+
+
+def is_vae_folder(source: str) -> bool:
+    """Whether ``source`` is a folder written by ``save_vae``."""
+    config = Path(source) / "config.json"
+    if not (config.is_file() and (Path(source) / "model.safetensors").is_file()):
+        return False
+    try:
+        return set(json.loads(config.read_text())) == set(asdict(AutoencoderConfig()))
+    except (OSError, ValueError):
+        return False
+
+
+def register_end_to_end_format() -> None:
+    """Let ``objective.kind=repa-e`` start from a folder written by ``save_vae`` (``e2e.vae=FOLDER``)."""
+    from repa.e2e import VAE_FORMATS
+    VAE_FORMATS.setdefault("repa-demo", (is_vae_folder, lambda source, device: EndToEndView(
+        load_vae_folder(source)).to(device)))
+
+
+class TunedDecoder:
+    """Decodes the samples of a REPA-E arm: its checkpoint's tuned VAE, its latent BatchNorm's EMA statistics
+    undone first (the SiT learned the normalised latents)."""
+
+    def __init__(self, vae: TinyVAE, objective_state: dict):
+        from repa.e2e import BN_EPS
+        self.view = EndToEndView(copy.deepcopy(vae))
+        self.view.load_state_dict(objective_state["vae"])
+        self.view.eval()
+        stats = objective_state["latent_norm_ema"]
+        self.mean, self.std = stats["mean"].view(1, -1, 1, 1), (stats["var"] + BN_EPS).sqrt().view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, z, s, s) -> uint8 images (B, C, 28, 28)."""
+        x = self.view.decode(latents.float() * self.std + self.mean).sample
+        return torch.clamp(127.5 * (x + 1.0), 0, 255).to(torch.uint8)

@@ -46,6 +46,15 @@ def _reg(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, class_token=True))
 
 
+def _repa_e(cfg: TrainConfig) -> TrainConfig:
+    """REPA-E (arXiv 2504.10483): the job's VAE tuned end to end with the SiT, REPA-E's defaults except what 28 px
+    and no download need: no LPIPS (its VGG16 weights are not available offline, docs/REPA-E.md), a 2-layer
+    PatchGAN of width 32 (3 layers leave 1x1 logits at 28 px). ``run_arm`` points ``e2e.vae`` at the job's VAE."""
+    from repa.e2e_config import EndToEndConfig
+    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, kind="repa-e"),
+                               e2e=EndToEndConfig(perceptual="none", disc_layers=2, disc_channels=32))
+
+
 # Each arm is the demo's REPA config with a few fields changed (everything else identical: seed, initial weights,
 # data order, noise, steps and evaluation).
 ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
@@ -54,6 +63,7 @@ ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "irepa": _irepa,
     "sra": _sra,
     "reg": _reg,
+    "repa-e": _repa_e,
 }
 
 

@@ -15,6 +15,7 @@ training steps and evaluations (``evaluations.json``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -172,7 +173,8 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
     from repa.analysis.features import extract_features
     from repa.analysis.metrics import cknna
     from repa.analysis.run import dataset_batches
-    from repa.checkpoint import checkpoint_path, load_model
+    from repa.checkpoint import checkpoint_path, load_checkpoint, load_model
+    from repa.demo.autoencoder import TunedDecoder, register_end_to_end_format
     from repa.demo.features import fd_domain
     from repa.training import train
 
@@ -190,6 +192,8 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
     run.fid, run.train_seconds = prior.get("fid"), prior.get("train_seconds", 0.0)
     run.timings = dict(prior.get("timings", {}))
     cfg = arm_config(demo, arm, seed, run.run_dir, inputs.tokens.shape[-1])
+    cfg = dataclasses.replace(cfg, e2e=dataclasses.replace(cfg.e2e, vae=prep.vae_dir))   # REPA-E's starting VAE
+    register_end_to_end_format()
     log = (lambda msg: print(f"  [{arm}, seed {seed}] {msg}", flush=True)) if progress else (lambda msg: None)
     log(f"lambda {cfg.objective.proj_coeff}: {demo.steps} steps, evaluated at {demo.eval_steps}")
 
@@ -205,10 +209,13 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
         run.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded = load_model(checkpoint_path(run.run_dir, step), device=demo.device)
-        images = generate(loaded, inputs.vae, demo.curve_samples, demo)
+        vae, tuned = inputs.vae, cfg.objective.kind == "repa-e"      # REPA-E: decoded by its own tuned VAE
+        if tuned:
+            vae = TunedDecoder(inputs.vae, load_checkpoint(checkpoint_path(run.run_dir, step))["objective_state"])
+        images = generate(loaded, vae, demo.curve_samples, demo)
         fd = fd_domain(inputs.clf, images, inputs.clf_ref)
-        align = None          # a REG network needs a class token on every forward: no CKNNA curve
-        if not loaded.config.class_token:
+        align = None          # REG needs a class token on every forward; REPA-E's latents are not the cached ones
+        if not loaded.config.class_token and not tuned:
             feats = extract_features(loaded.model, dataset_batches(inputs.test_ds, inputs.align_idx, 250,
                                                                    space="latent", seed=0),
                                      t=demo.align_t, layers=(demo.encoder_depth,), project=False, seed=0)
@@ -219,7 +226,7 @@ def run_arm(prep: Prepared, arm: str, seed: int, prior: dict, *, threads: int | 
         if step == demo.steps:           # scored with TF-Inception by the parent, at full thread count
             t0 = time.perf_counter()
             reuse = demo.final_samples <= demo.curve_samples and demo.cfg_scale == 1
-            final = images if reuse else generate(loaded, inputs.vae, demo.final_samples, demo, demo.cfg_scale)
+            final = images if reuse else generate(loaded, vae, demo.final_samples, demo, demo.cfg_scale)
             final = final[:demo.final_samples]
             atomic_write(out / f"samples_{arm}_seed{seed}.npy", lambda f: np.save(f, final[:100]))
             atomic_write(final_file, lambda f: np.save(f, final))
