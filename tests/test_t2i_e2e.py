@@ -157,8 +157,9 @@ def test_train_sigkill_resume_sample_prompts_and_eval(coco, tmp_path, tiny_clip_
     one = tmp_path / "one"                          # sample i does not depend on the batch it is drawn in
     assert main(["sample", str(full.checkpoint), "--num", "6", "--out", str(one), "--prompts", str(prompts),
                  "--batch-size", "6", *common]) == 0
-    with np.load(one / "samples.npz") as f:
-        assert np.array_equal(f["arr_0"], images)
+    with np.load(one / "samples.npz") as f:      # same noise per sample; only float summation order may differ
+        off = np.abs(f["arr_0"].astype(int) - images.astype(int))      # (the VAE's convolutions see another batch)
+        assert off.max() <= 1 and (off > 0).mean() < 1e-3
     metrics = compute_metrics(out / "samples.npz", val, inception=FakeInception(), use_cache=False, progress=False)
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0
     protocol = tmp_path / "protocol"               # one sample per validation item with one of its captions
