@@ -357,3 +357,22 @@ def test_token_caches_are_refused_for_a_reference_folder(capsys, imagenet):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("repa prepare: error: ") and "drop --tokens" in err[0]
     assert not (root / "tokens").exists()
+
+
+def test_an_mmdit_trains_from_a_uvit_coco_folder_in_one_command(tmp_path, tiny_dinov2):
+    """``repa train --preset MMDiT-REPA-COCO-256 --data.path DIR``: U-ViT's features folder as it is (latents from
+    the moments, a caption's tokens drawn per item, the empty context for dropout), DINOv2 live on the PNGs; the
+    rerun resumes from the checkpoint."""
+    root = tmp_path / "coco256_features"
+    write_uvit_coco(root, n=6, res=32, latent=4, tokens=7, width=6)
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "MMDiT-REPA-COCO-256", "--data.path", str(root), "--model.context-dim", "6",
+            "--run-dir", str(run), "--encoder-weights", str(tiny_dinov2), *TINY]
+    assert main([*argv, "--max-steps", "2"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["name"] == "MMDiT-2x32/2" and config["data"]["path"] == str(root)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(np.isfinite(m["loss"]) and m["align_loss"] != 0 for m in metrics)    # the teacher ran
+    assert main([*argv, "--max-steps", "3"]) == 0
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
