@@ -34,6 +34,7 @@ from repa.utils import atomic_write_text, autocast_context
 # Fields that may change when a run resumes without --allow-config-change.
 RESUME_SAFE_FIELDS = {"max_steps", "log_every", "ckpt_every", "keep_last", "milestone_every", "sample_every", "sample_steps", "sample_vae",
                       "data.num_workers", "wandb", "tensorboard", "run_dir", "compile", "max_skipped_steps"}
+RESUME_SAFE_SECTIONS = {"wandb_run"}              # every field of these sections (where the logs go)
 
 
 @dataclass
@@ -68,7 +69,8 @@ def _check_run_dir(cfg: TrainConfig, allow_config_change: bool) -> None:
     them) differs beyond resume-safe fields; nothing is written here (``config.json`` once the run has resumed)."""
     old = _run_config(cfg)
     if old is not None:
-        changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS and "wandb_run." not in k}
+        changed = {k: v for k, v in diff(old, cfg).items() if k not in RESUME_SAFE_FIELDS
+                   and k.split(".")[0] not in RESUME_SAFE_SECTIONS}
         model = {k: v for k, v in changed.items() if k.startswith("model.")}
         if model and allow_config_change:      # no checkpoint of the run could load into another network
             listing = "; ".join(f"{k}: {old_v!r} -> {new_v!r}" for k, (old_v, new_v) in model.items())
