@@ -377,6 +377,8 @@ class EndToEnd(Interpolant):
         m, o = cfg.model, cfg.objective
         _require(m.space == "latent" and not m.class_token and m.projector == "mlp", "model.space",
                  "REPA-E tunes a VAE for a latent SiT with the MLP projectors (no REG class token)")
+        _require(m.family != "MMDiT", "model.name", "REPA-E tunes the VAE of a class-conditional SiT (its "
+                 "train_repae.py); for text-to-image, tune it on ImageNet and train the MMDiT on its exported VAE")
         _require(o.target == "encoders" and o.attn_coeff == 0 and bool(cfg.encoders), "encoders",
                  "REPA-E aligns with teacher encoders (objective.target=encoders, no HASTE term)")
         _require(cfg.parallel == "ddp", "parallel", "REPA-E runs with parallel=ddp: the VAE's pass goes backward "
@@ -412,8 +414,9 @@ class EndToEnd(Interpolant):
         targets, labels = alignment_targets(tokens, o), condition_of(cfg.model).values(ctx.batch, ctx.device)
         path = get_path(o.path)
 
-        def align(x: torch.Tensor) -> torch.Tensor:    # REPA-E's VAE pass: no label dropout (the SiT in eval)
-            out = ctx.features(path.interpolate(x, noise, t), t, labels, project=True)
+        def align(x: torch.Tensor) -> torch.Tensor:    # REPA-E's VAE pass: SiT in eval, blocks 1..encoder_depth
+            out = ctx.features(path.interpolate(x, noise, t), t, labels, project=True,
+                               stop_after=cfg.model.encoder_depth)
             return alignment_loss(out.projected, targets).mean()
         x0, terms = tune_vae(ctx.state, ctx.batch["image"].to(ctx.device), eps, align, ctx.step)
         return dict(x0=x0, cond=condition_inputs(ctx), encoder_tokens=tokens, t=t, noise=noise,

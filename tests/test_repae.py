@@ -58,7 +58,9 @@ def test_config_errors_name_the_field(tmp_path, tiny_vae_dir):
     for change, field in [(dict(e2e=dataclasses.replace(cfg.e2e, perceptual="lpips-vgg")), "e2e.perceptual_weights"),
                           (dict(e2e=dataclasses.replace(cfg.e2e, vae_lr=0.0)), "e2e.vae_lr"),
                           (dict(encoders=()), "encoders"), (dict(sample_every=5), "sample_every"),
-                          (dict(parallel="fsdp"), "parallel")]:
+                          (dict(parallel="fsdp"), "parallel"),
+                          (dict(model=dataclasses.replace(cfg.model, name=cfg.model.name.replace("SiT", "MMDiT"),
+                                                          num_classes=0)), "model.name: REPA-E tunes")]:
         with pytest.raises(ConfigError, match=field):
             validate(dataclasses.replace(cfg, **change))
 
@@ -115,6 +117,39 @@ def test_stop_gradient_alignment_and_regulariser_reach_the_vae_diffusion_does_no
     assert all(p.grad is None for p in state.vae.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert {"vae_l1", "vae_kl", "vae_gan", "vae_align_loss", "disc_loss", "denoise_loss"} <= set(out.terms)
+
+
+def test_vae_pass_stops_after_the_aligned_block_with_the_full_passs_gradient(tmp_path, tiny_vae_dir):
+    """REPA-E's VAE pass runs blocks 1..encoder_depth only: the projector outputs and the gradient they send back
+    to the latents equal the whole network's to the bit, the prediction is skipped, and a depth outside the network
+    is refused."""
+    from repa.models import build_model
+    from repa.models.sit import ModelOutput
+    cfg = e2e_config(tmp_path, tiny_vae_dir)
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(cfg.model, depth=4, encoder_depth=2)).eval()
+    x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3), torch.tensor([0, 1, 2])
+    visited = []
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: visited.append(i)) for i, b in enumerate(net.blocks, 1)]
+    grads, outs = [], []
+    for stop in (None, 2):
+        visited.clear()
+        xx = x.clone().requires_grad_()
+        out: ModelOutput = net.forward_features(xx, t, y, project=True, stop_after=stop)
+        sum(p.square().sum() for p in out.projected).backward()
+        grads.append(xx.grad)
+        outs.append(out)
+        assert visited == ([1, 2, 3, 4] if stop is None else [1, 2])
+    for h in hooks:
+        h.remove()
+    assert outs[0].prediction is not None and outs[1].prediction is None
+    assert all(torch.equal(a, b) for a, b in zip(outs[0].projected, outs[1].projected))
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="stop_after"):
+            net.forward_features(x, t, y, stop_after=bad)
+    with pytest.raises(ValueError, match="stop_after 2"):
+        net.forward_features(x, t, y, layers=(3,), stop_after=2)
 
 
 def test_latent_norm_is_batch_statistics_for_the_transformer(tmp_path, tiny_vae_dir, rgb_dataset, rgb_teacher):

@@ -41,9 +41,10 @@ class ReleasedSiT(SiT):
     """
 
     def forward_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
-                         layers: tuple[int, ...] | range = ()) -> ModelOutput:
-        out = super().forward_features(x, 1 - t, y, project=project, layers=layers)
-        out.prediction = -out.prediction[:, : self.config.in_channels]
+                         layers: tuple[int, ...] | range = (), stop_after: int | None = None) -> ModelOutput:
+        out = super().forward_features(x, 1 - t, y, project=project, layers=layers, stop_after=stop_after)
+        if out.prediction is not None:
+            out.prediction = -out.prediction[:, : self.config.in_channels]
         return out
 
 

@@ -231,7 +231,7 @@ class ModelOutput:
 
     Attributes:
         prediction: (B, C_out, H, W) the network output: velocity for a SiT, epsilon (and the variance
-            interpolation v) for a DiT; ``config.prediction`` names it.
+            interpolation v) for a DiT; ``config.prediction`` names it. None after ``stop_after``.
         projected: one (B, N, E) projector output per encoder (empty unless ``project``).
         hidden: {1-based block index: (B, N, D)} output tokens of the requested blocks.
         attention: {1-based block index: (B, H, N, N)} attention logits of the requested blocks (HASTE).
@@ -240,7 +240,7 @@ class ModelOutput:
     With a class token (REG) ``projected`` covers 1 + N tokens, the class token first (the reference aligns it
     with the teacher's class token); ``hidden`` keeps the N image tokens, on the grid like every other network's.
     """
-    prediction: torch.Tensor
+    prediction: torch.Tensor | None
     projected: list[torch.Tensor] = field(default_factory=list)
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -351,7 +351,7 @@ class SiT(nn.Module):
 
     def forward_features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, project: bool = False,
                          layers: tuple[int, ...] | range = (), attention: tuple[int, ...] = (),
-                         class_token: torch.Tensor | None = None) -> ModelOutput:
+                         class_token: torch.Tensor | None = None, stop_after: int | None = None) -> ModelOutput:
         """The prediction with the REPA projector outputs, hidden tokens and attention logits.
 
         Args:
@@ -362,15 +362,20 @@ class SiT(nn.Module):
                 (those blocks compute attention explicitly instead of with the fused kernel).
             class_token: REG (``config.class_token``): the noisy class token (B, E) at the same t as x; its
                 velocity is returned in ``class_token``.
+            stop_after: run blocks 1..stop_after only and, when that stops early, return no prediction (REPA-E's
+                VAE pass needs the projector outputs alone; its ``train_repae.py`` stops the SiT there too).
         """
         if x.shape[-1] != self.config.input_size or x.shape[-2] != self.config.input_size:
             raise ValueError(f"input is {tuple(x.shape[-2:])} but the model was built for "
                              f"{self.config.input_size}x{self.config.input_size} (model.input_size)")
         wanted, with_attention = set(layers), set(attention)
-        depths = set(range(1, self.config.depth + 1))
+        last = self.config.depth if stop_after is None else stop_after
+        if not 1 <= last <= self.config.depth:
+            raise ValueError(f"stop_after {stop_after} outside 1..{self.config.depth} (the model depth)")
+        depths = set(range(1, last + 1))
         if not (wanted | with_attention) <= depths:
-            raise ValueError(f"layers {sorted((wanted | with_attention) - depths)} outside 1..{self.config.depth} "
-                             "(the model depth)")
+            raise ValueError(f"layers {sorted((wanted | with_attention) - depths)} outside 1..{last} (the model "
+                             "depth" + (f", or stop_after {stop_after})" if stop_after is not None else ")"))
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         h = self.x_embedder(x)                                      # (B, N, D)
@@ -395,6 +400,8 @@ class SiT(nn.Module):
                 hidden[index] = h[:, 1:] if reg else h
             if project and index == self.config.encoder_depth:
                 projected = [proj(h) for proj in self.projectors]  # each (B, N, E), (B, 1 + N, E) with REG
+            if index == last < self.config.depth:
+                return ModelOutput(None, projected, hidden, maps)
         if reg:
             patches, class_velocity = self.final_layer.forward_with_class_token(h, c)
             return ModelOutput(self.unpatchify(patches), projected, hidden, maps, class_velocity)
