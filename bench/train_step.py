@@ -9,6 +9,12 @@ weights written to a temporary folder and loaded through ``repa.encoders.load_en
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher cache
     python bench/train_step.py --model SiT-B/2 --batch 8 --teacher none          # vanilla SiT step
     python bench/train_step.py --preset SiT-XL/2-REPA-256 --batch 256 --precision bf16 --compile   # on a GPU
+    python bench/train_step.py --model SiT-B/2 --batch 4 --resolution 64 --teacher cache --objective repa-e
+
+``--objective repa-e`` times REPA-E's step (``repa/e2e.py``): a VAE of the SD-VAE's architecture (diffusers
+``AutoencoderKL``, random weights saved to a temporary folder) encodes and decodes the images and is updated with
+its discriminator (L1 + KL + patch-GAN; LPIPS needs weight files, so ``perceptual=none``); the FLOP count and MFU
+then cover the SiT and the teacher only and are left out.
 
 ``measure(...)`` is the same benchmark as a function (``bench/gpu_check.py`` calls it).
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -48,6 +55,18 @@ def dinov2_folder(name: str, tiny: bool = False) -> str:
     return folder
 
 
+def sd_vae_folder() -> str:
+    """A diffusers AutoencoderKL of the SD-VAE's architecture (f8, 4 latent channels) with random weights, saved
+    to a temporary folder (REPA-E's step encodes, decodes and trains it)."""
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=2, scaling_factor=0.18215)
+    folder = tempfile.mkdtemp(prefix="bench-vae-")
+    vae.save_pretrained(folder)
+    return folder
+
+
 @contextlib.contextmanager
 def final_checkpoint_skipped():
     """The loop saves a checkpoint at its last step (GBs for the big models, never timed): skip writing it."""
@@ -67,7 +86,7 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
             precision: str = "fp32", compile: bool = False, fused: bool = True, checkpointing: bool = False,
             accum: int = 1, warmup: int = 2, steps: int = 5, device: str | None = None, encoder_depth: int | None = None,
             model_overrides: dict | None = None, tiny_teacher: bool = False, dataset_batches: int = 4,
-            write_checkpoint: bool = False) -> dict:
+            write_checkpoint: bool = False, objective: str = "interpolant") -> dict:
     """Time ``steps`` training steps after ``warmup`` ones; returns the figures the CLI prints.
 
     Args:
@@ -76,6 +95,7 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
         tiny_teacher: a 2-block, 32-wide DINOv2 instead of the hub size (dry runs).
         dataset_batches: the in-memory dataset holds this many batches (the loader cycles over it).
         write_checkpoint: let the loop write its final checkpoint (untimed; off by default).
+        objective: 'interpolant' (REPA / vanilla) or 'repa-e' (the VAE tuned end to end; needs a teacher).
     """
     from repa.config import DataConfig, ObjectiveConfig, OptimConfig, TrainConfig
     from repa.data.memory import ArrayDataset
@@ -87,6 +107,9 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
     latent = resolution // 8
     use_teacher = teacher != "none"
     live = teacher not in ("none", "cache")
+    e2e = objective == "repa-e"
+    if e2e and not use_teacher:
+        raise SystemExit("--objective repa-e aligns with a teacher: pass --teacher NAME or --teacher cache")
     enc_name = "dinov2-vit-b" if teacher == "cache" else teacher
     enc_dim = TINY_TEACHER[0] if tiny_teacher else DINOV2_SIZES.get(enc_name, (768,))[0]
     mcfg = model_config(model, **{"input_size": latent, "in_channels": 4, "encoder_depth": depth,
@@ -96,19 +119,23 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
     extra = {"latent_mean": rng.standard_normal((n, 4, latent, latent), dtype=np.float32),
              "latent_std": np.full((n, 4, latent, latent), 0.1, dtype=np.float32)}
     shape = (n, 3, resolution, resolution)             # read only by a live teacher
-    images = rng.integers(0, 255, shape, dtype=np.uint8) if live else np.zeros(shape, dtype=np.uint8)
+    images = rng.integers(0, 255, shape, dtype=np.uint8) if live or e2e else np.zeros(shape, dtype=np.uint8)
     if teacher == "cache":
         key = f"tokens:{enc_name}@{resolution}/{mcfg.grid_size}"
         extra[key] = rng.standard_normal((n, mcfg.num_tokens, enc_dim), dtype=np.float32).astype(np.float16)
     dataset = ArrayDataset(images, np.zeros(n, dtype=np.int64), num_classes=1000, **extra)
     weights = (dinov2_folder(enc_name, tiny_teacher),) if live else ()
+    vae_dir = sd_vae_folder() if e2e else None
     total = warmup + steps
-    cfg = TrainConfig(model=mcfg, objective=ObjectiveConfig(proj_coeff=0.5 if use_teacher else 0.0),
+    cfg = TrainConfig(model=mcfg, objective=ObjectiveConfig(kind=objective, proj_coeff=0.5 if use_teacher else 0.0),
                       optim=OptimConfig(fused=fused), data=DataConfig(resolution=resolution, num_workers=2),
                       encoders=(enc_name,), encoder_weights=weights, run_dir=tempfile.mkdtemp(prefix="bench-run-"),
                       global_batch_size=batch, grad_accum_steps=accum, max_steps=total,
                       precision=precision, compile=compile, activation_checkpointing=checkpointing,
                       log_every=1, ckpt_every=10 ** 9, tensorboard=False)
+    if e2e:
+        from repa.e2e_config import EndToEndConfig
+        cfg = dataclasses.replace(cfg, e2e=EndToEndConfig(vae=vae_dir, perceptual="none"))
     from repa.training import train
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -126,18 +153,19 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
         wall = time.perf_counter() - start
         records = [json.loads(line) for line in open(f"{cfg.run_dir}/metrics.jsonl")]
     finally:                                              # the run's final checkpoint is GBs for the big models
-        for folder in (cfg.run_dir, *weights):
+        for folder in (cfg.run_dir, *weights, *([vae_dir] if e2e else [])):
             shutil.rmtree(folder, ignore_errors=True)
     timed = [1.0 / r["steps_per_s"] for r in records[warmup:]]       # one record per step: the timed ones
     step_s = sum(timed) / len(timed)
     # (the tiny dry-run teacher is left out of the count: repa/flops.py knows the hub sizes only)
     flops = repa_train_step_flops(mcfg, batch, enc_name if live and not tiny_teacher else None, projector=use_teacher)
-    out = {"model": model, "batch": batch, "teacher": teacher, "precision": precision, "compile": compile,
+    out = {"model": model, "objective": objective, "batch": batch, "teacher": teacher, "precision": precision,
+           "compile": compile,
            "fused": fused, "checkpointing": checkpointing,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
            f"cpu ({torch.get_num_threads()} threads)", "step_s": round(step_s, 4),
            "step_s_min_max": [round(min(timed), 4), round(max(timed), 4)], "timed_steps": len(timed),
-           "images_per_s": round(batch / step_s, 2), "tflops_per_s": round(flops / step_s / 1e12, 3),
+           "images_per_s": round(batch / step_s, 2), "tflops_per_s": None if e2e else round(flops / step_s / 1e12, 3),
            "wall_s_incl_setup": round(wall, 1)}
     if device.type == "cpu":                              # the process's peak resident memory, setup included
         import resource
@@ -146,7 +174,7 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
         out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
         peak = peak_bf16_flops(torch.cuda.get_device_name(device))
-        if peak:
+        if peak and not e2e:
             out["mfu"] = round(flops / step_s / peak, 4)
     return out
 
@@ -170,6 +198,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--objective", default="interpolant", choices=["interpolant", "repa-e"],
+                    help="repa-e: REPA-E's step, the VAE (SD-VAE architecture, random weights) tuned end to end")
     args = ap.parse_args()
 
     depth = None
@@ -184,7 +214,7 @@ def main() -> None:
     out = measure(args.model, args.batch, resolution=args.resolution, teacher=args.teacher,
                   precision=args.precision or "fp32", compile=args.compile, fused=args.fused,
                   checkpointing=args.checkpointing, accum=args.accum, warmup=args.warmup, steps=args.steps,
-                  device=args.device, encoder_depth=depth)
+                  device=args.device, encoder_depth=depth, objective=args.objective)
     out.pop("peak_memory_bytes", None)
     print(json.dumps(out))
 
