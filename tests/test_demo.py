@@ -85,12 +85,15 @@ def test_arms_differ_only_in_their_objective_fields():
                 "sra": {"encoders", "model.encoder_dims", "model.projector", "objective.target", "objective.self_depth",
                         "objective.self_loss"},
                 "reg": {"model.class_token"},
-                "repa-e": {"objective.kind", "e2e.perceptual", "e2e.disc_layers", "e2e.disc_channels"}}
+                "repa-e": {"objective.kind", "e2e.perceptual", "e2e.disc_layers", "e2e.disc_channels"},
+                "repa-e-noalign": {"objective.kind", "e2e.perceptual", "e2e.disc_layers", "e2e.disc_channels",
+                                   "e2e.vae_align_proj_coeff"}}
     assert set(configs) == set(expected)
     for arm, cfg in configs.items():
         changed = set(diff(configs["repa"], cfg)) - {"run_dir"}
         assert changed == expected[arm], arm
     assert configs["vanilla"].objective.proj_coeff == 0 and configs["repa"].objective.proj_coeff == demo.proj_coeff
+    assert configs["repa-e-noalign"].e2e.vae_align_proj_coeff == 0 and configs["repa-e"].e2e.vae_align_proj_coeff > 0
     model = configs["repa"].model
     assert model.name == f"SiT-{demo.depth}x{demo.width}/2"     # a custom size, named as such
     # 14x14 latents with patch 2: the SiT's token grid is the teacher's 7x7 grid

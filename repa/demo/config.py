@@ -55,6 +55,14 @@ def _repa_e(cfg: TrainConfig) -> TrainConfig:
                                e2e=EndToEndConfig(perceptual="none", disc_layers=2, disc_channels=32))
 
 
+def _repa_e_noalign(cfg: TrainConfig) -> TrainConfig:
+    """The control for REPA-E's arm: the same, with the alignment term of the VAE's loss off
+    (``e2e.vae_align_proj_coeff=0``): the VAE is tuned by its regulariser alone while the SiT trains with REPA on
+    its latents, which separates what the alignment gives the VAE from what more decoder training gives."""
+    cfg = _repa_e(cfg)
+    return dataclasses.replace(cfg, e2e=dataclasses.replace(cfg.e2e, vae_align_proj_coeff=0.0))
+
+
 # Each arm is the demo's REPA config with a few fields changed (everything else identical: seed, initial weights,
 # data order, noise, steps and evaluation).
 ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
@@ -64,6 +72,7 @@ ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
     "sra": _sra,
     "reg": _reg,
     "repa-e": _repa_e,
+    "repa-e-noalign": _repa_e_noalign,
 }
 
 

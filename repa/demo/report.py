@@ -243,8 +243,13 @@ def _machine() -> str:
 
 def _arm_notes(demo: DemoConfig, facts: dict) -> list[str]:
     """A line for each arm whose training differs in more than a loss weight (REPA-E tunes the VAE)."""
-    if "repa-e" not in demo.arms:
-        return []
+    lines = []
+    if "repa-e-noalign" in demo.arms:
+        lines.append("- repa-e-noalign (the control for repa-e): repa-e with the alignment term of the VAE's loss off "
+                     "(`e2e.vae_align_proj_coeff` 0): its VAE is tuned by the regulariser alone, from the same start, "
+                     "while the SiT trains with REPA on its latents; decoded by its own tuned VAE like repa-e.")
+    if not {"repa-e", "repa-e-noalign"} & set(demo.arms):
+        return lines
     e = ARMS["repa-e"](TrainConfig()).e2e
     return [f"- repa-e (REPA-E, docs/REPA-E.md): the job's VAE (the same starting weights) is tuned end to end with "
             f"the SiT: VAE and discriminator AdamW lr {e.vae_lr:g} / {e.disc_lr:g}, alignment weight on the VAE "
@@ -253,7 +258,7 @@ def _arm_notes(demo: DemoConfig, facts: dict) -> list[str]:
             "a perceptual network trained on other data is not LPIPS), latents normalised by a BatchNorm. Its curve "
             "and its FID decode its samples with its own tuned VAE (the other arms keep the starting one); the "
             "CKNNA curve is not drawn for it (its latents are not the cached ones). Its steps cost more: the "
-            "training-time column."]
+            "training-time column.", *lines]
 
 
 def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
