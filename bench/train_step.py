@@ -160,8 +160,7 @@ def measure(model: str = "SiT-B/2", batch: int = 8, *, resolution: int = 256, te
     # (the tiny dry-run teacher is left out of the count: repa/flops.py knows the hub sizes only)
     flops = repa_train_step_flops(mcfg, batch, enc_name if live and not tiny_teacher else None, projector=use_teacher)
     out = {"model": model, "objective": objective, "batch": batch, "teacher": teacher, "precision": precision,
-           "compile": compile,
-           "fused": fused, "checkpointing": checkpointing,
+           "compile": compile, "fused": fused, "checkpointing": checkpointing,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
            f"cpu ({torch.get_num_threads()} threads)", "step_s": round(step_s, 4),
            "step_s_min_max": [round(min(timed), 4), round(max(timed), 4)], "timed_steps": len(timed),

