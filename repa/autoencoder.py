@@ -75,7 +75,42 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
         why = str(exc).splitlines()[0] if os.path.isdir(source) or hub_is_reachable() else offline_hint()
         raise FileNotFoundError(f"could not load the VAE {source!r}: {why}; {how}") from None
     vae.requires_grad_(False)
+    fold_config_normalisation(vae, source)
     return vae.to(device).eval()
+
+
+def fold_config_normalisation(vae, source: str = "the VAE") -> None:
+    """Give ``vae`` (an AutoencoderKL) repa's latent convention: model-space latents = z * ``LATENT_SCALE``.
+
+    A VAE whose config asks for another normalisation (``scaling_factor`` other than 0.18215, ``shift_factor``,
+    or per-channel ``latents_mean``/``latents_std``, as REPA-E's diffusers releases ``REPA-E/e2e-*-hf``) gets it
+    folded into ``quant_conv``/``post_quant_conv`` (``repa.autoencoder_repae.fold_latent_norm``), diffusers'
+    formula: model = (z - latents_mean) * scaling_factor / latents_std, else (z - shift_factor) * scaling_factor.
+    Its config then says 0.18215 and nothing else, so a saved copy is not normalised twice. The SD-VAE is left as it
+    is (bit for bit). Raises ConfigError when the normalisation cannot be folded (no quant convolutions)."""
+    from repa.autoencoder_repae import fold_latent_norm
+    from repa.config import ConfigError
+    cfg = vae.config
+    sf = float(getattr(cfg, "scaling_factor", None) or LATENT_SCALE)
+    shift, mean, std = getattr(cfg, "shift_factor", None), getattr(cfg, "latents_mean", None), \
+        getattr(cfg, "latents_std", None)
+    if sf == LATENT_SCALE and not shift and mean is None and std is None:
+        return
+    c, per_channel = int(cfg.latent_channels), mean is not None and std is not None
+    if per_channel:
+        mean, std = torch.tensor(mean, dtype=torch.float64).flatten(), torch.tensor(std, dtype=torch.float64).flatten()
+        if mean.numel() != c or std.numel() != c:
+            raise ConfigError(f"{source}: latents_mean/latents_std have {mean.numel()}/{std.numel()} values for "
+                              f"{c} latent channels; fix its config.json")
+    else:
+        mean, std = torch.full((c,), float(shift or 0.0), dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    if getattr(vae, "quant_conv", None) is None or getattr(vae, "post_quant_conv", None) is None:
+        raise ConfigError(f"{source}: its latents are normalised by its config (scaling_factor {sf:g}, shift "
+                          f"{shift}, per-channel statistics {'yes' if per_channel else 'no'}) "
+                          "and it has no quant_conv to fold that into; repa trains on VAEs with quant convolutions "
+                          "(SD-VAE and its kind)")
+    fold_latent_norm(vae, mean, (std / sf).pow(2), eps=0.0, scale=LATENT_SCALE)
+    vae.register_to_config(scaling_factor=LATENT_SCALE, shift_factor=None, latents_mean=None, latents_std=None)
 
 
 _DECODERS: dict = {}

@@ -117,3 +117,59 @@ def test_latents_resume_and_can_be_added_later(vae_dir, tmp_path):
                        for d, _, fs in os.walk(root) for f in fs}
     assert files["cut"] == files["full"] and files["later"] == files["full"]
     assert open_dataset(tmp_path / "full").get_batch([0])["latent_std"].dtype == np.float16
+
+
+def _tiny_kl(**config):
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+                         latent_channels=4, norm_num_groups=4, sample_size=16, **config).eval()
+
+
+@pytest.mark.parametrize("config", [
+    dict(scaling_factor=0.13025),                                          # SDXL's VAE
+    dict(scaling_factor=0.3611, shift_factor=0.1159),                      # FLUX's convention
+    dict(scaling_factor=1.0, latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 0.5, 1.0, 3.0]),  # REPA-E's -hf
+    dict(scaling_factor=0.5, latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 0.5, 1.0, 3.0]),
+])
+def test_a_vae_config_normalisation_is_folded_into_the_latents(tmp_path, config):
+    """A diffusers VAE whose config normalises its latents otherwise than the SD-VAE's 0.18215 gives repa's
+    model-space latents in its own convention (diffusers' formula), decodes them back, and a saved copy of the
+    loaded VAE is not normalised twice."""
+    raw = _tiny_kl(**config)
+    raw.save_pretrained(tmp_path / "vae")
+    vae = load_vae(tmp_path / "vae")
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    mean, std = encode_moments(vae, images)
+    with torch.no_grad():
+        post = raw.encode(images.float() / 127.5 - 1).latent_dist
+    sf = config["scaling_factor"]
+    mu = torch.tensor(config.get("latents_mean", [config.get("shift_factor", 0.0)] * 4)).view(1, -1, 1, 1)
+    sd = torch.tensor(config.get("latents_std", [1.0] * 4)).view(1, -1, 1, 1)
+    assert torch.allclose(mean * LATENT_SCALE, (post.mean - mu) * sf / sd, atol=1e-5)
+    assert torch.allclose(std * LATENT_SCALE, post.std * sf / sd, atol=1e-5)
+    model_space = (post.mean - mu) * sf / sd
+    with torch.no_grad():
+        want = raw.decode(post.mean).sample
+    got = vae.decode(model_space / LATENT_SCALE).sample
+    assert torch.allclose(got, want, atol=1e-4)
+    assert vae.config.scaling_factor == LATENT_SCALE and vae.config.latents_mean is None
+    vae.save_pretrained(tmp_path / "copy")
+    again = encode_moments(load_vae(tmp_path / "copy"), images)[0]
+    assert torch.allclose(again, mean, atol=1e-6)
+
+
+def test_the_sd_vae_is_loaded_as_it_is_and_an_unfoldable_normalisation_is_refused(tmp_path):
+    from repa.config import ConfigError
+    raw = _tiny_kl(scaling_factor=LATENT_SCALE)
+    raw.save_pretrained(tmp_path / "sd")
+    loaded = load_vae(tmp_path / "sd").state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in raw.state_dict().items())
+    _tiny_kl(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False) \
+        .save_pretrained(tmp_path / "flux-like")
+    with pytest.raises(ConfigError, match="no quant_conv"):
+        load_vae(tmp_path / "flux-like")
+    _tiny_kl(scaling_factor=1.0, latents_mean=[0.0] * 3, latents_std=[1.0] * 3).save_pretrained(tmp_path / "bad")
+    with pytest.raises(ConfigError, match="3/3 values for 4 latent channels"):
+        load_vae(tmp_path / "bad")
