@@ -78,7 +78,7 @@ ARMS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """The comparison. With the defaults ``make demo`` (one seed pair) takes about 17 minutes on a fresh clone on
+    """The comparison. With the defaults ``make demo`` (one seed pair) takes 17-20 minutes on a fresh clone on
     2 CPU cores, installation included (docs/BENCHMARKS.md)."""
     out: str = "runs/demo"                  # report folder (evaluations.json, report.md, plots, run folders)
     data_root: str = "runs/data"            # cache folder: VAE, latents, teacher tokens, classifier, statistics
