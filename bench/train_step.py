@@ -59,9 +59,8 @@ def sd_vae_folder() -> str:
     """A diffusers AutoencoderKL of the SD-VAE's architecture (f8, 4 latent channels) with random weights, saved
     to a temporary folder (REPA-E's step encodes, decodes and trains it)."""
     from diffusers import AutoencoderKL
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        layers_per_block=2, scaling_factor=0.18215)
+    from repa.autoencoder_repae import diffusers_config
+    vae = AutoencoderKL(**diffusers_config("f8d4"))                      # the SD-VAE's architecture
     folder = tempfile.mkdtemp(prefix="bench-vae-")
     vae.save_pretrained(folder)
     return folder

@@ -16,9 +16,12 @@ from repa.utils import from_uint8, to_uint8
 LATENT_SCALE = 0.18215                          # SD-VAE scaling factor (sd-vae-ft-mse / -ema); no shift
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"       # training latents; the paper decodes samples with sd-vae-ft-ema
 DECODE_VAE = "stabilityai/sd-vae-ft-ema"
+# The config of a VAE whose latents need only LATENT_SCALE (its own normalisation folded in, or none)
+PLAIN_NORMALISATION = {"scaling_factor": LATENT_SCALE, "shift_factor": None, "latents_mean": None, "latents_std": None}
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
+    """Whether ``source`` names a local folder rather than a hub id ("owner/name")."""
     return source.startswith(("/", "./", "../", "~")) or source.count("/") != 1
 
 
@@ -44,7 +47,7 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
     if is_repae_source(source):                  # REPA-E's released autoencoders: NAME.pt (+ -latents-stats.pt)
         return load_repae_vae(source, scale=LATENT_SCALE).to(device, dtype)
     expanded = os.path.expanduser(source)
-    hub_id = DEFAULT_VAE if _looks_like_path(source) else source
+    hub_id = DEFAULT_VAE if looks_like_path(source) else source
     how = (f"download it once where the internet is reachable (`huggingface-cli download {hub_id} "
            f"--local-dir {hub_id.split('/')[-1]}`, or `AutoencoderKL.from_pretrained(...).save_pretrained(DIR)`) and pass "
            f"that folder instead (`--vae DIR`)")
@@ -59,7 +62,7 @@ def load_vae(source: str = DEFAULT_VAE, device=None, dtype: torch.dtype = torch.
             raise FileNotFoundError(f"VAE folder {source!r} has no config.json (nor vae/config.json); it must be a "
                                     f"diffusers AutoencoderKL folder: {how}")
         source = expanded
-    elif _looks_like_path(source):
+    elif looks_like_path(source):
         raise FileNotFoundError(f"VAE folder {source!r} does not exist; {how}")
     from repa.offline import hub_is_reachable, offline_hint
     try:
@@ -110,7 +113,7 @@ def fold_config_normalisation(vae, source: str = "the VAE") -> None:
                           "and it has no quant_conv to fold that into; repa trains on VAEs with quant convolutions "
                           "(SD-VAE and its kind)")
     fold_latent_norm(vae, mean, (std / sf).pow(2), eps=0.0, scale=LATENT_SCALE)
-    vae.register_to_config(scaling_factor=LATENT_SCALE, shift_factor=None, latents_mean=None, latents_std=None)
+    vae.register_to_config(**PLAIN_NORMALISATION)
 
 
 _DECODERS: dict = {}

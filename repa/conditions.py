@@ -47,9 +47,9 @@ class Condition(Protocol):
         uniforms) -> dict[str, np.ndarray]``, with ``uniforms`` (B,) U(0, 1) of the loader's stream (seed, epoch,
         batch, name) for this rank's rows (``repa.data.loader.BatchLoader``)."""
 
-    def bind(self, source) -> "Condition":
-        """This condition with the null value read from ``source`` (a loaded batch or a dataset) where the null
-        value is data (the empty caption); the others return themselves."""
+    def bind(self, source, device=None) -> "Condition":
+        """This condition with the null value read from ``source`` (a loaded batch or a dataset), on ``device``
+        when given, where the null value is data (the empty caption); the others return themselves."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class ClassLabels:
 
     readers = property(lambda self: {})      # nothing read beyond get_batch
 
-    def bind(self, source) -> "ClassLabels":
+    def bind(self, source, device=None) -> "ClassLabels":
         return self
 
 
@@ -112,7 +112,7 @@ class Unconditional:
 
     readers = property(lambda self: {})      # nothing read beyond get_batch
 
-    def bind(self, source) -> "Unconditional":
+    def bind(self, source, device=None) -> "Unconditional":
         return self
 
 
@@ -144,10 +144,10 @@ class TextContext:
     def readers(self) -> dict[str, Callable]:
         return {self.batch_key: read_captions}
 
-    def bind(self, source) -> "TextContext":
+    def bind(self, source, device=None) -> "TextContext":
         empty = source["empty_context"] if isinstance(source, dict) else getattr(source, "empty_context", source)
         empty = torch.as_tensor(np.asarray(empty) if not isinstance(empty, torch.Tensor) else empty)
-        return dataclasses.replace(self, empty=empty.reshape(empty.shape[-2:]).float())
+        return dataclasses.replace(self, empty=empty.reshape(empty.shape[-2:]).float().to(device))
 
     def values(self, batch: dict, device) -> torch.Tensor:
         return batch[self.batch_key].to(device, non_blocking=True)

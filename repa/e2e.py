@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from repa import distributed
-from repa.autoencoder import LATENT_SCALE
+from repa.autoencoder import LATENT_SCALE, PLAIN_NORMALISATION
 from repa.autoencoder_repae import fold_latent_norm
 from repa.fields import ConfigError
 from repa.utils import autocast_context, from_uint8
@@ -55,14 +55,10 @@ def load_trainable_vae(source: str, device):
 
 
 def _latent_stats(vae, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial BatchNorm statistics (mean, var) per latent channel: the VAE config's ``latents_mean`` /
-    ``latents_std`` when it has them, else shift 0 and 1 / scaling_factor^2 (REPA-E loads them from its
-    ``-latents-stats.pt``, computed on ImageNet)."""
-    cfg = vae.config
-    if cfg.get("latents_mean") and cfg.get("latents_std"):
-        return torch.tensor(cfg["latents_mean"]).float(), torch.tensor(cfg["latents_std"]).float() ** 2
-    shift = cfg.get("shift_factor") or 0.0
-    return torch.full((channels,), float(shift)), torch.full((channels,), 1.0 / float(cfg["scaling_factor"]) ** 2)
+    """Initial BatchNorm statistics (mean, var) per latent channel: 0 and 1 / scaling_factor^2. A VAE's own shift
+    or ``latents_mean``/``latents_std`` is already folded into its weights by ``load_vae``
+    (``repa.autoencoder.fold_config_normalisation``; REPA-E's ``-latents-stats.pt`` likewise)."""
+    return torch.zeros(channels), torch.full((channels,), 1.0 / float(vae.config["scaling_factor"]) ** 2)
 
 
 class EndToEndState:
@@ -203,7 +199,7 @@ def export_vae(objective_state: dict, out: str | os.PathLike) -> str:
         raise ConfigError(f"the tuned VAE is a {config.get('_class_name', 'non-diffusers')} model; only a diffusers "
                           "AutoencoderKL is exported as a folder")
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    config.update(scaling_factor=LATENT_SCALE, shift_factor=None, latents_mean=None, latents_std=None)
+    config.update(PLAIN_NORMALISATION)
     vae = AutoencoderKL.from_config(config)
     vae.load_state_dict(objective_state["vae"])
     stats = objective_state["latent_norm_ema"]

@@ -26,9 +26,9 @@ def ema_unmoved_warning(loaded, which: str) -> str | None:
     constant of about 1 / (1 - decay) steps (a 200-step run at decay 0.999 is 82% initial weights). Such weights
     look untrained to sampling and analysis. None when they moved, or the checkpoint does not record its decay."""
     cfg = getattr(loaded, "train_config", None)
-    if which != "ema" or cfg is None or ema_initial_share(cfg.ema_decay, loaded.step) <= math.exp(-1):
+    share = None if which != "ema" or cfg is None else ema_initial_share(cfg.ema_decay, loaded.step)
+    if share is None or share <= math.exp(-1):
         return None
-    share = ema_initial_share(cfg.ema_decay, loaded.step)
     message = (f"{loaded.path}: its EMA weights are still {share:.1%} the initial weights ({loaded.step} steps at "
                f"ema_decay {cfg.ema_decay}, which averages over about {1 / (1 - cfg.ema_decay):.0f} steps), so they "
                "show little of the training; read the trained weights with --which model")

@@ -192,6 +192,8 @@ class StepContext:
     ema_features: Callable        # the EMA network's ``forward_features`` (SRA's targets)
     features: Callable | None = None   # the live network's ``forward_features``, unwrapped (REPA-E's VAE pass)
     state: object = None          # the objective's own trained parts (``Objective.build_state``), or None
+    condition: object = None      # the condition bound once to the dataset, null value on the device (None: bound
+                                  # from the batch)
 
     def generator(self, stream: str) -> torch.Generator:
         return step_generator(self.cfg.seed, self.step, stream, self.device)
@@ -222,8 +224,8 @@ def clean_inputs(ctx: StepContext) -> torch.Tensor:
 
 def condition_inputs(ctx: StepContext):
     """The condition values of the batch with the condition's training dropout (stream ``condition``) to its null
-    value (bound from the batch: a text condition's empty caption)."""
-    condition = condition_of(ctx.cfg.model).bind(ctx.batch)
+    value (a text condition's empty caption: ``ctx.condition``, bound once by the loop, else from the batch)."""
+    condition = ctx.condition if ctx.condition is not None else condition_of(ctx.cfg.model).bind(ctx.batch)
     values = condition.values(ctx.batch, ctx.device)
     return condition.drop(values, ctx.uniform(ctx.generator("condition")))
 

@@ -13,6 +13,8 @@ import os
 import numpy as np
 import torch
 
+from repa.autoencoder import looks_like_path
+
 DEFAULT_TEXT_ENCODER = "openai/clip-vit-large-patch14"     # U-ViT's default, the reference's MS-COCO contexts
 
 
@@ -63,7 +65,7 @@ def load_text_encoder(source: str = DEFAULT_TEXT_ENCODER, device=None) -> TextEn
            f"clip-vit-large-patch14`) and pass that folder (`--text-encoder DIR`)")
     if os.path.isdir(expanded):
         source = expanded
-    elif source.startswith(("/", "./", "../", "~")) or source.count("/") != 1:
+    elif looks_like_path(source):
         raise FileNotFoundError(f"text encoder folder {source!r} does not exist; {how}")
     try:
         try:                         # the local cache first: no network round trips when it is already here

@@ -245,10 +245,11 @@ def _train_loop(cfg: TrainConfig, state: TrainingState, objective, features, par
     end = min(cfg.max_steps, stop_at_step) if stop_at_step is not None else cfg.max_steps
     ema_params, net_params = distributed.local_tensors(ema.parameters()), distributed.local_tensors(net.parameters())
     ema_features, live_features, parts = FeaturesView(ema), FeaturesView(net), state.objective_state
+    bound = condition_of(cfg.model).bind(loader.dataset, dev)   # the null value on the device once, not every step
     while state.step < end:
         step = state.step
         # -- data, and the objective's inputs for this step (its draws: global batch, then this rank's rows) ----
-        ctx = StepContext(cfg, step, next(loader), mine, dev, teachers, ema_features, live_features, parts)
+        ctx = StepContext(cfg, step, next(loader), mine, dev, teachers, ema_features, live_features, parts, bound)
         inputs = objective.inputs(ctx)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg.optim, step)

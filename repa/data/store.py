@@ -316,7 +316,7 @@ class CaptionedDataset(PreparedDataset):
             raise IndexError("a caption index is outside 0..caption_counts - 1 of its item")
         flat = self._first_caption[idx] + k
         shard_ids = np.searchsorted(self._caption_starts, flat, side="right") - 1
-        return self._contexts.gather(shard_ids, flat - self._caption_starts[shard_ids]).astype(np.float32)
+        return self._contexts.gather(shard_ids, flat - self._caption_starts[shard_ids]).astype(np.float32, copy=False)
 
     def captions(self, index: int) -> list[str] | None:
         if self._strings is None:

@@ -350,8 +350,9 @@ def run_demo(demo: DemoConfig, *, progress: bool = True) -> Path:
             run.timings["inception_samples"] = time.perf_counter() - t0
             run.save()
         log(f"  [{run.arm}, seed {run.seed}] TF-Inception FID {run.fid:.2f} ({demo.final_samples} samples)")
-    if fid_note(demo.final_samples):                # the arms compare with each other, not with FID-50K
-        log(f"  note: {fid_note(demo.final_samples)}")
+    note = fid_note(demo.final_samples)             # the arms compare with each other, not with FID-50K
+    if note:
+        log(f"  note: {note}")
     for run in runs:
         saved.setdefault("runs", {})[f"{run.arm}/{run.seed}"] = run.to_json()
     saved.update(demo=to_dict(demo), timings=timings)

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from repa.conditions import condition_of
 from repa.config import ModelConfig
+from repa.model_names import model_name
 from repa.models.sit import (FinalLayer, Mlp, ModelOutput, PatchEmbed, TimestepEmbedder, build_projector, modulate,
                              sincos_2d)
 
@@ -188,7 +189,7 @@ def config_from_state(state: dict, args: dict | None = None) -> ModelConfig:
     while f"projectors.{i}.4.weight" in state:
         encoder_dims.append(int(state[f"projectors.{i}.4.weight"].shape[0]))
         projector_dim, i = int(state[f"projectors.{i}.0.weight"].shape[0]), i + 1
-    return ModelConfig(name=f"MMDiT-{depth}x{int(width)}/{patch}", depth=depth, hidden_size=int(width), num_heads=depth,
+    return ModelConfig(name=model_name("MMDiT", depth, int(width), int(patch)), depth=depth, hidden_size=int(width), num_heads=depth,
                        patch_size=int(patch), input_size=int(args.get("resolution", 256)) // 8,
                        in_channels=int(in_channels), num_classes=0, class_dropout=float(args.get("cfg_prob", 0.1)),
                        context_dim=int(state["context_embedder.weight"].shape[1]),

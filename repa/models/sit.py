@@ -389,7 +389,7 @@ class SiT(nn.Module):
         projected: list[torch.Tensor] = []
         hidden: dict[int, torch.Tensor] = {}
         maps: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.blocks, start=1):
+        for index, block in enumerate(self.blocks[:last], start=1):
             run = (lambda *a: checkpoint(block, *a, use_reentrant=False)) if (
                 self.gradient_checkpointing and self.training) else block
             if index in with_attention:
@@ -400,8 +400,8 @@ class SiT(nn.Module):
                 hidden[index] = h[:, 1:] if reg else h
             if project and index == self.config.encoder_depth:
                 projected = [proj(h) for proj in self.projectors]  # each (B, N, E), (B, 1 + N, E) with REG
-            if index == last < self.config.depth:
-                return ModelOutput(None, projected, hidden, maps)
+        if last < self.config.depth:                                # stopped early: no prediction
+            return ModelOutput(None, projected, hidden, maps)
         if reg:
             patches, class_velocity = self.final_layer.forward_with_class_token(h, c)
             return ModelOutput(self.unpatchify(patches), projected, hidden, maps, class_velocity)
